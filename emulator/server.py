@@ -1,0 +1,277 @@
+"""A local emulator of the four providers' APIs: a real HTTP server on 127.0.0.1.
+
+Built on the standard library's threading HTTP server rather than a web framework because the
+fault injection needs the raw socket (half a body then a closed connection) and nothing else
+here needs a framework. Each provider module adds its routes and state; this module owns what
+they share: routing, per-provider rate limits with the providers' headers and 429s, injected
+faults, and the log of served requests that tests read back.
+
+Tests drive it in-process (`Emulator(...).start()`); `python -m emulator` runs it standalone.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+FAULT_KINDS = ("429", "500", "502", "503", "slow", "drop", "malformed", "expired_token")
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    params: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encoded(self) -> bytes:
+        if self.body is None:
+            return b""
+        if isinstance(self.body, bytes):
+            return self.body
+        return json.dumps(self.body).encode()
+
+
+@dataclass
+class Fault:
+    """Make the next `times` matching requests fail, after letting `after` of them through."""
+
+    provider: str
+    kind: str
+    times: int = 1
+    after: int = 0
+    path: str = ""
+    retry_after: float | None = None
+    delay_s: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {self.kind!r}; one of {FAULT_KINDS}")
+
+
+@dataclass
+class Served:
+    provider: str
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    status: int
+    fault: str | None
+    at: float
+
+
+class SlidingWindow:
+    """The provider side of a rate limit: at most `limit` requests in any `period` seconds."""
+
+    def __init__(self, limit: int, period: float):
+        self.limit = limit
+        self.period = period
+        self.seen: collections.deque[float] = collections.deque()
+
+    def admit(self, now: float) -> tuple[bool, int, float]:
+        """(admitted, remaining, seconds until a slot frees)."""
+        while self.seen and now - self.seen[0] >= self.period:
+            self.seen.popleft()
+        if len(self.seen) >= self.limit:
+            return False, 0, self.period - (now - self.seen[0])
+        self.seen.append(now)
+        return True, self.limit - len(self.seen), 0.0
+
+
+@dataclass
+class Route:
+    provider: str
+    method: str
+    pattern: re.Pattern
+    handler: Callable[[Request], Response]
+
+
+class Emulator:
+    """The providers' APIs over one seeded, deterministic data set."""
+
+    def __init__(self, *, seed: int = 7, anchor: datetime | None = None, rate_limits: bool = True, contacts: int = 300):
+        from emulator import ghl  # the provider modules import this one
+
+        self.lock = threading.RLock()
+        self.rate_limits = rate_limits
+        self.anchor = anchor or datetime.now(UTC)
+        self.faults: list[Fault] = []
+        self.served: list[Served] = []
+        self.routes: list[Route] = []
+        self.limits: dict[str, SlidingWindow] = {}
+        self.limit_headers: dict[str, Callable[[int], dict[str, str]]] = {}
+        self.ghl = ghl.GoHighLevel(self, seed=seed, count=contacts)
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- wiring used by provider modules ------------------------------------------------------
+    def route(self, provider: str, method: str, pattern: str, handler: Callable[[Request], Response]) -> None:
+        self.routes.append(Route(provider, method, re.compile(pattern + "$"), handler))
+
+    def rate_limit(self, provider: str, limit: int, period: float, headers: Callable[[int], dict[str, str]]) -> None:
+        self.limits[provider] = SlidingWindow(limit, period)
+        self.limit_headers[provider] = headers
+
+    # -- controls for tests ------------------------------------------------------------------
+    def inject(self, provider: str, kind: str, **options) -> Fault:
+        fault = Fault(provider, kind, **options)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
+    def requests(self, provider: str | None = None, path: str = "") -> list[Served]:
+        with self.lock:
+            return [s for s in self.served if (provider is None or s.provider == provider) and path in s.path]
+
+    def reset_requests(self) -> None:
+        with self.lock:
+            self.served.clear()
+
+    # -- serving ---------------------------------------------------------------------------
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server.daemon_threads = True
+        self._server.emulator = self  # type: ignore[attr-defined]
+        threading.Thread(target=self._server.serve_forever, name="emulator", daemon=True).start()
+        return self.url
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def dispatch(self, request: Request) -> tuple[Response, str, str | None]:
+        """(response, provider, fault kind to apply on the wire)."""
+        for route in self.routes:
+            match = route.pattern.match(request.path)
+            if match and route.method == request.method:
+                request.params = match.groupdict()
+                return (*self._serve(route, request),)
+        return Response(404, {"message": f"no route {request.method} {request.path}"}), "unknown", None
+
+    def _serve(self, route: Route, request: Request) -> tuple[Response, str, str | None]:
+        provider = route.provider
+        with self.lock:
+            limited = self._limit(provider)
+            if limited:
+                return limited, provider, "rate_limit"
+            fault = self._take_fault(provider, request.path)
+        if fault and fault.kind == "slow":
+            time.sleep(fault.delay_s)
+        elif fault and fault.kind in ("429", "500", "502", "503"):
+            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            return Response(int(fault.kind), {"message": f"injected {fault.kind}"}, headers), provider, fault.kind
+        elif fault and fault.kind == "expired_token":
+            return Response(401, {"statusCode": 401, "message": "Invalid token: token expired", "error": "Unauthorized"}), provider, fault.kind
+        with self.lock:
+            response = route.handler(request)
+        if provider in self.limits and self.rate_limits:
+            response.headers.update(self.limit_headers[provider](self._remaining(provider)))
+        return response, provider, fault.kind if fault else None
+
+    def _limit(self, provider: str) -> Response | None:
+        window = self.limits.get(provider)
+        if not (self.rate_limits and window):
+            return None
+        admitted, remaining, wait = window.admit(time.monotonic())
+        if admitted:
+            return None
+        headers = {**self.limit_headers[provider](0), "Retry-After": str(max(1, math.ceil(wait)))}
+        return Response(429, {"statusCode": 429, "message": "Too many requests"}, headers)
+
+    def _remaining(self, provider: str) -> int:
+        window = self.limits[provider]
+        return max(window.limit - len(window.seen), 0)
+
+    def _take_fault(self, provider: str, path: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.provider == provider and fault.path in path:
+                if fault.after > 0:
+                    fault.after -= 1
+                    return None
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def record(self, served: Served) -> None:
+        with self.lock:
+            self.served.append(served)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # the request log is read through Emulator.requests
+        pass
+
+    def _handle(self) -> None:
+        emulator: Emulator = self.server.emulator  # type: ignore[attr-defined]
+        parts = urlsplit(self.path)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        request = Request(
+            method=self.command,
+            path=parts.path,
+            query={k: v[-1] for k, v in parse_qs(parts.query).items()},
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+        )
+        try:
+            response, provider, fault = emulator.dispatch(request)
+        except Exception as error:  # an emulator bug must show up as a 500 with its reason
+            response, provider, fault = Response(500, {"message": f"emulator error: {error!r}"}), "unknown", None
+        try:
+            parsed_body = request.json()
+        except ValueError:
+            parsed_body = body.decode(errors="replace")
+        emulator.record(Served(provider, request.method, request.path, request.query, parsed_body, response.status, fault, time.time()))
+        payload = response.encoded()
+        if fault == "malformed":
+            payload = payload[: max(len(payload) // 2, 1)] + b"<html>"
+        self.send_response(response.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if fault == "drop":
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle

@@ -1,0 +1,256 @@
+"""The HTTP core every provider client is built on.
+
+One `ProviderClient` per run: httpx with timeouts; tenacity retries with exponential backoff and
+jitter on 429, 5xx, timeouts, dropped connections and unreadable bodies, honouring
+`Retry-After`; a client-side limiter set to the provider's published limit; bearer or
+refreshing auth (an httpx auth flow, so a 401 fetches a new token once); and counters that
+the assets report as run metadata. Error messages never carry a secret: every message is passed
+through `redact` with the client's secrets first.
+"""
+
+from __future__ import annotations
+
+import collections
+import email.utils
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import tenacity
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 300.0
+
+
+class ProviderError(Exception):
+    """A provider call failed for good; the message is safe to show (no secrets)."""
+
+
+class ProviderAuthError(ProviderError):
+    """The provider rejected our credentials: retrying will not help, an operator must act."""
+
+
+class RetryableError(ProviderError):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class RateLimiter:
+    """At most `calls` requests in any `period` seconds (a sliding log, thread-safe).
+
+    A sliding log rather than a token bucket: a bucket lets a full burst plus the refill
+    through within one window, which is exactly what a provider's fixed or sliding window
+    counts as over the limit. `margin` absorbs the latency between our send and their count.
+    """
+
+    def __init__(self, calls: int, period: float, margin: float = 0.05):
+        self.calls = calls
+        self.period = period * (1 + margin)
+        self._sent: collections.deque[float] = collections.deque()
+        self._paused_until = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Block until a request may be sent; returns the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._sent and now - self._sent[0] >= self.period:
+                    self._sent.popleft()
+                delay = max(self._paused_until - now, 0.0)
+                if not delay and len(self._sent) < self.calls:
+                    self._sent.append(now)
+                    return waited
+                if not delay:
+                    delay = self.period - (now - self._sent[0])
+            time.sleep(delay)
+            waited += delay
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller back, e.g. after a 429 told us to wait."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+
+class BearerAuth(httpx.Auth):
+    """A static token (GoHighLevel Private Integration Token, Employes JWT)."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def auth_flow(self, request):
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request
+
+
+class RefreshingAuth(httpx.Auth):
+    """A token fetched by `fetch_token()` and fetched again once when a request gets a 401."""
+
+    def __init__(self, fetch_token: Callable[[], str]):
+        self._fetch_token = fetch_token
+        self._token: str | None = None
+        self._lock = threading.Lock()
+
+    def _current(self, stale: str | None = None) -> str:
+        with self._lock:
+            if self._token is None or self._token == stale:
+                self._token = self._fetch_token()
+            return self._token
+
+    def auth_flow(self, request):
+        token = self._current()
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:
+            request.headers["Authorization"] = f"Bearer {self._current(stale=token)}"
+            yield request
+
+
+@dataclass
+class RequestStats:
+    """What one run asked of a provider; reported as run metadata."""
+
+    requests: int = 0
+    retries: int = 0
+    throttled_s: float = 0.0
+    statuses: collections.Counter = field(default_factory=collections.Counter)
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {"requests": self.requests, "retries": self.retries, "throttled_s": round(self.throttled_s, 2)}
+
+
+class ProviderClient:
+    """httpx plus the retry, limit, auth and counting rules shared by every provider."""
+
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        *,
+        auth: httpx.Auth,
+        limiter: RateLimiter,
+        secrets: Iterable[str] = (),
+        credential_hint: str = "",
+        headers: dict[str, str] | None = None,
+        timeout_s: float = 30.0,
+        max_attempts: int = 6,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.provider = provider
+        self.stats = RequestStats()
+        self.limiter = limiter
+        self._secrets = [s for s in secrets if s]
+        self._credential_hint = credential_hint
+        self._log = log or (lambda message: None)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            auth=auth,
+            headers=headers or {},
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            event_hooks={"request": [self._count]},
+        )
+        self._retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(RetryableError),
+            stop=tenacity.stop_after_attempt(max_attempts),
+            wait=self._wait_strategy(backoff_initial_s, backoff_max_s),
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
+
+    def __enter__(self) -> ProviderClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._http.close()
+
+    def _count(self, request: httpx.Request) -> None:
+        # Counted per request on the wire, so auth-flow retries and token calls count too.
+        self.stats.requests += 1
+
+    @staticmethod
+    def _wait_strategy(initial: float, maximum: float):
+        backoff = tenacity.wait_random_exponential(multiplier=initial, max=maximum)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, RetryableError) and error.retry_after is not None:
+                return error.retry_after
+            return backoff(state)
+
+        return wait
+
+    def _before_retry(self, state: tenacity.RetryCallState) -> None:
+        self.stats.retries += 1
+        error = state.outcome.exception()
+        wait = state.next_action.sleep if state.next_action else 0.0
+        if isinstance(error, RetryableError) and error.retry_after is not None:
+            self.limiter.pause(error.retry_after)
+        self._log(f"{self.provider}: {error}; retry {state.attempt_number} in {wait:.1f}s")
+
+    def request_json(self, method: str, path: str, **kwargs) -> Any:
+        """Send a request and return its JSON body, retrying what is worth retrying."""
+        try:
+            return self._retrying(self._attempt, method, path, **kwargs)
+        except RetryableError as error:
+            raise ProviderError(f"{error} (gave up after {self._retrying.stop.max_attempt_number} attempts)") from None
+
+    def _attempt(self, method: str, path: str, **kwargs) -> Any:
+        self.stats.throttled_s += self.limiter.acquire()
+        where = f"{self.provider} {method} {path}"
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as error:
+            raise RetryableError(f"{where}: timed out ({type(error).__name__})") from None
+        except httpx.TransportError as error:
+            raise RetryableError(f"{where}: connection failed ({type(error).__name__}: {self._safe(error)})") from None
+        self.stats.statuses[response.status_code] += 1
+        if response.status_code in RETRYABLE_STATUS:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after is not None and retry_after > MAX_RETRY_AFTER_S:
+                raise ProviderError(f"{where}: HTTP {response.status_code}, asked to wait {retry_after:.0f}s; giving up")
+            raise RetryableError(f"{where}: HTTP {response.status_code}", retry_after)
+        if response.status_code in (401, 403):
+            raise ProviderAuthError(
+                f"{where}: HTTP {response.status_code} {self._safe(response.text[:200])}. "
+                f"The provider rejected the credentials{': ' + self._credential_hint if self._credential_hint else ''}"
+            )
+        if response.status_code >= 400:
+            raise ProviderError(f"{where}: HTTP {response.status_code} {self._safe(response.text[:500])}")
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise RetryableError(f"{where}: response body is not valid JSON ({len(response.content)} bytes)") from None
+
+    def _safe(self, value: object) -> str:
+        return redact(str(value), self._secrets)

@@ -1,0 +1,93 @@
+"""Every environment variable the code location reads, in one table.
+
+The table is the single source for the production check, `.env.example` and the README's
+configuration section (a test keeps those three in step). Secrets are never read here: the
+resources bind them with `dg.EnvVar`, so Dagster shows their names, never their values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_DIR = PROJECT_ROOT / ".local"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the setting, never its value."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    provider: str
+    default: str | None = None
+    required: bool = False  # required when SYNC_ENV=production
+    secret: bool = False
+    doc: str = ""
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("SYNC_ENV", "general", "local", doc="`local` (emulator + SQLite) or `production` (real providers)"),
+    Setting("SYNC_TIMEZONE", "general", "UTC", doc="time zone of schedules and of the hourly/daily partitions' boundaries"),
+    Setting("WAREHOUSE_URL", "general", None, required=True, secret=True,
+            doc="SQLAlchemy URL of the warehouse; local default `sqlite:///.local/warehouse.db`"),
+    Setting("EMULATOR_URL", "general", "http://127.0.0.1:8700", doc="provider emulator used when SYNC_ENV=local"),
+    Setting("GHL_BASE_URL", "gohighlevel", "https://services.leadconnectorhq.com", doc="GoHighLevel API v2 base URL"),
+    Setting("GHL_TOKEN", "gohighlevel", required=True, secret=True, doc="Private Integration Token (scope contacts.readonly)"),
+    Setting("GHL_LOCATION_ID", "gohighlevel", required=True, doc="the sub-account (location) whose contacts are synced"),
+    Setting("GHL_RECONCILE_CRON", "gohighlevel", "0 2 * * *", doc="cron of the nightly full reconciliation"),
+    Setting("HALO_BASE_URL", "halopsa", required=True, doc="your HaloPSA instance, e.g. https://yourco.halopsa.com"),
+    Setting("HALO_AUTH_URL", "halopsa", None, doc="authorisation server; default `$HALO_BASE_URL/auth`"),
+    Setting("HALO_CLIENT_ID", "halopsa", required=True, doc="API application client id (client credentials)"),
+    Setting("HALO_CLIENT_SECRET", "halopsa", required=True, secret=True, doc="API application client secret"),
+    Setting("HALO_TENANT", "halopsa", None, doc="tenant name, for hosted Halo instances that need it"),
+    Setting("EMPLOYES_BASE_URL", "employes", "https://connect.employes.nl/v4", doc="Employes API base URL"),
+    Setting("EMPLOYES_TOKEN", "employes", required=True, secret=True, doc="API token (JWT) generated in Employes"),
+    Setting("EMPLOYES_COMPANY_ID", "employes", required=True, doc="the company whose employees are synced"),
+    Setting("XERO_API_URL", "xero", "https://api.xero.com", doc="Xero API base URL"),
+    Setting("XERO_IDENTITY_URL", "xero", "https://identity.xero.com", doc="Xero identity (OAuth2 token) base URL"),
+    Setting("XERO_CLIENT_ID", "xero", required=True, doc="OAuth2 app client id"),
+    Setting("XERO_CLIENT_SECRET", "xero", required=True, secret=True, doc="OAuth2 app client secret"),
+    Setting("XERO_REFRESH_TOKEN", "xero", required=True, secret=True,
+            doc="the first refresh token; rotated ones are stored in the warehouse"),
+    Setting("XERO_TENANT_ID", "xero", required=True, doc="the Xero organisation (tenant) to push to"),
+)
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def setting(name: str, environ: os._Environ | dict | None = None) -> str | None:
+    """The value of a non-secret setting: the environment, else its default."""
+    env = os.environ if environ is None else environ
+    value = env.get(name, "").strip()
+    if value:
+        return value
+    if name == "HALO_AUTH_URL" and setting("HALO_BASE_URL", env):
+        return setting("HALO_BASE_URL", env).rstrip("/") + "/auth"
+    return SETTINGS_BY_NAME[name].default
+
+
+def sync_env(environ: dict | None = None) -> str:
+    value = (setting("SYNC_ENV", environ) or "local").lower()
+    if value not in ("local", "production"):
+        raise ConfigError(f"SYNC_ENV must be 'local' or 'production', not {value!r}")
+    return value
+
+
+def check_production(environ: dict | None = None) -> None:
+    """Fail with one message naming every required variable that is missing."""
+    env = os.environ if environ is None else environ
+    missing = [s.name for s in SETTINGS if s.required and not env.get(s.name, "").strip()]
+    if missing:
+        raise ConfigError(
+            "SYNC_ENV=production needs these environment variables, which are not set: "
+            + ", ".join(missing)
+            + " (see .env.example). Nothing falls back to the emulator in production."
+        )
+
+
+def local_warehouse_url() -> str:
+    LOCAL_DIR.mkdir(exist_ok=True)
+    return f"sqlite:///{LOCAL_DIR / 'warehouse.db'}"

@@ -1,0 +1,161 @@
+"""The warehouse: every table defined once (SQLAlchemy Core), the same code on SQLite and PostgreSQL.
+
+Tables are created, and upgraded by adding missing columns, the first time a process opens a
+warehouse URL. Writes are upserts, one transaction per batch: a re-run never duplicates and a
+failed run leaves no half-written batch. All timestamps are naive UTC.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from resources.http import redact
+from resources.settings import ConfigError
+
+metadata = sa.MetaData()
+
+ghl_contacts = sa.Table(
+    "ghl_contacts",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("location_id", sa.String(64)),
+    sa.Column("first_name", sa.Text),
+    sa.Column("last_name", sa.Text),
+    sa.Column("name", sa.Text),
+    sa.Column("email", sa.Text),
+    sa.Column("phone", sa.Text),
+    sa.Column("company_name", sa.Text),
+    sa.Column("timezone", sa.Text),
+    sa.Column("dnd", sa.Boolean),
+    sa.Column("type", sa.Text),
+    sa.Column("source", sa.Text),
+    sa.Column("assigned_to", sa.Text),
+    sa.Column("address1", sa.Text),
+    sa.Column("city", sa.Text),
+    sa.Column("state", sa.Text),
+    sa.Column("country", sa.Text),
+    sa.Column("postal_code", sa.Text),
+    sa.Column("website", sa.Text),
+    sa.Column("date_of_birth", sa.Text),
+    sa.Column("tags", sa.Text, comment="JSON array"),
+    sa.Column("custom_fields", sa.Text, comment="JSON array of {id, value}"),
+    sa.Column("date_added", sa.DateTime),
+    sa.Column("date_updated", sa.DateTime, nullable=False),
+    sa.Column("content_hash", sa.String(32), nullable=False),
+    sa.Column("synced_at", sa.DateTime, nullable=False, comment="when this version was written"),
+    sa.Column("seen_at", sa.DateTime, comment="last full reconciliation that saw the contact"),
+    sa.Column("deleted_at", sa.DateTime, comment="set when a reconciliation no longer finds the contact"),
+    sa.Index("ix_ghl_contacts_date_updated", "date_updated"),
+)
+
+sync_rejects = sa.Table(
+    "sync_rejects",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("entity", sa.String(64), nullable=False),
+    sa.Column("record_id", sa.Text, comment="the record's id, or its position when it has none"),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, comment="the record as received (JSON)"),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("rejected_at", sa.DateTime, nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@functools.cache
+def engine_for(url: str) -> sa.Engine:
+    """One engine per URL per process, with the schema created or upgraded on first use."""
+    try:
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, ImportError, ValueError) as error:
+        raise ConfigError(f"WAREHOUSE_URL is not a usable SQLAlchemy URL ({type(error).__name__})") from None
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        ensure_schema(engine)
+    except sa.exc.OperationalError as error:
+        raise ConfigError(
+            f"WAREHOUSE_URL: cannot open the warehouse ({redact(str(error.orig), [url, engine.url.password or ''])})"
+        ) from None
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL and a busy timeout let a sync run write while the UI's next run or a test reads.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def ensure_schema(engine: sa.Engine) -> None:
+    """Create missing tables and add missing (nullable) columns to existing ones."""
+    metadata.create_all(engine)
+    inspector = sa.inspect(engine)
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    column_type = column.type.compile(dialect=engine.dialect)
+                    conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {column_type}'))
+
+
+def upsert(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]], *, newer_or_equal: str | None = None) -> None:
+    """Insert rows, or update them by primary key; with `newer_or_equal`, never overwrite a row
+    whose value in that column is newer than the incoming one (so batches can land in any order)."""
+    if not rows:
+        return
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    insert = dialect_insert(table)
+    keys = [c.name for c in table.primary_key.columns]
+    where = table.c[newer_or_equal] <= insert.excluded[newer_or_equal] if newer_or_equal else None
+    statement = insert.on_conflict_do_update(
+        index_elements=keys,
+        set_={name: insert.excluded[name] for name in rows[0] if name not in keys},
+        where=where,
+    )
+    conn.execute(statement, list(rows))
+
+
+def record_rejects(conn: sa.Connection, provider: str, entity: str, rejects: Sequence[dict[str, Any]], run_id: str) -> None:
+    """Keep records that failed validation, with the reason, so nothing is silently dropped."""
+    if rejects:
+        now = utcnow()
+        conn.execute(
+            sync_rejects.insert(),
+            [
+                {
+                    "provider": provider,
+                    "entity": entity,
+                    "record_id": r["record_id"],
+                    "reason": r["reason"],
+                    "payload": json.dumps(r["payload"], default=str),
+                    "run_id": run_id,
+                    "rejected_at": now,
+                }
+                for r in rejects
+            ],
+        )
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """Where synced data lands: an SQLAlchemy URL (SQLite locally, PostgreSQL in production)."""
+
+    url: str
+
+    @property
+    def engine(self) -> sa.Engine:
+        return engine_for(self.url)
