@@ -1,0 +1,1 @@
+"""Provider clients, the warehouse and the HTTP core they share."""

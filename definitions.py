@@ -1,0 +1,77 @@
+"""The workforce-sync code location: one `dg.Definitions` for the UI, the daemon and the CLI.
+
+`SYNC_ENV` picks the resources: `local` (default) talks to the provider emulator and an SQLite
+warehouse with no credentials; `production` talks to the real providers with secrets read
+through `dg.EnvVar`, and refuses to load while a required variable is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import dagster as dg
+
+import schedules
+import sensors
+import sync_assets
+from emulator import ghl as ghl_emulator
+from resources.ghl import GoHighLevelResource
+from resources.settings import check_production, local_warehouse_url, setting, sync_env
+from resources.warehouse import WarehouseResource
+
+# The health light, in one place for every synced asset: green while the last successful
+# sync is under 2 h old, yellow from 2 h, red from 6 h. A nightly asset would be red most of
+# the day under that window, so daily syncs get the same light scaled to their cadence:
+# yellow when a night was missed by 2 h, red when it was missed by 6 h.
+HEALTH = {
+    "hourly": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=6), warn_window=timedelta(hours=2)),
+    "daily": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=30), warn_window=timedelta(hours=26)),
+}
+CADENCE_TAG = "sync/cadence"
+
+
+def with_health(spec: dg.AssetSpec) -> dg.AssetSpec:
+    return dg.apply_freshness_policy(spec, HEALTH[spec.tags[CADENCE_TAG]])
+
+
+def local_resources() -> dict:
+    """The embedded default: the emulator's providers and their well-known local credentials."""
+    emulator_url = setting("EMULATOR_URL")
+    return {
+        "gohighlevel": GoHighLevelResource(
+            base_url=emulator_url, token=ghl_emulator.TOKEN, location_id=ghl_emulator.LOCATION_ID
+        ),
+        "warehouse": WarehouseResource(
+            url=dg.EnvVar("WAREHOUSE_URL") if os.environ.get("WAREHOUSE_URL") else local_warehouse_url()
+        ),
+    }
+
+
+def production_resources() -> dict:
+    """The real providers. Fails at load time, naming every missing variable."""
+    check_production()
+    return {
+        "gohighlevel": GoHighLevelResource(
+            base_url=setting("GHL_BASE_URL"), token=dg.EnvVar("GHL_TOKEN"), location_id=dg.EnvVar("GHL_LOCATION_ID")
+        ),
+        "warehouse": WarehouseResource(url=dg.EnvVar("WAREHOUSE_URL")),
+    }
+
+
+RESOURCES = {"local": local_resources, "production": production_resources}
+
+
+def build_definitions() -> dg.Definitions:
+    defs = dg.Definitions(
+        assets=sync_assets.assets,
+        asset_checks=sync_assets.asset_checks,
+        jobs=schedules.jobs,
+        schedules=schedules.schedules,
+        sensors=sensors.sensors,
+        resources=RESOURCES[sync_env()](),
+    )
+    return defs.permissive_map_resolved_asset_specs(func=with_health, selection=dg.AssetSelection.tag(CADENCE_TAG, "hourly") | dg.AssetSelection.tag(CADENCE_TAG, "daily"))
+
+
+defs = build_definitions()

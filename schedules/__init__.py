@@ -1,0 +1,6 @@
+"""Every schedule of the code location, one module per provider."""
+
+from schedules import ghl
+
+jobs = [*ghl.jobs]
+schedules = [*ghl.schedules]
