@@ -91,3 +91,13 @@ def check_production(environ: dict | None = None) -> None:
 def local_warehouse_url() -> str:
     LOCAL_DIR.mkdir(exist_ok=True)
     return f"sqlite:///{LOCAL_DIR / 'warehouse.db'}"
+
+
+def ensure_dagster_home() -> Path:
+    """Create the instance folder `DAGSTER_HOME` (default `.local/dagster_home`) with telemetry off."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(LOCAL_DIR / "dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    return home

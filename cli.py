@@ -1,0 +1,106 @@
+"""`workforce-sync`: the headless way to run the syncs (and the fallback when the UI is down).
+
+    workforce-sync run-once     materialize every sync once and print a per-asset summary
+
+Runs are recorded in the Dagster instance at `DAGSTER_HOME` (default `.local/dagster_home`,
+the one `scripts/start` uses), so they show up in the UI's run history and health light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from resources.settings import ConfigError, ensure_dagster_home
+
+HEALTH_NAMES = {"PASS": "green", "WARN": "yellow", "FAIL": "red", "UNKNOWN": "unknown"}
+
+
+def health(instance: dg.DagsterInstance, asset_key: dg.AssetKey, policy) -> str:
+    """green / yellow / red from the age of the last successful materialization."""
+    event = instance.get_latest_materialization_event(asset_key)
+    if event is None or policy is None:
+        return "unknown"
+    age = datetime.now(UTC) - datetime.fromtimestamp(event.timestamp, UTC)
+    if age >= policy.fail_window.to_timedelta():
+        return "red"
+    if policy.warn_window and age >= policy.warn_window.to_timedelta():
+        return "yellow"
+    return "green"
+
+
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_failure and event.step_failure_data and event.step_failure_data.error:
+            return event.step_failure_data.error.message.strip().splitlines()[-1]
+    return "failed"
+
+
+def run_once(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[dict]:
+    """Materialize every synced asset once: the last complete hour for hourly partitions."""
+    graph = defs.resolve_asset_graph()
+    job = defs.resolve_implicit_global_asset_job_def()
+    rows = []
+    for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        partition = node.partitions_def.get_last_partition_key() if node.partitions_def else None
+        began = time.monotonic()
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=[key],
+            partition_key=partition,
+            raise_on_error=False,
+            tags={"sync/trigger": "cli run-once"},
+        )
+        materializations = result.asset_materializations_for_node(key.path[-1]) if result.success else []
+        metadata = {k: v.value for k, v in materializations[0].metadata.items()} if materializations else {}
+        rows.append(
+            {
+                "asset": key.to_user_string(),
+                "partition": partition or "-",
+                "status": "ok" if result.success else "FAILED",
+                "rows": f"{metadata.get('written', '-')}/{metadata.get('fetched', '-')}",
+                "requests": metadata.get("requests", "-"),
+                "duration_s": f"{time.monotonic() - began:.1f}",
+                "health": health(instance, key, node.freshness_policy),
+                "error": "" if result.success else _failure_message(result),
+            }
+        )
+    return rows
+
+
+def print_summary(rows: list[dict]) -> None:
+    columns = ["asset", "partition", "status", "rows", "requests", "duration_s", "health"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+    for row in rows:
+        if row["error"]:
+            print(f"{row['asset']}: {row['error']}")
+    print("rows = written/fetched")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="workforce-sync", description="Run the workforce syncs without the UI.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run-once", help="materialize every sync once and print a per-asset summary")
+    parser.parse_args(argv)
+    ensure_dagster_home()
+    try:
+        from definitions import defs
+    except ConfigError as error:
+        print(f"workforce-sync: {error}", file=sys.stderr)
+        return 2
+    with dg.DagsterInstance.get() as instance:
+        rows = run_once(defs, instance)
+    print_summary(rows)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Fixtures shared by the tests: the provider emulator on a random port, warehouses on SQLite
+and on a fresh PostgreSQL database of the machine's server, and resources bound to both."""
+
+import os
+import secrets
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from emulator import Emulator
+from emulator.ghl import LOCATION_ID, TOKEN
+from resources.ghl import GoHighLevelResource
+from resources.warehouse import WarehouseResource, engine_for, metadata
+
+# The emulator's seeded data ends here; tests make their changes in the hours after it.
+ANCHOR = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def emulator():
+    emulator = Emulator(seed=7, anchor=ANCHOR, contacts=300)
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A database created for this test session and dropped after it."""
+    name = f"workforce_sync_test_{secrets.token_hex(4)}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as error:
+        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is needed for the warehouse tests: {error.orig}")
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    yield url
+    engine_for(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def warehouse_url(request, tmp_path):
+    """An empty warehouse, on each of the two databases the project supports."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'warehouse.db'}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    engine = engine_for(url)
+    with engine.begin() as conn:
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
+@pytest.fixture
+def sqlite_warehouse_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'warehouse.db'}"
+
+
+def ghl_resources(emulator: Emulator, warehouse_url: str, **client_options) -> dict:
+    """Resources as the local definitions build them, pointed at the test emulator. Small pages
+    and short backoff, so paging and retries are exercised quickly."""
+    options = {"page_size": 50, "backoff_initial_s": 0.01, **client_options}
+    return {
+        "gohighlevel": GoHighLevelResource(base_url=emulator.url, token=TOKEN, location_id=LOCATION_ID, **options),
+        "warehouse": WarehouseResource(url=warehouse_url),
+    }
+
+
+def warehouse_contacts(url: str, *, live_only: bool = True) -> dict[str, dict]:
+    """Rows of `ghl_contacts`, by id."""
+    query = "SELECT * FROM ghl_contacts" + (" WHERE deleted_at IS NULL" if live_only else "")
+    with engine_for(url).connect() as conn:
+        return {row["id"]: dict(row) for row in conn.execute(sa.text(query)).mappings()}
+
+
