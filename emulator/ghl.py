@@ -63,6 +63,7 @@ class GoHighLevel:
     def __init__(self, emulator: Emulator, *, seed: int, count: int):
         self.emulator = emulator
         self.random = random.Random(f"ghl-{seed}")
+        self.token = TOKEN  # tests set a distinctive one to look for leaks
         self.contacts: dict[str, dict[str, Any]] = {}
         # (dateUpdated ms, id) for every stored record, sorted: the search index.
         self.index: list[tuple[int, str]] = []
@@ -173,7 +174,7 @@ class GoHighLevel:
         }
 
     def _denied(self, request: Request) -> Response | None:
-        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+        if request.headers.get("authorization") != f"Bearer {self.token}":
             return _error(401, "Invalid token: access token is invalid", "Unauthorized")
         if not request.headers.get("version"):
             return _error(400, "version header was not found")

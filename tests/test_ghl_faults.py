@@ -1,0 +1,70 @@
+"""Provider faults in the middle of a GoHighLevel sync end in a correct warehouse: nothing lost,
+nothing duplicated, and a clear message when the run cannot finish."""
+
+import pytest
+from conftest import ghl_resources, warehouse_contacts
+from test_ghl_sync import assert_warehouse_matches_provider, failure_message, reconcile, run_metadata
+
+from sync_assets.ghl import ghl_contacts_reconciliation
+
+# Each fault hits mid-run: after the first pages of a 300-contact pass in pages of 50.
+TRANSIENT_FAULTS = {
+    "429 with Retry-After": dict(kind="429", retry_after=1, times=2, after=2),
+    "429 without Retry-After": dict(kind="429", times=1, after=2),
+    "500s": dict(kind="500", times=3, after=1),
+    "502": dict(kind="502", after=3),
+    "503": dict(kind="503", after=4),
+    "dropped connection": dict(kind="drop", times=2, after=3),
+    "malformed JSON": dict(kind="malformed", after=2),
+    "read timeout": dict(kind="slow", delay_s=1.5, after=2),
+}
+
+
+@pytest.mark.parametrize("fault", TRANSIENT_FAULTS.values(), ids=TRANSIENT_FAULTS.keys())
+def test_transient_fault_mid_run_is_retried_and_the_warehouse_is_exact(emulator, sqlite_warehouse_url, fault):
+    emulator.inject("gohighlevel", **fault)
+
+    result = reconcile(ghl_resources(emulator, sqlite_warehouse_url, timeout_s=0.5))
+
+    assert result.success
+    assert run_metadata(result, ghl_contacts_reconciliation)["retries"] >= 1
+    assert not emulator.faults, "the fault was never served"
+    assert_warehouse_matches_provider(emulator, sqlite_warehouse_url)
+
+
+def test_retry_after_is_honoured(emulator, sqlite_warehouse_url):
+    emulator.inject("gohighlevel", "429", retry_after=2, after=1)
+
+    assert reconcile(ghl_resources(emulator, sqlite_warehouse_url)).success
+
+    served = emulator.requests("gohighlevel")
+    throttled = next(i for i, s in enumerate(served) if s.fault == "429")
+    assert served[throttled + 1].at - served[throttled].at >= 2.0
+
+
+def test_expired_token_mid_run_fails_clearly_and_the_rerun_is_exact(emulator, warehouse_url):
+    resources = ghl_resources(emulator, warehouse_url)
+    assert reconcile(resources).success
+    gone = sorted(emulator.ghl.truth())[-1]
+    emulator.ghl.delete(gone)
+    emulator.inject("gohighlevel", "expired_token", after=3)
+
+    failed = reconcile(resources)
+
+    assert not failed.success
+    message = failure_message(failed)
+    assert "HTTP 401" in message and "GHL_TOKEN" in message
+    # A pass that stopped early must not take unseen contacts for deleted ones.
+    assert len(warehouse_contacts(warehouse_url)) == 300
+    assert reconcile(resources).success
+    assert_warehouse_matches_provider(emulator, warehouse_url)
+
+
+def test_provider_down_for_good_fails_with_the_attempts_made(emulator, sqlite_warehouse_url):
+    emulator.inject("gohighlevel", "503", times=100, after=2)
+
+    result = reconcile(ghl_resources(emulator, sqlite_warehouse_url, max_attempts=3))
+
+    assert not result.success
+    assert "HTTP 503 (gave up after 3 attempts)" in failure_message(result)
+    assert len(warehouse_contacts(sqlite_warehouse_url)) == 100  # the two pages before the outage
