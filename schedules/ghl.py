@@ -3,9 +3,9 @@
 import dagster as dg
 
 from resources.settings import setting
-from sync_assets.ghl import HOURLY, ghl_contacts, ghl_contacts_reconciliation
+from sync_assets.ghl import ghl_contacts, ghl_contacts_reconciliation
 
-contacts_hourly_job = dg.define_asset_job("ghl_contacts_hourly", selection=[ghl_contacts], partitions_def=HOURLY)
+contacts_hourly_job = dg.define_asset_job("ghl_contacts_hourly", selection=[ghl_contacts])
 
 # run_key is the partition key, so a schedule tick that fires twice never syncs an hour twice.
 contacts_hourly = dg.build_schedule_from_partitioned_job(

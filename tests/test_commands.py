@@ -1,0 +1,118 @@
+"""The README's commands: the headless one-shot, the local start-up, and the schedules they run."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from conftest import warehouse_contacts
+
+from resources.settings import PROJECT_ROOT
+from definitions import defs
+
+CLI = str(Path(sys.executable).parent / "workforce-sync")
+UI = "http://127.0.0.1:3000"
+
+
+def run_once(emulator, warehouse_url, tmp_path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EMULATOR_URL": emulator.url, "WAREHOUSE_URL": warehouse_url, "DAGSTER_HOME": str(tmp_path / "home")}
+    env.pop("SYNC_ENV", None)
+    return subprocess.run([CLI, "run-once"], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_run_once_syncs_everything_and_prints_a_summary(emulator, sqlite_warehouse_url, tmp_path):
+    result = run_once(emulator, sqlite_warehouse_url, tmp_path)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:] if line.startswith("ghl_")}
+    assert set(table) == {"ghl_contacts", "ghl_contacts_reconciliation"}
+    assert table["ghl_contacts_reconciliation"][2:5] == ["ok", "300/300", "1"]  # 300 contacts fit one page of 500
+    assert all(row[-1] == "green" for row in table.values())
+    assert len(warehouse_contacts(sqlite_warehouse_url)) == 300
+
+
+def test_run_once_exits_non_zero_and_says_why_when_a_sync_fails(emulator, sqlite_warehouse_url, tmp_path):
+    emulator.ghl.token = "revoked"
+
+    result = run_once(emulator, sqlite_warehouse_url, tmp_path)
+
+    assert result.returncode == 1
+    assert result.stdout.count("FAILED") == 2
+    assert "HTTP 401" in result.stdout and "GHL_TOKEN" in result.stdout
+
+
+def test_hourly_schedule_syncs_the_last_complete_hour_once():
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 20, 14, 5, tzinfo=UTC))
+
+    (request,) = defs.resolve_schedule_def("ghl_contacts_hourly_schedule").evaluate_tick(context).run_requests
+
+    assert request.partition_key == "2026-11-20-13:00"
+    assert request.run_key == "2026-11-20-13:00"
+
+
+def test_reconciliation_runs_nightly_at_two_by_default():
+    nightly = defs.resolve_schedule_def("ghl_contacts_reconciliation_nightly")
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 21, 2, 0, tzinfo=UTC))
+
+    (request,) = nightly.evaluate_tick(context).run_requests
+
+    assert nightly.cron_schedule == "0 2 * * *"
+    assert request.tags["dagster/schedule_name"] == "ghl_contacts_reconciliation_nightly"
+    assert defs.resolve_job_def(nightly.job_name).asset_layer.selected_asset_keys == {dg.AssetKey("ghl_contacts_reconciliation")}
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _graphql(query: str) -> dict:
+    request = urllib.request.Request(f"{UI}/graphql", data=json.dumps({"query": query}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["data"]
+
+
+def _wait_for_assets(process: subprocess.Popen, deadline: float) -> list[str]:
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "scripts/start exited early"
+        try:
+            data = _graphql("{ assetNodes { assetKey { path } } }")
+            if data.get("assetNodes"):
+                return sorted("/".join(node["assetKey"]["path"]) for node in data["assetNodes"])
+        except (OSError, KeyError, TypeError, ValueError):
+            pass
+        time.sleep(1)
+    raise AssertionError("the UI did not list the assets within the time allowed")
+
+
+def test_start_script_serves_the_ui_with_the_assets_on_port_3000(tmp_path):
+    if _port_in_use(3000) or _port_in_use(8700):
+        pytest.fail("ports 3000 and 8700 must be free for scripts/start (stop the running local install)")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "WAREHOUSE_URL": f"sqlite:///{tmp_path / 'w.db'}"}
+    env.pop("SYNC_ENV", None)
+    log = (tmp_path / "start.log").open("w")
+    process = subprocess.Popen([str(PROJECT_ROOT / "scripts" / "start")], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        assets = _wait_for_assets(process, time.monotonic() + 240)
+        schedules = _graphql('{ schedulesOrError(repositorySelector: {repositoryName: "__repository__", '
+                             'repositoryLocationName: "workforce_sync"}) { ... on Schedules { results { name scheduleState { status } } } } }')
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert assets == ["ghl_contacts", "ghl_contacts_reconciliation"]
+    states = {s["name"]: s["scheduleState"]["status"] for s in schedules["schedulesOrError"]["results"]}
+    assert states == {"ghl_contacts_hourly_schedule": "RUNNING", "ghl_contacts_reconciliation_nightly": "RUNNING"}

@@ -1,0 +1,112 @@
+"""Configuration: the production check, secrets kept out of every output, and the documented
+settings matching the code."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from conftest import warehouse_contacts
+
+from emulator.ghl import LOCATION_ID
+from resources.settings import PROJECT_ROOT, SETTINGS
+from resources.warehouse import engine_for
+
+DAGSTER = str(Path(sys.executable).parent / "dagster")
+SECRET_TOKEN = "pit-7c1f9e-DISTINCTIVE-ghl-token"
+SECRET_PASSWORD = "Pw-DISTINCTIVE-0b5d"
+
+
+def production_env(**values) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {s.name for s in SETTINGS}}
+    return {**env, "SYNC_ENV": "production", **values}
+
+
+def load_definitions(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "import definitions"], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_production_with_missing_variables_fails_naming_each_of_them():
+    result = load_definitions(production_env(GHL_TOKEN=SECRET_TOKEN, GHL_LOCATION_ID=LOCATION_ID))
+
+    assert result.returncode != 0
+    message = result.stderr.strip().splitlines()[-1]
+    required = [s.name for s in SETTINGS if s.required and s.name not in ("GHL_TOKEN", "GHL_LOCATION_ID")]
+    assert "ConfigError" in message
+    assert all(name in message for name in required), message
+    assert "GHL_TOKEN" not in message
+    assert SECRET_TOKEN not in result.stderr + result.stdout
+
+
+def test_dagster_refuses_to_load_production_without_its_variables():
+    result = subprocess.run([DAGSTER, "definitions", "validate"], cwd=PROJECT_ROOT,
+                            env=production_env(), capture_output=True, text=True, timeout=120)
+
+    assert result.returncode != 0
+    assert "XERO_TENANT_ID" in result.stdout + result.stderr
+
+
+def test_local_definitions_validate():
+    env = {k: v for k, v in os.environ.items() if k != "SYNC_ENV"}
+    result = subprocess.run([DAGSTER, "definitions", "validate"], cwd=PROJECT_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_unknown_sync_env_is_a_clear_error():
+    result = load_definitions({**os.environ, "SYNC_ENV": "staging"})
+
+    assert result.returncode != 0
+    assert "SYNC_ENV must be 'local' or 'production', not 'staging'" in result.stderr
+
+
+def test_no_secret_appears_in_logs_metadata_errors_or_the_warehouse(emulator, postgres_url, monkeypatch, capfd):
+    emulator.ghl.token = SECRET_TOKEN
+    warehouse_url = sa.make_url(postgres_url).set(password=SECRET_PASSWORD).render_as_string(hide_password=False)
+    required = {s.name: f"{s.name.lower()}-DISTINCTIVE" for s in SETTINGS if s.required}
+    for name, value in {**required, "GHL_BASE_URL": emulator.url, "GHL_TOKEN": SECRET_TOKEN,
+                        "GHL_LOCATION_ID": LOCATION_ID, "WAREHOUSE_URL": warehouse_url}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SYNC_ENV", "production")
+    import definitions
+
+    job = definitions.build_definitions().resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance:
+        runs = [
+            job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("ghl_contacts_reconciliation")]),
+            job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("ghl_contacts")],
+                                   partition_key="2026-11-20-13:00"),
+        ]
+        emulator.ghl.token = "rotated-in-the-provider-ui"  # our token is now refused: an error path
+        runs.append(job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("ghl_contacts_reconciliation")],
+                                           raise_on_error=False))
+        assert [r.success for r in runs] == [True, True, False]
+        events = "\n".join(str(entry) for run in runs for entry in instance.all_logs(run.run_id))
+    captured = capfd.readouterr()
+    stored = str(warehouse_contacts(warehouse_url, live_only=False))
+    with engine_for(warehouse_url).connect() as conn:
+        stored += str(conn.execute(sa.text("SELECT * FROM sync_rejects")).all())
+
+    assert "HTTP 401" in events
+    secrets = [SECRET_TOKEN, SECRET_PASSWORD, *[v for k, v in required.items() if k.endswith(("SECRET", "TOKEN"))]]
+    for output in (events, captured.out, captured.err, stored):
+        assert not [s for s in secrets if s in output]
+
+
+def test_env_example_lists_every_setting_with_its_default():
+    text = (PROJECT_ROOT / ".env.example").read_text()
+    listed = dict(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=(.*)$", text, re.MULTILINE))
+
+    assert list(listed) == [s.name for s in SETTINGS]
+    assert all(listed[s.name] == (s.default or "") for s in SETTINGS)
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
+def test_readme_documents_every_setting(setting):
+    assert f"`{setting.name}`" in (PROJECT_ROOT / "README.md").read_text()
