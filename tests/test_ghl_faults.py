@@ -5,6 +5,7 @@ import pytest
 from conftest import ghl_resources, warehouse_contacts
 from test_ghl_sync import assert_warehouse_matches_provider, failure_message, reconcile, run_metadata
 
+from emulator.server import SlidingWindow
 from sync_assets.ghl import ghl_contacts_reconciliation
 
 # Each fault hits mid-run: after the first pages of a 300-contact pass in pages of 50.
@@ -68,3 +69,14 @@ def test_provider_down_for_good_fails_with_the_attempts_made(emulator, sqlite_wa
     assert not result.success
     assert "HTTP 503 (gave up after 3 attempts)" in failure_message(result)
     assert len(warehouse_contacts(sqlite_warehouse_url)) == 100  # the two pages before the outage
+
+
+def test_a_healthy_run_stays_under_the_rate_limit_without_a_429(emulator, sqlite_warehouse_url):
+    emulator.limits["gohighlevel"] = SlidingWindow(20, 10.0)  # a tighter limit than GoHighLevel's, same rule
+
+    result = reconcile(ghl_resources(emulator, sqlite_warehouse_url, page_size=10, requests_per_10s=20))
+
+    assert result.success
+    statuses = [s.status for s in emulator.requests("gohighlevel")]
+    assert len(statuses) == 31 and 429 not in statuses
+    assert run_metadata(result, ghl_contacts_reconciliation)["throttled_s"] > 5
