@@ -1,6 +1,8 @@
 """`workforce-sync`: the headless way to run the syncs (and the fallback when the UI is down).
 
-    workforce-sync run-once     materialize every sync once and print a per-asset summary
+    workforce-sync run-once                 materialize every sync once, print a per-asset summary
+    workforce-sync add-fiscal-years FY2023  add the fiscal years from FY2023 to the current one
+                                            as partitions, so their history can be backfilled
 
 Runs are recorded in the Dagster instance at `DAGSTER_HOME` (default `.local/dagster_home`,
 the one `scripts/start` uses), so they show up in the UI's run history and health light.
@@ -16,6 +18,8 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from resources.settings import ConfigError, ensure_dagster_home
+from sync_assets.runs import TRIGGER_TAG
+from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey, today
 
 HEALTH_NAMES = {"PASS": "green", "WARN": "yellow", "FAIL": "red", "UNKNOWN": "unknown"}
 
@@ -40,21 +44,40 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
     return "failed"
 
 
+def _partition_to_sync(partitions_def, instance: dg.DagsterInstance) -> str | None:
+    """The last complete hour or day; for fiscal years, the current one (added if missing)."""
+    if partitions_def is None:
+        return None
+    if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
+        (key,) = add_fiscal_years(instance, None)[-1:]
+        return key
+    return partitions_def.get_last_partition_key()
+
+
+def add_fiscal_years(instance: dg.DagsterInstance, first: str | None) -> list[str]:
+    """Add fiscal-year partitions from `first` (default the current year) through the current one."""
+    calendar = FiscalCalendar.from_settings()
+    keys = calendar.keys_through(first or calendar.key_for(today()), today())
+    existing = set(instance.get_dynamic_partitions(FISCAL_YEARS.name))
+    instance.add_dynamic_partitions(FISCAL_YEARS.name, [k for k in keys if k not in existing])
+    return keys
+
+
 def run_once(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[dict]:
     """Materialize every synced asset once: the last complete hour for hourly partitions."""
     graph = defs.resolve_asset_graph()
     job = defs.resolve_implicit_global_asset_job_def()
     rows = []
-    for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
+    for key in graph.toposorted_asset_keys:
         node = graph.get(key)
-        partition = node.partitions_def.get_last_partition_key() if node.partitions_def else None
+        partition = _partition_to_sync(node.partitions_def, instance)
         began = time.monotonic()
         result = job.execute_in_process(
             instance=instance,
             asset_selection=[key],
             partition_key=partition,
             raise_on_error=False,
-            tags={"sync/trigger": "cli run-once"},
+            tags={TRIGGER_TAG: "cli run-once"},
         )
         materializations = result.asset_materializations_for_node(key.path[-1]) if result.success else []
         metadata = {k: v.value for k, v in materializations[0].metadata.items()} if materializations else {}
@@ -89,15 +112,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workforce-sync", description="Run the workforce syncs without the UI.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run-once", help="materialize every sync once and print a per-asset summary")
-    parser.parse_args(argv)
+    add = commands.add_parser("add-fiscal-years", help="add fiscal-year partitions from FIRST through the current year")
+    add.add_argument("first", help="the earliest fiscal year, e.g. FY2023")
+    args = parser.parse_args(argv)
     ensure_dagster_home()
     try:
         from definitions import defs
-    except ConfigError as error:
+        with dg.DagsterInstance.get() as instance:
+            if args.command == "add-fiscal-years":
+                print("fiscal years:", " ".join(add_fiscal_years(instance, args.first)))
+                return 0
+            rows = run_once(defs, instance)
+    except (ConfigError, MalformedKey) as error:
         print(f"workforce-sync: {error}", file=sys.stderr)
         return 2
-    with dg.DagsterInstance.get() as instance:
-        rows = run_once(defs, instance)
     print_summary(rows)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

@@ -15,8 +15,10 @@ import dagster as dg
 import schedules
 import sensors
 import sync_assets
-from emulator import ghl as ghl_emulator
+from emulator import ghl as ghl_emulator, halo as halo_emulator
 from resources.ghl import GoHighLevelResource
+from resources.halo import HaloPSAResource
+from resources.mappings import MappingFilesResource
 from resources.settings import check_production, local_warehouse_url, setting, sync_env
 from resources.warehouse import WarehouseResource
 
@@ -35,6 +37,10 @@ def with_health(spec: dg.AssetSpec) -> dg.AssetSpec:
     return dg.apply_freshness_policy(spec, HEALTH[spec.tags[CADENCE_TAG]])
 
 
+def mapping_files() -> MappingFilesResource:
+    return MappingFilesResource(agent_mappings_file=setting("AGENT_MAPPINGS_FILE"))
+
+
 def local_resources() -> dict:
     """The embedded default: the emulator's providers and their well-known local credentials."""
     emulator_url = setting("EMULATOR_URL")
@@ -42,6 +48,13 @@ def local_resources() -> dict:
         "gohighlevel": GoHighLevelResource(
             base_url=emulator_url, token=ghl_emulator.TOKEN, location_id=ghl_emulator.LOCATION_ID
         ),
+        "halopsa": HaloPSAResource(
+            base_url=emulator_url,
+            auth_url=f"{emulator_url}/auth",
+            client_id=halo_emulator.CLIENT_ID,
+            client_secret=halo_emulator.CLIENT_SECRET,
+        ),
+        "mapping_files": mapping_files(),
         "warehouse": WarehouseResource(
             url=dg.EnvVar("WAREHOUSE_URL") if os.environ.get("WAREHOUSE_URL") else local_warehouse_url()
         ),
@@ -55,6 +68,14 @@ def production_resources() -> dict:
         "gohighlevel": GoHighLevelResource(
             base_url=setting("GHL_BASE_URL"), token=dg.EnvVar("GHL_TOKEN"), location_id=dg.EnvVar("GHL_LOCATION_ID")
         ),
+        "halopsa": HaloPSAResource(
+            base_url=setting("HALO_BASE_URL"),
+            auth_url=setting("HALO_AUTH_URL"),
+            client_id=dg.EnvVar("HALO_CLIENT_ID"),
+            client_secret=dg.EnvVar("HALO_CLIENT_SECRET"),
+            tenant=setting("HALO_TENANT"),
+        ),
+        "mapping_files": mapping_files(),
         "warehouse": WarehouseResource(url=dg.EnvVar("WAREHOUSE_URL")),
     }
 
@@ -66,7 +87,7 @@ def build_definitions() -> dg.Definitions:
     defs = dg.Definitions(
         assets=sync_assets.assets,
         asset_checks=sync_assets.asset_checks,
-        jobs=schedules.jobs,
+        jobs=[*schedules.jobs, *sensors.jobs],
         schedules=schedules.schedules,
         sensors=sensors.sensors,
         resources=RESOURCES[sync_env()](),

@@ -112,8 +112,9 @@ class Route:
 class Emulator:
     """The providers' APIs over one seeded, deterministic data set."""
 
-    def __init__(self, *, seed: int = 7, anchor: datetime | None = None, rate_limits: bool = True, contacts: int = 300):
-        from emulator import ghl  # the provider modules import this one
+    def __init__(self, *, seed: int = 7, anchor: datetime | None = None, rate_limits: bool = True, contacts: int = 300,
+                 agents: int = 24):
+        from emulator import ghl, halo  # the provider modules import this one
 
         self.lock = threading.RLock()
         self.rate_limits = rate_limits
@@ -124,6 +125,7 @@ class Emulator:
         self.limits: dict[str, SlidingWindow] = {}
         self.limit_headers: dict[str, Callable[[int], dict[str, str]]] = {}
         self.ghl = ghl.GoHighLevel(self, seed=seed, count=contacts)
+        self.halo = halo.HaloPSA(self, seed=seed, agents=agents)
         self._server: ThreadingHTTPServer | None = None
 
     # -- wiring used by provider modules ------------------------------------------------------

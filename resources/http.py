@@ -111,17 +111,22 @@ class BearerAuth(httpx.Auth):
 
 
 class RefreshingAuth(httpx.Auth):
-    """A token fetched by `fetch_token()` and fetched again once when a request gets a 401."""
+    """A token from `fetch_token() -> (token, lifetime in seconds or None)`, fetched again a
+    minute before it expires, and once more when a request gets a 401 anyway."""
 
-    def __init__(self, fetch_token: Callable[[], str]):
+    def __init__(self, fetch_token: Callable[[], tuple[str, float | None]], early_s: float = 60.0):
         self._fetch_token = fetch_token
+        self._early_s = early_s
         self._token: str | None = None
+        self._expires_at: float | None = None
         self._lock = threading.Lock()
 
     def _current(self, stale: str | None = None) -> str:
         with self._lock:
-            if self._token is None or self._token == stale:
-                self._token = self._fetch_token()
+            expired = self._expires_at is not None and time.monotonic() >= self._expires_at
+            if self._token is None or self._token == stale or expired:
+                self._token, lifetime = self._fetch_token()
+                self._expires_at = time.monotonic() + max(lifetime - self._early_s, 0.0) if lifetime else None
             return self._token
 
     def auth_flow(self, request):

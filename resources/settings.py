@@ -44,6 +44,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HALO_CLIENT_ID", "halopsa", required=True, doc="API application client id (client credentials)"),
     Setting("HALO_CLIENT_SECRET", "halopsa", required=True, secret=True, doc="API application client secret"),
     Setting("HALO_TENANT", "halopsa", None, doc="tenant name, for hosted Halo instances that need it"),
+    Setting("FISCAL_YEAR_START", "halopsa", "01-01", doc="month and day (MM-DD) on which a fiscal year starts"),
+    Setting("FISCAL_YEAR_FIRST", "halopsa", None,
+            doc="earliest fiscal year to add as a partition, e.g. `FY2023`; default the current one"),
+    Setting("AGENT_MAPPINGS_FILE", "halopsa", "config/agent_mappings.csv",
+            doc="CSV mapping Halo agents to payroll employee numbers and Xero users (relative to the project)"),
     Setting("EMPLOYES_BASE_URL", "employes", "https://connect.employes.nl/v4", doc="Employes API base URL"),
     Setting("EMPLOYES_TOKEN", "employes", required=True, secret=True, doc="API token (JWT) generated in Employes"),
     Setting("EMPLOYES_COMPANY_ID", "employes", required=True, doc="the company whose employees are synced"),
@@ -101,3 +106,34 @@ def ensure_dagster_home() -> Path:
     if not config.exists():
         config.write_text("telemetry:\n  enabled: false\n")
     return home
+
+
+def env_example() -> str:
+    """The text of `.env.example` (`python -m resources.settings` rewrites the file)."""
+    lines = [
+        "# workforce-sync configuration. Copy to .env (dagster dev reads it) or set in the environment.",
+        "# SYNC_ENV=local needs none of these; SYNC_ENV=production needs every variable marked required.",
+    ]
+    provider = None
+    for s in SETTINGS:
+        if s.provider != provider:
+            provider = s.provider
+            lines += ["", f"# --- {provider} ---"]
+        flags = ", ".join(f for f in ("required in production" if s.required else "", "secret" if s.secret else "") if f)
+        lines.append(f"# {s.doc}" + (f" ({flags})" if flags else ""))
+        lines.append(f"{'' if s.required else '# '}{s.name}={s.default or ''}")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    rows = ["| variable | provider | default | production | meaning |", "|---|---|---|---|---|"]
+    for s in SETTINGS:
+        need = ("required" if s.required else "optional") + (", secret" if s.secret else "")
+        rows.append(f"| `{s.name}` | {s.provider} | {f'`{s.default}`' if s.default else '—'} | {need} | {s.doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    (PROJECT_ROOT / ".env.example").write_text(env_example())
+    print(markdown_table())

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
+import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -54,6 +56,81 @@ ghl_contacts = sa.Table(
     sa.Column("seen_at", sa.DateTime, comment="last full reconciliation that saw the contact"),
     sa.Column("deleted_at", sa.DateTime, comment="set when a reconciliation no longer finds the contact"),
     sa.Index("ix_ghl_contacts_date_updated", "date_updated"),
+)
+
+halo_agents = sa.Table(
+    "halo_agents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.Text),
+    sa.Column("first_name", sa.Text),
+    sa.Column("last_name", sa.Text),
+    sa.Column("email", sa.Text),
+    sa.Column("initials", sa.Text),
+    sa.Column("team", sa.Text),
+    sa.Column("job_title", sa.Text),
+    sa.Column("is_disabled", sa.Boolean, nullable=False),
+    sa.Column("content_hash", sa.String(32), nullable=False),
+    sa.Column("synced_at", sa.DateTime, nullable=False),
+    sa.Column("deleted_at", sa.DateTime, comment="set when Halo no longer lists the agent"),
+)
+
+agent_mappings = sa.Table(
+    "agent_mappings",
+    metadata,
+    sa.Column("halo_agent_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("employee_number", sa.Text, comment="the person's employee number in Employes"),
+    sa.Column("xero_user_id", sa.Text, comment="the person's user id in Xero"),
+    sa.Column("note", sa.Text),
+    sa.Column("line", sa.Integer, nullable=False, comment="line of the mapping file"),
+    sa.Column("loaded_at", sa.DateTime, nullable=False),
+)
+
+halo_time_entries = sa.Table(
+    "halo_time_entries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("fiscal_year", sa.String(16), nullable=False),
+    sa.Column("agent_id", sa.Integer, nullable=False),
+    sa.Column("work_date", sa.Date, nullable=False),
+    sa.Column("start_at", sa.DateTime, nullable=False),
+    sa.Column("end_at", sa.DateTime),
+    sa.Column("minutes", sa.Integer, nullable=False, comment="time taken in whole minutes (Halo sends hours)"),
+    sa.Column("hours_raw", sa.Text, comment="timetaken exactly as Halo sent it"),
+    sa.Column("ticket_id", sa.Integer),
+    sa.Column("action_number", sa.Integer),
+    sa.Column("client_id", sa.Integer),
+    sa.Column("client_name", sa.Text),
+    sa.Column("contract_id", sa.Integer),
+    sa.Column("site_id", sa.Integer),
+    sa.Column("event_type", sa.Integer),
+    sa.Column("subject", sa.Text),
+    sa.Column("note", sa.Text),
+    sa.Column("charge_rate", sa.Text, comment="decimal as text, exactly as sent"),
+    sa.Column("content_hash", sa.String(32), nullable=False),
+    sa.Column("synced_at", sa.DateTime, nullable=False),
+    sa.Column("deleted_at", sa.DateTime, comment="set when Halo no longer has the entry"),
+    sa.Index("ix_halo_time_entries_work_date", "work_date"),
+)
+
+halo_timesheets = sa.Table(
+    "halo_timesheets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("fiscal_year", sa.String(16), nullable=False),
+    sa.Column("agent_id", sa.Integer, nullable=False),
+    sa.Column("work_date", sa.Date, nullable=False),
+    sa.Column("target_minutes", sa.Integer),
+    sa.Column("actual_minutes", sa.Integer),
+    sa.Column("approval_status", sa.Integer, comment="Halo's approvalstatus as sent (1 is taken as approved)"),
+    sa.Column("approved", sa.Boolean, nullable=False),
+    sa.Column("approved_by", sa.Integer),
+    sa.Column("approver", sa.Text),
+    sa.Column("submitted_at", sa.DateTime),
+    sa.Column("content_hash", sa.String(32), nullable=False),
+    sa.Column("synced_at", sa.DateTime, nullable=False),
+    sa.Column("deleted_at", sa.DateTime),
+    sa.Index("ix_halo_timesheets_agent_day", "agent_id", "work_date"),
 )
 
 sync_rejects = sa.Table(
@@ -128,6 +205,39 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
         where=where,
     )
     conn.execute(statement, list(rows))
+
+
+def sync_scope(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, scope: sa.ColumnElement[bool]) -> tuple[Counter, set]:
+    """Upsert `frame` (rows with `id` and `content_hash`) into `table`: insert new rows, update
+    changed ones, restore returning ones. Returns the counts of each, and the ids of live rows
+    within `scope` that the frame does not have: the caller soft-deletes them with `soft_delete`
+    once it knows they are gone for good (not just moved to another scope)."""
+    query = sa.select(table.c.id, table.c.content_hash, table.c.deleted_at).where(scope | table.c.id.in_(frame["id"].to_list()))
+    stored = pl.DataFrame(
+        conn.execute(query).all(),
+        schema={"id": frame.schema["id"], "stored_hash": pl.String, "stored_deleted_at": pl.Datetime("us")},
+        orient="row",
+    )
+    outcome = (
+        pl.when(pl.col("stored_hash").is_null()).then(pl.lit("inserted"))
+        .when(pl.col("content_hash").is_null()).then(pl.lit("gone"))
+        .when(pl.col("stored_deleted_at").is_not_null()).then(pl.lit("restored"))
+        .when(pl.col("content_hash") != pl.col("stored_hash")).then(pl.lit("updated"))
+        .otherwise(pl.lit("unchanged"))
+    )
+    joined = frame.join(stored, on="id", how="full", coalesce=True).with_columns(outcome=outcome)
+    changed = joined.filter(pl.col("outcome").is_in(["inserted", "updated", "restored"])).select(frame.columns)
+    upsert(conn, table, changed.with_columns(synced_at=pl.lit(utcnow()), deleted_at=pl.lit(None, pl.Datetime("us"))).to_dicts())
+    gone = set(joined.filter((pl.col("outcome") == "gone") & pl.col("stored_deleted_at").is_null())["id"].to_list())
+    return Counter(joined.filter(pl.col("outcome") != "gone")["outcome"].to_list()), gone
+
+
+def soft_delete(conn: sa.Connection, table: sa.Table, ids: Collection) -> int:
+    """Mark rows as deleted at the provider (`deleted_at`); returns how many."""
+    ids, now = sorted(ids), utcnow()
+    for start in range(0, len(ids), 1000):
+        conn.execute(table.update().where(table.c.id.in_(ids[start : start + 1000])).values(deleted_at=now))
+    return len(ids)
 
 
 def record_rejects(conn: sa.Connection, provider: str, entity: str, rejects: Sequence[dict[str, Any]], run_id: str) -> None:

@@ -1,4 +1,7 @@
-"""Every sensor of the code location, one module per provider (none yet for GoHighLevel:
-its syncs are time-driven)."""
+"""Every sensor of the code location, one module per provider (GoHighLevel's syncs are
+time-driven and have none)."""
 
-sensors: list = []
+from sensors import halo
+
+jobs = [*halo.jobs]
+sensors = [*halo.sensors]

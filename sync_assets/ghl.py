@@ -20,6 +20,7 @@ from resources.ghl import GoHighLevelResource, parse_contacts
 from resources.http import ProviderError
 from resources.settings import setting
 from resources.warehouse import WarehouseResource, ghl_contacts as contacts_table, record_rejects, upsert, utcnow
+from sync_assets.runs import trigger_of
 
 GROUP = "gohighlevel"
 KINDS = {"gohighlevel", "python", "sql"}
@@ -144,6 +145,7 @@ def ghl_contacts(context: dg.AssetExecutionContext, gohighlevel: GoHighLevelReso
             **_counts(totals, "inserted", "updated", "restored", "unchanged", "stale", "fetched", "written", "rejected"),
             **stats,
             "duration_s": round(time.monotonic() - began, 3),
+            "triggered_by": trigger_of(context),
         }
     )
 
@@ -185,6 +187,7 @@ def ghl_contacts_reconciliation(
             "live_contacts": live,
             **stats,
             "duration_s": round(time.monotonic() - began, 3),
+            "triggered_by": trigger_of(context),
         }
     )
 

@@ -9,8 +9,11 @@ import pytest
 import sqlalchemy as sa
 
 from emulator import Emulator
+from emulator import halo as halo_emulator
 from emulator.ghl import LOCATION_ID, TOKEN
 from resources.ghl import GoHighLevelResource
+from resources.halo import HaloPSAResource
+from resources.mappings import MappingFilesResource
 from resources.warehouse import WarehouseResource, engine_for, metadata
 
 # The emulator's seeded data ends here; tests make their changes in the hours after it.
@@ -69,6 +72,17 @@ def ghl_resources(emulator: Emulator, warehouse_url: str, **client_options) -> d
     options = {"page_size": 50, "backoff_initial_s": 0.01, **client_options}
     return {
         "gohighlevel": GoHighLevelResource(base_url=emulator.url, token=TOKEN, location_id=LOCATION_ID, **options),
+        "warehouse": WarehouseResource(url=warehouse_url),
+    }
+
+
+def halo_resources(emulator: Emulator, warehouse_url: str, mappings_file: str = "config/agent_mappings.csv", **client_options) -> dict:
+    """Resources as the local definitions build them, pointed at the test emulator."""
+    options = {"client_id": halo_emulator.CLIENT_ID, "client_secret": halo_emulator.CLIENT_SECRET,
+               "backoff_initial_s": 0.01, **client_options}
+    return {
+        "halopsa": HaloPSAResource(base_url=emulator.url, auth_url=f"{emulator.url}/auth", **options),
+        "mapping_files": MappingFilesResource(agent_mappings_file=mappings_file),
         "warehouse": WarehouseResource(url=warehouse_url),
     }
 

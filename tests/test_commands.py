@@ -113,6 +113,7 @@ def test_start_script_serves_the_ui_with_the_assets_on_port_3000(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    assert assets == ["ghl_contacts", "ghl_contacts_reconciliation"]
+    assert assets == sorted(key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys())
+    assert "ghl_contacts" in assets
     states = {s["name"]: s["scheduleState"]["status"] for s in schedules["schedulesOrError"]["results"]}
-    assert states == {"ghl_contacts_hourly_schedule": "RUNNING", "ghl_contacts_reconciliation_nightly": "RUNNING"}
+    assert states == {schedule.name: "RUNNING" for schedule in defs.schedules}

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from conftest import warehouse_contacts
 
 from emulator.ghl import LOCATION_ID
-from resources.settings import PROJECT_ROOT, SETTINGS
+from resources.settings import PROJECT_ROOT, SETTINGS, env_example
 from resources.warehouse import engine_for
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
@@ -103,8 +103,9 @@ def test_env_example_lists_every_setting_with_its_default():
     text = (PROJECT_ROOT / ".env.example").read_text()
     listed = dict(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=(.*)$", text, re.MULTILINE))
 
-    assert list(listed) == [s.name for s in SETTINGS]
+    assert list(listed) == [s.name for s in SETTINGS], "run: python -m resources.settings"
     assert all(listed[s.name] == (s.default or "") for s in SETTINGS)
+    assert text == env_example()
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)

@@ -1,0 +1,423 @@
+"""HaloPSA agents, timesheets and time entries, as `provider-apis.md` describes them.
+
+Serves the client-credentials token endpoint (`POST /auth/token`, form body, optional `tenant`),
+`GET /api/authinfo`, and behind a bearer token `GET /api/Agent`, `GET /api/Timesheet` (one
+timesheet per agent-day, with its approval and that day's entries) and `GET /api/TimesheetEvent`
+(time entries by start date), all answering bare JSON arrays. The seeded data is a little over
+a year of weekday entries for every enabled agent, ending the day before the anchor; hours go
+out as Halo sends them, a float (10 minutes is 0.1666666667). Entries are indexed by day and
+agent, so a date-range query touches only the days it asks for. Halo publishes no rate limit,
+so none is applied here (faults can still inject 429s).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import secrets
+import time
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs
+
+from emulator.server import Emulator, Request, Response
+
+CLIENT_ID = "local-halo-client"
+CLIENT_SECRET = "local-halo-secret"
+TOKEN_TTL_S = 3600
+# approvalstatus: 1 approved, 0 not approved (pending), 2 rejected. Halo's swagger gives an int
+# 0/1/2 without saying which is which: this meaning is unverified.
+APPROVED = 1
+PENDING = 0
+HISTORY_DAYS = 400
+APPROVED_BEFORE_DAYS = 7  # days older than this before the anchor are seeded as approved
+DAY_START_MIN = 8 * 60 + 30  # seeded entries run back to back from 08:30
+ADDED_START_MIN = 17 * 60  # entries added by tests start at 17:00
+MAX_RANGE_DAYS = 366
+TARGET_HOURS = 8.0
+BREAK_HOURS = 0.5
+
+FIRST = ["Anna", "Bram", "Chloe", "Daan", "Emma", "Finn", "Grace", "Hugo", "Iris", "Jens", "Kim", "Lars",
+         "Mila", "Noah", "Olivia", "Pieter", "Quinn", "Ruby", "Sam", "Tess", "Umar", "Vera", "Wout", "Yara", "Zoë"]
+LAST = ["de Vries", "Jansen", "Bakker", "Visser", "Smit", "Meijer", "Mulder", "de Boer", "Bos", "Vos",
+        "Peters", "Hendriks", "Dekker", "O'Brien", "García", "Nowak", "Müller", "Nguyen", "Okafor", "Larsen"]
+TEAMS = [("Service Desk", "Service Desk Engineer"), ("Projects", "Project Engineer"),
+         ("Field Services", "Field Engineer"), ("Management", "Team Lead")]
+# (client_id, name, charge rate per hour, contract id or None)
+CLIENTS = [(1, "Internal", 0.0, None), (12, "Acme Facilities", 95.0, 5012), (13, "Noordzee Logistics", 110.0, 5013),
+           (14, "Brightline Dental", 85.0, None), (15, "Harbor IT", 120.0, 5015), (16, "Kestrel Legal", 135.0, None),
+           (17, "Polder Bakeries", 75.0, 5017), (18, "Summit Physio", 90.0, None)]
+SUBJECTS = ["Password reset", "Printer offline", "Mailbox migration", "Firewall change", "New starter setup",
+            "VPN not connecting", "Backup failure", "Laptop replacement", "Patch window", "Teams calls dropping",
+            "Internal meeting", "Documentation"]
+QUARTERS = [15, 30, 45, 60, 60, 75, 90, 90, 105, 120, 120, 135, 150, 165, 180]
+ODD_MINUTES = [10, 20, 40, 50, 70, 80, 100, 110, 130]  # hours that are not short decimals
+DAY_BUDGET_MIN = 9 * 60  # n entries in a day take at most this / n minutes each (mostly over a third of that)
+
+
+def hours(minutes: int) -> float:
+    return round(minutes / 60, 10)
+
+
+def stamp(day: date, minute_of_day: int) -> str:
+    """Halo's zone-less ISO datetime; minutes past 24:00 roll into the next day."""
+    if minute_of_day >= 24 * 60:
+        day, minute_of_day = day + timedelta(days=minute_of_day // (24 * 60)), minute_of_day % (24 * 60)
+    return f"{day.isoformat()}T{minute_of_day // 60:02d}:{minute_of_day % 60:02d}:00"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(status, {"message": message})
+
+
+class _BadRequest(Exception):
+    pass
+
+
+class HaloPSA:
+    """Agents, timesheets and entries of one Halo tenant, and the controls tests use to change them."""
+
+    def __init__(self, emulator: Emulator, *, seed: int, agents: int):
+        self.emulator = emulator
+        self.random = random.Random(f"halo-{seed}")
+        self.client_id = CLIENT_ID
+        self.client_secret = CLIENT_SECRET
+        self.token_ttl_s = TOKEN_TTL_S
+        self.tokens: dict[str, float] = {}  # access token -> time.monotonic() it expires at
+        self.agents: dict[int, dict[str, Any]] = {}
+        self._entries: dict[int, dict[str, Any]] = {}  # id -> TimesheetEvent as served
+        self._minutes: dict[int, int] = {}  # id -> whole minutes, the truth behind `timetaken`
+        self._by_day: dict[date, dict[int, list[int]]] = {}  # day -> agent id -> entry ids
+        self._sheets: dict[tuple[int, date], dict[str, Any]] = {}  # (agent id, day) -> timesheet, no events
+        self._entry_ids = itertools.count(1)
+        self._sheet_ids = itertools.count(1)
+        self._approval_ids = itertools.count(1)
+        for _ in range(agents):
+            self.add_agent()
+        for agent_id in (agents - 1, agents):
+            if agent_id in self.agents:
+                self.agents[agent_id]["isdisabled"] = True
+        self._seed(emulator.anchor.date())
+        emulator.route("halopsa", "POST", r"/auth/token", self.token)
+        emulator.route("halopsa", "GET", r"/api/authinfo", self.authinfo)
+        emulator.route("halopsa", "GET", r"/api/Agent", self.list_agents)
+        emulator.route("halopsa", "GET", r"/api/Timesheet", self.list_timesheets)
+        emulator.route("halopsa", "GET", r"/api/TimesheetEvent", self.list_entries)
+
+    def _seed(self, anchor: date) -> None:
+        rng = self.random
+        enabled = [a for a in sorted(self.agents) if not self.agents[a]["isdisabled"]]
+        approved_before = anchor - timedelta(days=APPROVED_BEFORE_DAYS)
+        approver = self._agent_name(1)
+        # entry count -> (durations in quarters, odd durations) that keep the day within budget
+        lengths = {n: ([m for m in QUARTERS if DAY_BUDGET_MIN // (3 * n) <= m <= DAY_BUDGET_MIN // n],
+                       [m for m in ODD_MINUTES if m <= DAY_BUDGET_MIN // n]) for n in range(3, 7)}
+        day = anchor - timedelta(days=HISTORY_DAYS)
+        while day < anchor:
+            if day.weekday() < 5:
+                iso_day = day.isoformat()
+                by_agent = self._by_day[day] = {}
+                for agent_id in enabled:
+                    sheet = self._new_sheet(agent_id, day)
+                    if day < approved_before:
+                        sheet["approval"].update(approvalstatus=APPROVED, approvedby=1, approver=approver,
+                                                 submissiondate=f"{(day + timedelta(days=1)).isoformat()}T09:00:00")
+                    ids = by_agent[agent_id] = []
+                    start = DAY_START_MIN
+                    count = rng.randint(3, 6)
+                    quarters, odd = lengths[count]
+                    for _ in range(count):
+                        minutes = rng.choice(odd) if rng.random() < 0.1 else rng.choice(quarters)
+                        entry_id = next(self._entry_ids)
+                        self._entries[entry_id] = self._new_entry(entry_id, agent_id, day, start, minutes, iso_day)
+                        self._minutes[entry_id] = minutes
+                        ids.append(entry_id)
+                        start += minutes
+            day += timedelta(days=1)
+
+    # -- building records ----------------------------------------------------------------------
+    def _agent_name(self, agent_id: int) -> str:
+        agent = self.agents.get(agent_id)
+        return agent["name"] if agent else f"Agent {agent_id}"
+
+    def _new_entry(self, entry_id: int, agent_id: int, day: date, start: int, minutes: int, iso_day: str | None = None) -> dict[str, Any]:
+        rng = self.random
+        client_id, customer, rate, contract = rng.choice(CLIENTS)
+        subject = rng.choice(SUBJECTS)
+        iso_day = iso_day or day.isoformat()
+        return {
+            "id": entry_id,
+            "event_type": 0,
+            "subject": subject,
+            "start_date": f"{iso_day}T{start // 60:02d}:{start % 60:02d}:00",
+            "end_date": stamp(day, start + minutes),
+            "timetaken": hours(minutes),
+            "agent_id": agent_id,
+            "ticket_id": rng.randrange(10_000, 20_000),
+            "action_number": rng.randrange(1, 30),
+            "note": f"{subject}: worked on it",
+            "customer": customer,
+            "client_id": client_id,
+            "site_id": client_id * 10 + 1,
+            "charge_rate": rate,
+            "contract_id": contract if contract is not None and rng.random() < 0.8 else None,
+            "holiday_id": None,
+            "traveltime": 0,
+            "mileage": 0,
+        }
+
+    def _new_sheet(self, agent_id: int, day: date) -> dict[str, Any]:
+        sheet_id = next(self._sheet_ids)
+        iso_day = day.isoformat()
+        sheet = {
+            "id": sheet_id,
+            "agent_id": agent_id,
+            "agent_name": self._agent_name(agent_id),
+            "date": f"{iso_day}T00:00:00",
+            "start_time": f"{iso_day}T08:30:00",
+            "end_time": f"{iso_day}T17:00:00",
+            "target_hours": TARGET_HOURS,
+            "break_hours": BREAK_HOURS,
+            "approval": {"id": next(self._approval_ids), "tsid": sheet_id, "unum": agent_id, "approvalstatus": PENDING,
+                         "approvedby": None, "submissiondate": None, "approver": None, "message": ""},
+        }
+        self._sheets[(agent_id, day)] = sheet
+        return sheet
+
+    def _sheet(self, agent_id: int, day: date) -> dict[str, Any]:
+        return self._sheets.get((agent_id, day)) or self._new_sheet(agent_id, day)
+
+    def _ids_of(self, agent_id: int, day: date) -> list[int]:
+        return self._by_day.get(day, {}).get(agent_id, [])
+
+    def _render_sheet(self, sheet: dict[str, Any], day: date) -> dict[str, Any]:
+        ids = self._ids_of(sheet["agent_id"], day)
+        events = [dict(self._entries[i]) for i in ids]
+        total = sum(self._minutes[i] for i in ids)
+        chargeable = sum(self._minutes[i] for i in ids if self._entries[i].get("charge_rate"))
+        return {**sheet, "actual_hours": hours(total), "chargeable_hours": hours(chargeable), "work_hours": hours(total),
+                "events": events, "approval": dict(sheet["approval"])}
+
+    def _index(self, entry_id: int) -> None:
+        entry = self._entries[entry_id]
+        day = date.fromisoformat(entry["start_date"][:10])
+        self._by_day.setdefault(day, {}).setdefault(entry["agent_id"], []).append(entry_id)
+        self._sheet(entry["agent_id"], day)
+
+    def _unindex(self, entry_id: int) -> None:
+        entry = self._entries[entry_id]
+        day = date.fromisoformat(entry["start_date"][:10])
+        ids = self._by_day.get(day, {}).get(entry["agent_id"], [])
+        if entry_id in ids:
+            ids.remove(entry_id)
+
+    # -- controls ---------------------------------------------------------------------------
+    def add_agent(self, **fields: Any) -> int:
+        """A new enabled agent with the next id; fields override the generated ones."""
+        with self.emulator.lock:
+            rng = self.random
+            agent_id = fields.pop("id", None) or max(self.agents, default=0) + 1
+            first, last = rng.choice(FIRST), rng.choice(LAST)
+            team, title = rng.choice(TEAMS)
+            first, last = fields.get("firstname", first), fields.get("surname", last)
+            email_name = f"{first}.{last}".lower().replace(" ", "").replace("'", "")
+            agent = {
+                "id": agent_id,
+                "name": f"{first} {last}",
+                "firstname": first,
+                "surname": last,
+                "email": f"{email_name}.{agent_id}@example.com",
+                "initials": f"{first[0]}{last.split()[-1][0].upper()}",
+                "isdisabled": False,
+                "team": team,
+                "jobtitle": title,
+                "costprice": float(rng.randrange(30, 70)),
+                "use": "agent",
+            }
+            agent.update(fields)
+            self.agents[agent_id] = agent
+            return agent_id
+
+    def disable_agent(self, agent_id: int) -> None:
+        with self.emulator.lock:
+            self.agents[agent_id]["isdisabled"] = True
+
+    def add_entry(self, agent_id: int, day: date, minutes: int, **fields: Any) -> int:
+        """A new entry of `minutes` starting 17:00 on `day`; its timesheet is created (pending) if missing."""
+        with self.emulator.lock:
+            if agent_id not in self.agents:
+                raise KeyError(f"no agent {agent_id}")
+            entry_id = next(self._entry_ids)
+            entry = self._new_entry(entry_id, agent_id, day, ADDED_START_MIN, minutes)
+            entry.update(fields)
+            self._entries[entry_id] = entry
+            self._minutes[entry_id] = minutes
+            self._index(entry_id)
+            return entry_id
+
+    def edit_entry(self, entry_id: int, *, minutes: int | None = None, day: date | None = None, **fields: Any) -> None:
+        """Change an entry: its length, its day (same time of day, so it moves to that day's
+        timesheet, created pending if missing), or any fields, which are set as given."""
+        with self.emulator.lock:
+            entry = self._entries[entry_id]
+            self._unindex(entry_id)
+            entry.update(fields)
+            start = datetime.fromisoformat(entry["start_date"])
+            if day is not None:
+                start = datetime.combine(day, start.time())
+                entry["start_date"] = start.strftime("%Y-%m-%dT%H:%M:%S")
+            if minutes is not None:
+                self._minutes[entry_id] = minutes
+                entry["timetaken"] = hours(minutes)
+            if minutes is not None or day is not None:
+                entry["end_date"] = (start + timedelta(minutes=self._minutes[entry_id])).strftime("%Y-%m-%dT%H:%M:%S")
+            self._index(entry_id)
+
+    def delete_entry(self, entry_id: int) -> None:
+        with self.emulator.lock:
+            self._unindex(entry_id)
+            del self._entries[entry_id]
+            del self._minutes[entry_id]
+
+    def approve(self, agent_id: int, day: date, approver_id: int = 1) -> None:
+        with self.emulator.lock:
+            self._sheet(agent_id, day)["approval"].update(
+                approvalstatus=APPROVED, approvedby=approver_id, approver=self._agent_name(approver_id), submissiondate=now_iso())
+
+    def unapprove(self, agent_id: int, day: date) -> None:
+        with self.emulator.lock:
+            self._sheet(agent_id, day)["approval"].update(approvalstatus=PENDING, approvedby=None, approver=None)
+
+    def expire_tokens(self) -> None:
+        """Every token issued so far stops working (as when Halo expires or revokes them)."""
+        with self.emulator.lock:
+            self.tokens.clear()
+
+    def entries(self) -> dict[int, dict[str, Any]]:
+        """The entries Halo holds now, by id, as served."""
+        with self.emulator.lock:
+            return {entry_id: dict(entry) for entry_id, entry in self._entries.items()}
+
+    def timesheets(self) -> dict[tuple[int, date], dict[str, Any]]:
+        """Every timesheet, by (agent id, day), as served (events and hours included)."""
+        with self.emulator.lock:
+            return {key: self._render_sheet(sheet, key[1]) for key, sheet in self._sheets.items()}
+
+    def minutes(self, entry_id: int) -> int:
+        with self.emulator.lock:
+            return self._minutes[entry_id]
+
+    # -- API --------------------------------------------------------------------------------
+    def token(self, request: Request) -> Response:
+        form = {k: v[-1] for k, v in parse_qs(request.body.decode(errors="replace")).items()}
+        # `tenant` may come in the query string or the form; one tenant here, so its value is ignored.
+        if form.get("grant_type") != "client_credentials":
+            return Response(400, {"error": "unsupported_grant_type"})
+        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+            return Response(401, {"error": "invalid_client"})
+        now = time.monotonic()
+        self.tokens = {t: expiry for t, expiry in self.tokens.items() if expiry > now}
+        access_token = secrets.token_urlsafe(32)
+        self.tokens[access_token] = now + self.token_ttl_s
+        return Response(200, {"access_token": access_token, "token_type": "Bearer", "expires_in": self.token_ttl_s, "scope": "all"})
+
+    def authinfo(self, request: Request) -> Response:
+        return Response(200, {"auth_url": f"{self.emulator.url}/auth"})
+
+    def _denied(self, request: Request) -> Response | None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        expiry = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        if expiry is None or expiry <= time.monotonic():
+            return Response(401, {"error": "invalid_token", "error_description": "The access token is invalid or has expired"},
+                            {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return None
+
+    def list_agents(self, request: Request) -> Response:
+        denied = self._denied(request)
+        if denied:
+            return denied
+        enabled = _flag(request.query.get("includeenabled"), True)
+        disabled = _flag(request.query.get("includedisabled"), False)
+        agents = [dict(a) for _, a in sorted(self.agents.items())
+                  if (disabled if a["isdisabled"] else enabled)]
+        return Response(200, agents)
+
+    def list_timesheets(self, request: Request) -> Response:
+        denied = self._denied(request)
+        if denied:
+            return denied
+        try:
+            first, last = _date_range(request.query)
+            agents = _agent_filter(request.query)
+        except _BadRequest as error:
+            return _error(400, str(error))
+        if agents is None:
+            return _error(400, "agents or agent_id is required")
+        sheets = []
+        day = first
+        while day <= last:
+            for agent_id in sorted(agents):
+                sheet = self._sheets.get((agent_id, day))
+                if sheet is not None:
+                    sheets.append(self._render_sheet(sheet, day))
+            day += timedelta(days=1)
+        return Response(200, sheets)
+
+    def list_entries(self, request: Request) -> Response:
+        denied = self._denied(request)
+        if denied:
+            return denied
+        try:
+            first, last = _date_range(request.query)
+            agents = _agent_filter(request.query)
+        except _BadRequest as error:
+            return _error(400, str(error))
+        found = []
+        day = first
+        while day <= last:
+            for agent_id, ids in self._by_day.get(day, {}).items():
+                if agents is None or agent_id in agents:
+                    found.extend(self._entries[i] for i in ids)
+            day += timedelta(days=1)
+        found.sort(key=lambda e: (e["start_date"], e["id"]))
+        return Response(200, [dict(e) for e in found])
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("true", "1")
+
+
+def _date_range(query: dict[str, str]) -> tuple[date, date]:
+    """[start_date, end_date] as days; full ISO datetimes are cut to their date."""
+    days = []
+    for name in ("start_date", "end_date"):
+        value = (query.get(name) or "").strip()
+        if not value:
+            raise _BadRequest(f"{name} is required")
+        try:
+            days.append(date.fromisoformat(value[:10]))
+        except ValueError:
+            raise _BadRequest(f"{name} is not a date: {value!r}") from None
+    first, last = days
+    if (last - first).days + 1 > MAX_RANGE_DAYS:
+        raise _BadRequest("date range too large")
+    return first, last
+
+
+def _agent_filter(query: dict[str, str]) -> set[int] | None:
+    """The agent ids of `agents` (comma separated) and `agent_id` together; None when neither is given."""
+    raw = [part for name in ("agents", "agent_id") for part in (query.get(name) or "").split(",")]
+    raw = [part.strip() for part in raw if part.strip()]
+    if not raw:
+        return None
+    try:
+        return {int(part) for part in raw}
+    except ValueError:
+        raise _BadRequest("agents must be agent ids separated by commas") from None

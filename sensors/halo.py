@@ -1,0 +1,56 @@
+"""The new-fiscal-year sensor: adds the fiscal year the calendar has entered (and any from
+FISCAL_YEAR_FIRST) as partitions, and syncs each fiscal year it has not seen before once,
+including years added by hand in the UI."""
+
+import json
+
+import dagster as dg
+
+from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey, today, year_of
+from sync_assets.halo import halo_timesheets
+
+halo_timesheets_job = dg.define_asset_job("halo_timesheets_job", selection=[halo_timesheets])
+
+
+def _cursor(text: str | None) -> set[str]:
+    return set(json.loads(text)["synced"]) if text else set()
+
+
+@dg.sensor(
+    name="halo_new_fiscal_year",
+    target=halo_timesheets_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def new_fiscal_year(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    """Adds and syncs new fiscal years (calendar, FISCAL_YEAR_FIRST, or the UI's add-partition)."""
+    calendar = FiscalCalendar.from_settings()
+    existing = context.instance.get_dynamic_partitions(FISCAL_YEARS.name)
+    to_add = [key for key in calendar.wanted_keys(today()) if key not in existing]
+    # The cursor is the set of fiscal years already requested: data seen, not a clock.
+    requested = _cursor(context.cursor)
+    malformed, new = [], []
+    for key in [*existing, *to_add]:
+        try:
+            year_of(key)
+        except MalformedKey as error:
+            malformed.append(str(error))
+            continue
+        if key not in requested:
+            new.append(key)
+    for problem in malformed:
+        context.log.error(f"{problem}; not synced. Delete the partition in the UI and add the right key.")
+    if not (new or to_add):
+        return dg.SkipReason("; ".join(malformed) if malformed else "no new fiscal year")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(run_key=f"new-fiscal-year-{key}", partition_key=key)
+            for key in new
+        ],
+        dynamic_partitions_requests=[FISCAL_YEARS.build_add_request(to_add)] if to_add else [],
+        cursor=json.dumps({"synced": sorted(requested | set(new))}),
+    )
+
+
+jobs = [halo_timesheets_job]
+sensors = [new_fiscal_year]

@@ -1,0 +1,212 @@
+"""HaloPSA end to end: agents, mappings and a fiscal year of timesheets, through real Dagster
+runs over real HTTP to the emulator, into SQLite and PostgreSQL."""
+
+from datetime import UTC, date, datetime
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from conftest import halo_resources
+
+from definitions import defs
+from resources.warehouse import engine_for
+from sync_assets.fiscal_years import FISCAL_YEARS
+from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets, mappings_match_agents, no_unmapped_agents
+
+YEAR = "FY2026"  # 2026-01-01..2026-12-31; the emulator's data runs to 2026-11-19
+AUTUMN = {"start": "2026-09-01", "end": "2026-11-30"}  # three chunks of 31 days: quick runs
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(FISCAL_YEARS.name, [YEAR])
+        yield instance
+
+
+def sync_reference(resources, instance) -> dg.ExecuteInProcessResult:
+    return dg.materialize([halo_agents, agent_mappings, mappings_match_agents], resources=resources, instance=instance,
+                          raise_on_error=False)
+
+
+def sync_year(resources, instance, key=YEAR, days=None) -> dg.ExecuteInProcessResult:
+    config = {"ops": {"halo_timesheets": {"config": days}}} if days else None
+    return dg.materialize([halo_timesheets, no_unmapped_agents], resources=resources, instance=instance,
+                          partition_key=key, run_config=config, raise_on_error=False)
+
+
+def meta(result, name="halo_timesheets") -> dict:
+    (materialization,) = result.asset_materializations_for_node(name)
+    return {k: v.value for k, v in materialization.metadata.items()}
+
+
+def failure_message(result) -> str:
+    return next(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
+
+
+def stored_entries(url, first=date(2026, 1, 1), last=date(2026, 12, 31)) -> dict[int, tuple]:
+    query = sa.text("SELECT id, agent_id, work_date, minutes FROM halo_time_entries "
+                    "WHERE deleted_at IS NULL AND work_date BETWEEN :first AND :last")
+    with engine_for(url).connect() as conn:
+        return {r.id: (r.agent_id, r.work_date if isinstance(r.work_date, date) else date.fromisoformat(r.work_date), r.minutes)
+                for r in conn.execute(query, {"first": first, "last": last})}
+
+
+def halo_entries(emulator, first=date(2026, 1, 1), last=date(2026, 12, 31)) -> dict[int, tuple]:
+    halo = emulator.halo
+    truth = {}
+    for entry_id, entry in halo.entries().items():
+        day = date.fromisoformat(entry["start_date"][:10])
+        if first <= day <= last:
+            truth[entry_id] = (entry["agent_id"], day, halo.minutes(entry_id))
+    return truth
+
+
+def stored_approvals(url) -> dict[tuple, bool]:
+    with engine_for(url).connect() as conn:
+        rows = conn.execute(sa.text("SELECT agent_id, work_date, approved FROM halo_timesheets WHERE deleted_at IS NULL")).all()
+    return {(r.agent_id, str(r.work_date)[:10]): bool(r.approved) for r in rows}
+
+
+def test_year_resync_after_edits_deletions_and_approvals_matches_halo_exactly(emulator, warehouse_url, instance):
+    resources = halo_resources(emulator, warehouse_url)
+    assert sync_reference(resources, instance).success
+    first = sync_year(resources, instance)
+    assert first.success
+    assert stored_entries(warehouse_url) == halo_entries(emulator)
+
+    halo = emulator.halo
+    ids = sorted(halo_entries(emulator))
+    halo.edit_entry(ids[0], minutes=95)
+    halo.edit_entry(ids[1], day=date(2026, 11, 18))
+    for entry_id in ids[10:13]:
+        halo.delete_entry(entry_id)
+    added = [halo.add_entry(3, date(2026, 11, 19), 20), halo.add_entry(4, date(2026, 2, 2), 50)]
+    halo.approve(5, date(2026, 11, 18))
+    halo.unapprove(6, date(2026, 3, 3))
+    second = sync_year(resources, instance)
+
+    assert second.success
+    assert stored_entries(warehouse_url) == halo_entries(emulator)
+    counts = meta(second)
+    assert (counts["entries_inserted"], counts["entries_updated"], counts["entries_deleted"]) == (2, 2, 3)
+    approvals = stored_approvals(warehouse_url)
+    assert approvals[(5, "2026-11-18")] is True and approvals[(6, "2026-03-03")] is False
+    assert set(added) <= set(stored_entries(warehouse_url))
+
+
+def test_minutes_are_exact_where_hours_are_not(emulator, sqlite_warehouse_url, instance):
+    halo = emulator.halo
+    ten, fifty = halo.add_entry(1, date(2026, 10, 1), 10), halo.add_entry(1, date(2026, 10, 1), 50)
+
+    assert sync_year(halo_resources(emulator, sqlite_warehouse_url), instance, days=AUTUMN).success
+
+    stored = stored_entries(sqlite_warehouse_url)
+    assert (stored[ten][2], stored[fifty][2]) == (10, 50)
+    autumn = halo_entries(emulator, date(2026, 9, 1), date(2026, 11, 30))
+    assert sum(m for *_, m in stored.values()) == sum(m for *_, m in autumn.values())
+
+
+def test_unmapped_agents_are_kept_counted_and_listed(emulator, sqlite_warehouse_url, instance, tmp_path):
+    mapping = tmp_path / "agents.csv"
+    mapping.write_text("halo_agent_id,employee_number,xero_user_id,note\n" +
+                       "".join(f"{i},E{i},,\n" for i in range(1, 23) if i not in (5, 6)))
+    resources = halo_resources(emulator, sqlite_warehouse_url, mappings_file=str(mapping))
+    assert sync_reference(resources, instance).success
+
+    result = sync_year(resources, instance, days=AUTUMN)
+
+    assert result.success
+    assert meta(result)["unmapped_agents"] == 2
+    assert {agent for agent, *_ in stored_entries(sqlite_warehouse_url).values()} >= {5, 6}
+    (check,) = result.get_asset_check_evaluations()
+    assert not check.passed
+    assert "agent 5 (" in check.metadata["agents"].value and "agent 6 (" in check.metadata["agents"].value
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [dict(kind="expired_token", after=3), dict(kind="429", retry_after=1, after=2, times=2), dict(kind="500", after=1, times=3),
+     dict(kind="drop", after=4)],
+    ids=["token expired mid-run", "429 with Retry-After", "500s", "dropped connection"],
+)
+def test_fault_mid_run_ends_in_the_same_warehouse(emulator, sqlite_warehouse_url, instance, fault):
+    emulator.inject("halopsa", **fault)
+
+    result = sync_year(halo_resources(emulator, sqlite_warehouse_url), instance, days=AUTUMN)
+
+    assert result.success
+    assert not emulator.faults
+    assert stored_entries(sqlite_warehouse_url) == halo_entries(emulator, date(2026, 9, 1), date(2026, 11, 30))
+
+
+def test_tokens_expiring_in_the_provider_are_fetched_again(emulator, sqlite_warehouse_url, instance):
+    resources = halo_resources(emulator, sqlite_warehouse_url)
+    assert sync_year(resources, instance, days={"start": "2026-11-01", "end": "2026-11-19"}).success
+    tokens_before = len(emulator.requests("halopsa", "/auth/token"))
+    emulator.halo.expire_tokens()
+
+    assert sync_year(resources, instance, days={"start": "2026-11-01", "end": "2026-11-19"}).success
+    assert len(emulator.requests("halopsa", "/auth/token")) == tokens_before + 1
+
+
+def test_wrong_client_secret_fails_naming_the_settings(emulator, sqlite_warehouse_url, instance):
+    resources = halo_resources(emulator, sqlite_warehouse_url, client_secret="not-the-secret")
+
+    result = sync_year(resources, instance, days=AUTUMN)
+
+    assert not result.success
+    message = failure_message(result)
+    assert "HALO_CLIENT_ID and HALO_CLIENT_SECRET" in message and "not-the-secret" not in message
+
+
+def test_malformed_fiscal_year_key_fails_clearly(emulator, sqlite_warehouse_url, instance):
+    instance.add_dynamic_partitions(FISCAL_YEARS.name, ["FY26"])
+
+    result = sync_year(halo_resources(emulator, sqlite_warehouse_url), instance, key="FY26")
+
+    assert not result.success
+    assert "malformed fiscal-year key 'FY26'" in failure_message(result)
+    assert emulator.requests("halopsa") == []
+
+
+def test_date_range_outside_the_fiscal_year_is_refused(emulator, sqlite_warehouse_url, instance):
+    result = sync_year(halo_resources(emulator, sqlite_warehouse_url), instance, days={"start": "2025-12-01", "end": "2026-01-31"})
+
+    assert "2025-12-01..2026-01-31 is not within FY2026 (2026-01-01..2026-12-31)" in failure_message(result)
+
+
+def test_date_range_sync_touches_only_its_days(emulator, sqlite_warehouse_url, instance):
+    resources = halo_resources(emulator, sqlite_warehouse_url)
+    assert sync_year(resources, instance, days=AUTUMN).success
+    emulator.halo.delete_entry(min(halo_entries(emulator, date(2026, 9, 1), date(2026, 9, 30))))
+    before = stored_entries(sqlite_warehouse_url)
+
+    october = sync_year(resources, instance, days={"start": "2026-10-01", "end": "2026-10-31"})
+
+    assert meta(october)["entries_deleted"] == 0
+    assert stored_entries(sqlite_warehouse_url) == before
+
+
+def test_hourly_schedule_syncs_the_fiscal_year_containing_today(instance):
+    schedule = defs.resolve_schedule_def("halo_timesheets_hourly")
+
+    def tick(moment):
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=moment, repository_def=defs.get_repository_def())
+        return schedule.evaluate_tick(context)
+
+    (request,) = tick(datetime(2026, 11, 23, 10, 15, tzinfo=UTC)).run_requests
+    skipped = tick(datetime(2027, 1, 1, 0, 15, tzinfo=UTC))
+
+    assert request.partition_key == YEAR
+    assert "FY2027 is not a partition yet" in skipped.skip_message
+
+
+def test_sensor_and_schedule_runs_say_what_started_them(emulator, sqlite_warehouse_url, instance):
+    resources = halo_resources(emulator, sqlite_warehouse_url)
+    tags = {"dagster/sensor_name": "halo_new_fiscal_year"}
+    result = dg.materialize([halo_timesheets], resources=resources, instance=instance, partition_key=YEAR, tags=tags,
+                            run_config={"ops": {"halo_timesheets": {"config": AUTUMN}}})
+
+    assert meta(result)["triggered_by"] == "sensor halo_new_fiscal_year"
+    assert meta(sync_year(resources, instance, days=AUTUMN))["triggered_by"] == "manual (UI)"
