@@ -104,8 +104,9 @@ def test_start_script_serves_the_ui_with_the_assets_on_port_3000(tmp_path):
                                start_new_session=True)
     try:
         assets = _wait_for_assets(process, time.monotonic() + 240)
-        schedules = _graphql('{ schedulesOrError(repositorySelector: {repositoryName: "__repository__", '
-                             'repositoryLocationName: "workforce_sync"}) { ... on Schedules { results { name scheduleState { status } } } } }')
+        repository = '(repositorySelector: {repositoryName: "__repository__", repositoryLocationName: "workforce_sync"})'
+        schedules = _graphql(f'{{ schedulesOrError{repository} {{ ... on Schedules {{ results {{ name scheduleState {{ status }} }} }} }} }}')
+        sensors = _graphql(f'{{ sensorsOrError{repository} {{ ... on Sensors {{ results {{ name sensorState {{ status }} }} }} }} }}')
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -117,3 +118,5 @@ def test_start_script_serves_the_ui_with_the_assets_on_port_3000(tmp_path):
     assert "ghl_contacts" in assets
     states = {s["name"]: s["scheduleState"]["status"] for s in schedules["schedulesOrError"]["results"]}
     assert states == {schedule.name: "RUNNING" for schedule in defs.schedules}
+    sensor_states = {s["name"]: s["sensorState"]["status"] for s in sensors["sensorsOrError"]["results"]}
+    assert sensor_states == {sensor.name: "RUNNING" for sensor in defs.sensors}

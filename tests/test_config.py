@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import warehouse_contacts
 
+from emulator import halo as halo_emulator
 from emulator.ghl import LOCATION_ID
 from resources.settings import PROJECT_ROOT, SETTINGS, env_example
 from resources.warehouse import engine_for
@@ -19,6 +20,7 @@ from resources.warehouse import engine_for
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 SECRET_TOKEN = "pit-7c1f9e-DISTINCTIVE-ghl-token"
 SECRET_PASSWORD = "Pw-DISTINCTIVE-0b5d"
+SECRET_HALO = "halo-secret-DISTINCTIVE-5e1a"
 
 
 def production_env(**values) -> dict[str, str]:
@@ -68,10 +70,12 @@ def test_unknown_sync_env_is_a_clear_error():
 
 def test_no_secret_appears_in_logs_metadata_errors_or_the_warehouse(emulator, postgres_url, monkeypatch, capfd):
     emulator.ghl.token = SECRET_TOKEN
+    emulator.halo.client_secret = SECRET_HALO
     warehouse_url = sa.make_url(postgres_url).set(password=SECRET_PASSWORD).render_as_string(hide_password=False)
     required = {s.name: f"{s.name.lower()}-DISTINCTIVE" for s in SETTINGS if s.required}
     for name, value in {**required, "GHL_BASE_URL": emulator.url, "GHL_TOKEN": SECRET_TOKEN,
-                        "GHL_LOCATION_ID": LOCATION_ID, "WAREHOUSE_URL": warehouse_url}.items():
+                        "GHL_LOCATION_ID": LOCATION_ID, "WAREHOUSE_URL": warehouse_url, "HALO_BASE_URL": emulator.url,
+                        "HALO_CLIENT_ID": halo_emulator.CLIENT_ID, "HALO_CLIENT_SECRET": SECRET_HALO}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("SYNC_ENV", "production")
     import definitions
@@ -82,11 +86,14 @@ def test_no_secret_appears_in_logs_metadata_errors_or_the_warehouse(emulator, po
             job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("ghl_contacts_reconciliation")]),
             job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("ghl_contacts")],
                                    partition_key="2026-11-20-13:00"),
+            job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("halo_agents")]),
         ]
-        emulator.ghl.token = "rotated-in-the-provider-ui"  # our token is now refused: an error path
-        runs.append(job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("ghl_contacts_reconciliation")],
-                                           raise_on_error=False))
-        assert [r.success for r in runs] == [True, True, False]
+        # The credentials are now refused by the providers: the error paths.
+        emulator.ghl.token = "rotated-in-the-provider-ui"
+        emulator.halo.client_secret = "rotated-in-halo"
+        for asset in ("ghl_contacts_reconciliation", "halo_agents"):
+            runs.append(job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(asset)], raise_on_error=False))
+        assert [r.success for r in runs] == [True, True, True, False, False]
         events = "\n".join(str(entry) for run in runs for entry in instance.all_logs(run.run_id))
     captured = capfd.readouterr()
     stored = str(warehouse_contacts(warehouse_url, live_only=False))
@@ -94,7 +101,8 @@ def test_no_secret_appears_in_logs_metadata_errors_or_the_warehouse(emulator, po
         stored += str(conn.execute(sa.text("SELECT * FROM sync_rejects")).all())
 
     assert "HTTP 401" in events
-    secrets = [SECRET_TOKEN, SECRET_PASSWORD, *[v for k, v in required.items() if k.endswith(("SECRET", "TOKEN"))]]
+    assert "HALO_CLIENT_SECRET" in events
+    secrets = [SECRET_TOKEN, SECRET_PASSWORD, SECRET_HALO, *[v for k, v in required.items() if k.endswith(("SECRET", "TOKEN"))]]
     for output in (events, captured.out, captured.err, stored):
         assert not [s for s in secrets if s in output]
 
