@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from resources.settings import ConfigError, ensure_dagster_home
-from sync_assets.runs import TRIGGER_TAG
-from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey, today
+from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey
+from sync_assets.runs import TRIGGER_TAG, today
 
 HEALTH_NAMES = {"PASS": "green", "WARN": "yellow", "FAIL": "red", "UNKNOWN": "unknown"}
 

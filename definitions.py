@@ -15,7 +15,8 @@ import dagster as dg
 import schedules
 import sensors
 import sync_assets
-from emulator import ghl as ghl_emulator, halo as halo_emulator
+from emulator import employes as employes_emulator, ghl as ghl_emulator, halo as halo_emulator
+from resources.employes import EmployesResource
 from resources.ghl import GoHighLevelResource
 from resources.halo import HaloPSAResource
 from resources.mappings import MappingFilesResource
@@ -54,6 +55,9 @@ def local_resources() -> dict:
             client_id=halo_emulator.CLIENT_ID,
             client_secret=halo_emulator.CLIENT_SECRET,
         ),
+        "employes": EmployesResource(
+            base_url=emulator_url, token=employes_emulator.TOKEN, company_id=employes_emulator.COMPANY_ID
+        ),
         "mapping_files": mapping_files(),
         "warehouse": WarehouseResource(
             url=dg.EnvVar("WAREHOUSE_URL") if os.environ.get("WAREHOUSE_URL") else local_warehouse_url()
@@ -74,6 +78,9 @@ def production_resources() -> dict:
             client_id=dg.EnvVar("HALO_CLIENT_ID"),
             client_secret=dg.EnvVar("HALO_CLIENT_SECRET"),
             tenant=setting("HALO_TENANT"),
+        ),
+        "employes": EmployesResource(
+            base_url=setting("EMPLOYES_BASE_URL"), token=dg.EnvVar("EMPLOYES_TOKEN"), company_id=dg.EnvVar("EMPLOYES_COMPANY_ID")
         ),
         "mapping_files": mapping_files(),
         "warehouse": WarehouseResource(url=dg.EnvVar("WAREHOUSE_URL")),

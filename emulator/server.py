@@ -113,8 +113,8 @@ class Emulator:
     """The providers' APIs over one seeded, deterministic data set."""
 
     def __init__(self, *, seed: int = 7, anchor: datetime | None = None, rate_limits: bool = True, contacts: int = 300,
-                 agents: int = 24):
-        from emulator import ghl, halo  # the provider modules import this one
+                 agents: int = 24, employees: int = 40):
+        from emulator import employes, ghl, halo  # the provider modules import this one
 
         self.lock = threading.RLock()
         self.rate_limits = rate_limits
@@ -126,6 +126,7 @@ class Emulator:
         self.limit_headers: dict[str, Callable[[int], dict[str, str]]] = {}
         self.ghl = ghl.GoHighLevel(self, seed=seed, count=contacts)
         self.halo = halo.HaloPSA(self, seed=seed, agents=agents)
+        self.employes = employes.Employes(self, seed=seed, count=employees)
         self._server: ThreadingHTTPServer | None = None
 
     # -- wiring used by provider modules ------------------------------------------------------

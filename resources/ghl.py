@@ -22,7 +22,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from resources.http import BearerAuth, ProviderClient, ProviderError, RateLimiter
+from resources.http import BearerAuth, ProviderClient, ProviderError, shared_limiter
 
 API_VERSION = "2021-07-28"
 MAX_PAGE_SIZE = 500
@@ -185,7 +185,7 @@ class GoHighLevelResource(dg.ConfigurableResource):
             "gohighlevel",
             self.base_url,
             auth=BearerAuth(self.token),
-            limiter=RateLimiter(self.requests_per_10s, 10.0),
+            limiter=shared_limiter(f"gohighlevel {self.base_url} {self.location_id}", self.requests_per_10s, 10.0),
             secrets=[self.token],
             credential_hint="check GHL_TOKEN (a Private Integration Token with contacts.readonly)",
             headers={"Version": API_VERSION, "Accept": "application/json"},

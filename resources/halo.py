@@ -18,7 +18,7 @@ from typing import Any
 import dagster as dg
 import httpx
 
-from resources.http import ProviderAuthError, ProviderClient, ProviderError, RateLimiter, RefreshingAuth
+from resources.http import ProviderAuthError, ProviderClient, ProviderError, RefreshingAuth, shared_limiter
 
 APPROVED = 1
 
@@ -195,7 +195,7 @@ class HaloPSAResource(dg.ConfigurableResource):
     @contextlib.contextmanager
     def client(self, log: Callable[[str], None] | None = None) -> Iterator[HaloClient]:
         common = dict(
-            limiter=RateLimiter(self.requests_per_minute, 60.0),
+            limiter=shared_limiter(f"halopsa {self.base_url}", self.requests_per_minute, 60.0),
             secrets=[self.client_secret],
             timeout_s=self.timeout_s,
             max_attempts=self.max_attempts,

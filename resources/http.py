@@ -71,6 +71,7 @@ class RateLimiter:
 
     def __init__(self, calls: int, period: float, margin: float = 0.05):
         self.calls = calls
+        self.margin = margin
         self.period = period * (1 + margin)
         self._sent: collections.deque[float] = collections.deque()
         self._paused_until = 0.0
@@ -97,6 +98,21 @@ class RateLimiter:
         """Hold every caller back, e.g. after a 429 told us to wait."""
         with self._lock:
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+
+_limiters: dict[str, RateLimiter] = {}
+_limiters_lock = threading.Lock()
+
+
+def shared_limiter(account: str, calls: int, period: float) -> RateLimiter:
+    """The one limiter of a provider account in this process. Steps of a run that follow each
+    other (snapshot, then history) share it; a fresh limiter per step would let the second step
+    burst while the provider still counts the first step's requests."""
+    with _limiters_lock:
+        limiter = _limiters.get(account)
+        if limiter is None or (limiter.calls, limiter.period) != (calls, period * (1 + limiter.margin)):
+            limiter = _limiters[account] = RateLimiter(calls, period)
+        return limiter
 
 
 class BearerAuth(httpx.Auth):

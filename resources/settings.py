@@ -52,6 +52,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EMPLOYES_BASE_URL", "employes", "https://connect.employes.nl/v4", doc="Employes API base URL"),
     Setting("EMPLOYES_TOKEN", "employes", required=True, secret=True, doc="API token (JWT) generated in Employes"),
     Setting("EMPLOYES_COMPANY_ID", "employes", required=True, doc="the company whose employees are synced"),
+    Setting("EMPLOYES_SYNC_CRON", "employes", "30 1 * * *", doc="cron of the nightly employee snapshot"),
     Setting("XERO_API_URL", "xero", "https://api.xero.com", doc="Xero API base URL"),
     Setting("XERO_IDENTITY_URL", "xero", "https://identity.xero.com", doc="Xero identity (OAuth2 token) base URL"),
     Setting("XERO_CLIENT_ID", "xero", required=True, doc="OAuth2 app client id"),

@@ -1,6 +1,6 @@
 """Every schedule of the code location, one module per provider."""
 
-from schedules import ghl, halo
+from schedules import employes, ghl, halo
 
-jobs = [*ghl.jobs]
-schedules = [*ghl.schedules, *halo.schedules]
+jobs = [*ghl.jobs, *employes.jobs]
+schedules = [*ghl.schedules, *halo.schedules, *employes.schedules]

@@ -6,7 +6,8 @@ import json
 
 import dagster as dg
 
-from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey, today, year_of
+from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey, year_of
+from sync_assets.runs import today
 from sync_assets.halo import halo_timesheets
 
 halo_timesheets_job = dg.define_asset_job("halo_timesheets_job", selection=[halo_timesheets])

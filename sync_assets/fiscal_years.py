@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 import dagster as dg
-from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
 
 from resources.settings import ConfigError, setting
 
@@ -76,7 +75,3 @@ class FiscalCalendar:
         except MalformedKey as error:
             raise ConfigError(f"FISCAL_YEAR_FIRST: {error}") from None
         return self.keys_through(first, day)
-
-
-def today() -> date:
-    return get_current_datetime(setting("SYNC_TIMEZONE")).date()

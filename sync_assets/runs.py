@@ -1,6 +1,11 @@
-"""What every sync reports about the run it is part of."""
+"""What every sync knows about the run it is part of: who started it, and what day it is."""
+
+from datetime import date
 
 import dagster as dg
+from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
+
+from resources.settings import setting
 
 TRIGGER_TAG = "sync/trigger"
 
@@ -15,3 +20,8 @@ def trigger_of(context: dg.AssetExecutionContext) -> str:
     if "dagster/backfill" in tags:
         return f"backfill {tags['dagster/backfill']}"
     return tags.get(TRIGGER_TAG) or f"manual ({tags.get('user', 'UI')})"
+
+
+def today() -> date:
+    """Today in SYNC_TIMEZONE."""
+    return get_current_datetime(setting("SYNC_TIMEZONE")).date()

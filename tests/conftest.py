@@ -9,8 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from emulator import Emulator
-from emulator import halo as halo_emulator
+from emulator import employes as employes_emulator, halo as halo_emulator
 from emulator.ghl import LOCATION_ID, TOKEN
+from resources.employes import EmployesResource
 from resources.ghl import GoHighLevelResource
 from resources.halo import HaloPSAResource
 from resources.mappings import MappingFilesResource
@@ -83,6 +84,16 @@ def halo_resources(emulator: Emulator, warehouse_url: str, mappings_file: str = 
     return {
         "halopsa": HaloPSAResource(base_url=emulator.url, auth_url=f"{emulator.url}/auth", **options),
         "mapping_files": MappingFilesResource(agent_mappings_file=mappings_file),
+        "warehouse": WarehouseResource(url=warehouse_url),
+    }
+
+
+def employes_resources(emulator: Emulator, warehouse_url: str, **client_options) -> dict:
+    """Resources as the local definitions build them, pointed at the test emulator."""
+    options = {"backoff_initial_s": 0.01, **client_options}
+    return {
+        "employes": EmployesResource(base_url=emulator.url, token=employes_emulator.TOKEN,
+                                     company_id=employes_emulator.COMPANY_ID, **options),
         "warehouse": WarehouseResource(url=warehouse_url),
     }
 

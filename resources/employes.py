@@ -1,0 +1,209 @@
+"""Employes (Dutch payroll): the client resource and the parsers from its JSON to warehouse rows.
+
+Public documentation is thin (see `provider-apis.md`), so the parsers are tolerant: fields
+may be missing, `0001-01-01T00:00:00` means "no date", and `department` / `function` may be a
+string or an object with a `name`. Personal data the features do not need (IBAN, birth date,
+address, phone, e-mail, gender) is never copied out of the API response.
+"""
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from resources.http import BearerAuth, ProviderClient, ProviderError, shared_limiter
+
+MAX_PER_PAGE = 100
+NO_DATE_PREFIX = "0001-01-01"
+CENT = Decimal("0.01")
+
+# The fields a snapshot keeps, and the ones whose changes are detected and historised.
+TRACKED = (
+    "employee_number", "first_name", "surname_prefix", "surname", "status", "department", "role",
+    "employment_start", "employment_end", "hours_per_week", "days_per_week", "employee_type",
+    "hour_wage", "month_wage", "yearly_wage",
+)
+
+
+def employes_date(value: Any) -> date | None:
+    """A date as Employes sends it (`YYYY-MM-DDTHH:MM:SS`); `0001-01-01T00:00:00` is none."""
+    if value in (None, "") or str(value).startswith(NO_DATE_PREFIX):
+        return None
+    return datetime.fromisoformat(str(value)).date()
+
+
+def amount(value: Any) -> Decimal | None:
+    """Money or hours as an exact two-decimal number."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"not a number: {value!r}")
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"not a number: {value!r}") from None
+    if not number.is_finite():
+        raise ValueError(f"not a number: {value!r}")
+    return number.quantize(CENT)
+
+
+def _name(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("name")
+    return str(value) if value not in (None, "") else None
+
+
+def snapshot_row(record: dict, snapshot_date: date) -> dict:
+    """One employee as a row of that day's snapshot; raises ValueError naming the problem."""
+    if not isinstance(record, dict) or not record.get("id"):
+        raise ValueError("no id")
+    employment = record.get("employment") or {}
+    contract = employment.get("contract") or {}
+    salary = employment.get("salary") or {}
+    try:
+        row = {
+            "snapshot_date": snapshot_date,
+            "employee_id": str(record["id"]),
+            "employee_number": _name(record.get("employee_number")),
+            "first_name": record.get("first_name"),
+            "surname_prefix": record.get("surname_prefix") or None,
+            "surname": record.get("surname"),
+            "status": record.get("status"),
+            "department": _name(record.get("department")),
+            "role": _name(record.get("function") or record.get("job_title")),
+            "employment_start": employes_date(employment.get("start_date")),
+            "employment_end": employes_date(employment.get("end_date")),
+            "hours_per_week": amount(contract.get("hours_per_week")),
+            "days_per_week": amount(contract.get("days_per_week")),
+            "employee_type": contract.get("employee_type"),
+            "hour_wage": amount(salary.get("hour_wage")),
+            "month_wage": amount(salary.get("month_wage")),
+            "yearly_wage": amount(salary.get("yearly_wage") if salary.get("yearly_wage") is not None else record.get("yearly_wage")),
+        }
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"unreadable field ({error})") from None
+    row["content_hash"] = hashlib.blake2b(json.dumps([row[f] for f in TRACKED], default=str).encode(), digest_size=16).hexdigest()
+    return row
+
+
+def _period(item: dict, employment_id: str, employee_id: str, **fields: Any) -> dict:
+    return {
+        "employment_id": employment_id,
+        "employee_id": employee_id,
+        "start_date": employes_date(item.get("start_date")),
+        "end_date": employes_date(item.get("end_date")),
+        "is_active": bool(item.get("is_active")),
+        **fields,
+    }
+
+
+def employment_rows(employee_id: str, items: list[dict]) -> dict[str, list[dict]]:
+    """An employee's employments, normalized: one row per employment and per salary, hours and
+    contract period. Raises ValueError naming the problem."""
+    rows: dict[str, list[dict]] = {"employments": [], "salary": [], "hours": [], "contracts": []}
+    for item in items:
+        if not isinstance(item, dict) or not item.get("id"):
+            raise ValueError("an employment without an id")
+        employment_id = str(item["id"])
+        try:
+            rows["employments"].append(_period(item, employment_id, employee_id))
+            rows["salary"] += [
+                _period(p, employment_id, employee_id, hour_wage=amount(p.get("hour_wage")),
+                        month_wage=amount(p.get("month_wage")), yearly_wage=amount(p.get("yearly_wage")))
+                for p in item.get("salary") or []
+            ]
+            rows["hours"] += [
+                _period(p, employment_id, employee_id, hours_per_week=amount(p.get("hours_per_week")),
+                        days_per_week=amount(p.get("days_per_week")), employee_type=p.get("employee_type"))
+                for p in item.get("hours") or []
+            ]
+            rows["contracts"] += [
+                _period(p, employment_id, employee_id, contract_duration=_name(p.get("contract_duration")),
+                        is_signed=bool(p.get("is_signed")), sign_date=employes_date(p.get("sign_date")))
+                for p in item.get("contracts") or []
+            ]
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"employment {employment_id}: unreadable period ({error})") from None
+    for kind, periods in rows.items():
+        if kind != "employments" and any(p["start_date"] is None for p in periods):
+            raise ValueError(f"a {kind} period without a start_date")
+    return rows
+
+
+class EmployesClient:
+    def __init__(self, http: ProviderClient, company_id: str, per_page: int):
+        self.http = http
+        self.company_id = company_id
+        self.per_page = per_page
+
+    def employees(self) -> Iterator[list[dict]]:
+        """Pages of every employee of the company."""
+        page = 1
+        while True:
+            body = self.http.request_json("GET", f"/{self.company_id}/employees", params={"page": page, "per_page": self.per_page})
+            data = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(data, list):
+                raise ProviderError(f"employes GET /{{company}}/employees page {page}: no 'data' list in the answer")
+            if data:
+                yield data
+            pages = body.get("pages")
+            if not data or (isinstance(pages, int) and page >= pages) or (pages is None and len(data) < self.per_page):
+                return
+            page += 1
+
+    def employments(self, employee_id: str) -> list[dict]:
+        body = self.http.request_json("GET", f"/{self.company_id}/employees/{employee_id}/employments")
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise ProviderError(f"employes GET employments of {employee_id}: no 'data' list in the answer")
+        return data
+
+
+class EmployesResource(dg.ConfigurableResource):
+    """Employes API v4 with the company's API token (a JWT, valid for a year)."""
+
+    base_url: str
+    token: str
+    company_id: str
+    per_page: int = MAX_PER_PAGE
+    # Published limit: 5 requests per second.
+    requests_per_second: int = 5
+    timeout_s: float = 30.0
+    max_attempts: int = 6
+    backoff_initial_s: float = 1.0
+
+    @contextlib.contextmanager
+    def client(self, log: Callable[[str], None] | None = None) -> Iterator[EmployesClient]:
+        http = ProviderClient(
+            "employes",
+            self.base_url,
+            auth=BearerAuth(self.token),
+            limiter=shared_limiter(f"employes {self.base_url} {self.company_id}", self.requests_per_second, 1.0),
+            secrets=[self.token],
+            credential_hint="check EMPLOYES_TOKEN (tokens are valid for one year) and EMPLOYES_COMPANY_ID",
+            headers={"Accept": "application/json"},
+            timeout_s=self.timeout_s,
+            max_attempts=self.max_attempts,
+            backoff_initial_s=self.backoff_initial_s,
+            log=log,
+        )
+        with http:
+            yield EmployesClient(http, self.company_id, min(self.per_page, MAX_PER_PAGE))
+
+
+def snapshot_schema() -> dict[str, pl.DataType]:
+    """The polars shape of snapshot rows (and of history rows, with valid_from/valid_to)."""
+    amounts = {"hours_per_week", "days_per_week", "hour_wage", "month_wage", "yearly_wage"}
+    dates = {"employment_start", "employment_end"}
+    return {
+        "snapshot_date": pl.Date,
+        "employee_id": pl.String,
+        **{f: pl.Decimal(12, 2) if f in amounts else pl.Date if f in dates else pl.String for f in TRACKED},
+        "content_hash": pl.String,
+    }

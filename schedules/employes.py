@@ -1,0 +1,25 @@
+"""Employes schedule: snapshot, employment history and changes, nightly (EMPLOYES_SYNC_CRON)."""
+
+import dagster as dg
+
+from resources.settings import setting
+from sync_assets.employes import assets
+
+employes_nightly_job = dg.define_asset_job("employes_nightly_job", selection=assets)
+
+
+@dg.schedule(
+    name="employes_nightly",
+    cron_schedule=setting("EMPLOYES_SYNC_CRON"),
+    execution_timezone=setting("SYNC_TIMEZONE"),
+    target=employes_nightly_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+def employes_nightly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Today's snapshot, then each employee's employment history, then the changes."""
+    day = context.scheduled_execution_time.date().isoformat()
+    return dg.RunRequest(run_key=day, partition_key=day)
+
+
+jobs = [employes_nightly_job]
+schedules = [employes_nightly]

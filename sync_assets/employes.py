@@ -1,0 +1,292 @@
+"""Employes: the nightly employee snapshot, each employee's employment history, and the
+changes between one snapshot and the one before it.
+
+Employes serves only the current state, so a snapshot can only be taken of today: running
+today's partition again replaces today's snapshot, and past days are never rewritten. Each
+step reads everything it needs first and writes in one transaction at the end, so a failure
+half-way leaves the warehouse as it was and a re-run completes the day.
+"""
+
+import time
+from collections import Counter
+from datetime import date
+
+import dagster as dg
+import polars as pl
+import sqlalchemy as sa
+
+from resources.employes import TRACKED, EmployesResource, employment_rows, snapshot_row, snapshot_schema
+from resources.http import ProviderError
+from resources.settings import setting
+from resources.warehouse import (
+    WarehouseResource,
+    employes_contract_periods,
+    employes_employee_changes as changes_table,
+    employes_employee_history as history_table,
+    employes_employee_snapshots as snapshots_table,
+    employes_employments,
+    employes_hours_periods,
+    employes_salary_periods,
+    record_rejects,
+    utcnow,
+)
+from sync_assets.runs import today, trigger_of
+
+GROUP = "employes"
+KINDS = {"employes", "sql"}
+TAGS = {"sync/cadence": "daily"}
+# end_offset=1: today's partition exists from midnight, so the nightly run can snapshot it.
+DAILY = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1, timezone=setting("SYNC_TIMEZONE"))
+PERIOD_TABLES = {"employments": employes_employments, "salary": employes_salary_periods,
+                 "hours": employes_hours_periods, "contracts": employes_contract_periods}
+LOGGED_REJECTS = 50
+
+
+def _todays_partition(context: dg.AssetExecutionContext) -> date:
+    day = date.fromisoformat(context.partition_key)
+    if day != today():
+        raise dg.Failure(
+            description=(
+                f"{day} is not today ({today()}, {setting('SYNC_TIMEZONE')}): Employes only tells the current state, so "
+                "only today's snapshot can be taken; past snapshots stay as they were. Run today's partition."
+            ),
+            allow_retries=False,
+        )
+    return day
+
+
+def _log_rejects(context: dg.AssetExecutionContext, rejects: list[dict], what: str) -> None:
+    for reject in rejects[:LOGGED_REJECTS]:
+        context.log.warning(f"skipped {what} {reject['record_id']}: {reject['reason']}")
+    if len(rejects) > LOGGED_REJECTS:
+        context.log.warning(f"... and {len(rejects) - LOGGED_REJECTS} more (table sync_rejects)")
+
+
+def _read_snapshot(conn: sa.Connection, day: date | None) -> pl.DataFrame:
+    columns = list(snapshot_schema())
+    query = sa.select(*(snapshots_table.c[c] for c in columns))
+    if day is not None:
+        query = query.where(snapshots_table.c.snapshot_date == day)
+    return pl.DataFrame(conn.execute(query).all(), schema=snapshot_schema(), orient="row")
+
+
+@dg.asset(partitions_def=DAILY, group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS)
+def employes_employee_snapshots(
+    context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Every employee of the company as of the partition's day (table `employes_employee_snapshots`).
+
+    Keeps names, employee number, status, department, role, employment dates, hours and wages;
+    never IBAN, birth date, address, phone, e-mail or gender. Re-running today replaces today's
+    snapshot. An employee record that cannot be read keeps its previous day's row (and is logged
+    and kept in `sync_rejects`), so it is never reported as having left."""
+    day = _todays_partition(context)
+    began = time.monotonic()
+    rows, rejects = [], []
+    with employes.client(log=context.log.info) as client:
+        try:
+            for number, page in enumerate(client.employees(), start=1):
+                for record in page:
+                    try:
+                        rows.append(snapshot_row(record, day))
+                    except ValueError as error:
+                        record_id = record.get("id") if isinstance(record, dict) else None
+                        rejects.append({"record_id": str(record_id or f"page {number}"), "reason": str(error), "payload": record})
+                context.log.info(f"page {number}: {len(rows)} employees so far")
+        except ProviderError as error:
+            raise dg.Failure(description=f"{error}. Nothing was written; earlier snapshots are unchanged.",
+                             metadata=client.http.stats.as_metadata()) from None
+        stats = client.http.stats.as_metadata()
+    _log_rejects(context, rejects, "employee")
+    frame = pl.DataFrame(rows, schema=snapshot_schema(), orient="row")
+    with warehouse.engine.begin() as conn:
+        conn.execute(snapshots_table.delete().where(snapshots_table.c.snapshot_date == day))
+        if rows:
+            conn.execute(snapshots_table.insert(), frame.with_columns(fetched_at=pl.lit(utcnow())).to_dicts())
+        carried = _carry_forward(conn, day, [r["record_id"] for r in rejects])
+        record_rejects(conn, "employes", "employee", rejects, context.run.run_id)
+    statuses = Counter(frame["status"].to_list())
+    context.log.info(f"snapshot {day}: {len(frame)} employees {dict(statuses)}, {len(rejects)} rejected, {stats['requests']} requests")
+    return dg.MaterializeResult(
+        metadata={
+            "employees": len(frame) + carried,
+            **{f"status_{status.replace(' ', '_')}": n for status, n in statuses.items() if status},
+            "fetched": len(rows) + len(rejects),
+            "written": len(frame) + carried,
+            "rejected": len(rejects),
+            **stats,
+            "duration_s": round(time.monotonic() - began, 3),
+            "triggered_by": trigger_of(context),
+        }
+    )
+
+
+def _carry_forward(conn: sa.Connection, day: date, employee_ids: list[str]) -> int:
+    """Copy the latest earlier snapshot rows of these employees to `day`; returns how many."""
+    t = snapshots_table
+    latest = sa.select(sa.func.max(t.c.snapshot_date)).where(t.c.snapshot_date < day).scalar_subquery()
+    rows = conn.execute(sa.select(t).where(t.c.snapshot_date == latest, t.c.employee_id.in_(employee_ids))).mappings().all()
+    if rows:
+        conn.execute(t.insert(), [{**row, "snapshot_date": day, "fetched_at": utcnow()} for row in rows])
+    return len(rows)
+
+
+@dg.asset(partitions_def=DAILY, deps=[employes_employee_snapshots], group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS)
+def employes_employment_history(
+    context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Each employee's employments, one row per period: `employes_employments`,
+    `employes_salary_periods`, `employes_hours_periods`, `employes_contract_periods`
+    (Employes' `0001-01-01` is stored as no date). Fetched for everyone in today's snapshot and
+    written in one transaction at the end: a failure half-way changes nothing."""
+    day = _todays_partition(context)
+    began = time.monotonic()
+    with warehouse.engine.connect() as conn:
+        employee_ids = conn.execute(
+            sa.select(snapshots_table.c.employee_id).where(snapshots_table.c.snapshot_date == day).order_by(snapshots_table.c.employee_id)
+        ).scalars().all()
+    fetched: dict[str, list[dict]] = {kind: [] for kind in PERIOD_TABLES}
+    done, rejects = [], []
+    with employes.client(log=context.log.info) as client:
+        try:
+            for number, employee_id in enumerate(employee_ids, start=1):
+                items = client.employments(employee_id)
+                try:
+                    rows = employment_rows(employee_id, items)
+                except ValueError as error:
+                    rejects.append({"record_id": employee_id, "reason": str(error), "payload": items})
+                    continue
+                for kind, kind_rows in rows.items():
+                    fetched[kind] += kind_rows
+                done.append(employee_id)
+                if number % 50 == 0:
+                    context.log.info(f"employments of {number}/{len(employee_ids)} employees fetched")
+        except ProviderError as error:
+            raise dg.Failure(
+                description=f"{error}. Stopped after {len(done)} of {len(employee_ids)} employees; nothing was written, "
+                "the previous history is unchanged. Re-run today's partition to complete the day.",
+                metadata=client.http.stats.as_metadata(),
+            ) from None
+        stats = client.http.stats.as_metadata()
+    _log_rejects(context, rejects, "employment history of")
+    with warehouse.engine.begin() as conn:
+        for kind, table in PERIOD_TABLES.items():
+            for start in range(0, len(done), 500):
+                conn.execute(table.delete().where(table.c.employee_id.in_(done[start : start + 500])))
+            if fetched[kind]:
+                conn.execute(table.insert(), [{**row, "snapshot_date": day} for row in fetched[kind]])
+        record_rejects(conn, "employes", "employment history", rejects, context.run.run_id)
+    counts = {f"{kind}_rows": len(rows) for kind, rows in fetched.items()}
+    context.log.info(f"history {day}: {len(done)} employees, {counts}, {stats['requests']} requests")
+    return dg.MaterializeResult(
+        metadata={
+            "employees": len(done),
+            **counts,
+            "fetched": len(employee_ids),
+            "written": sum(counts.values()),
+            "rejected": len(rejects),
+            **stats,
+            "duration_s": round(time.monotonic() - began, 3),
+            "triggered_by": trigger_of(context),
+        }
+    )
+
+
+def detect_changes(previous: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
+    """Field-level differences between two snapshots, matched by employee id (so renames are
+    changes, not a leaver plus a hire). Hires and removals are rows of the field `employee`."""
+    as_text = [pl.col(f).cast(pl.String) for f in TRACKED]
+    old = previous.select("employee_id", *as_text)
+    new = current.select("employee_id", *as_text)
+    joined = old.join(new, on="employee_id", how="full", coalesce=True, suffix="_new")
+    present_before = pl.col("employee_id").is_in(old["employee_id"].implode())
+    present_now = pl.col("employee_id").is_in(new["employee_id"].implode())
+    number = pl.coalesce("employee_number_new", "employee_number")
+    hired = joined.filter(~present_before).select(
+        "employee_id", number.alias("employee_number"), field=pl.lit("employee"),
+        old_value=pl.lit(None, pl.String), new_value=pl.lit("hired"),
+    )
+    removed = joined.filter(~present_now).select(
+        "employee_id", number.alias("employee_number"), field=pl.lit("employee"),
+        old_value=pl.lit("present"), new_value=pl.lit("removed"),
+    )
+    both = joined.filter(present_before & present_now)
+    fields = [
+        both.filter(pl.col(f).ne_missing(pl.col(f"{f}_new"))).select(
+            "employee_id", number.alias("employee_number"), field=pl.lit(f),
+            old_value=pl.col(f), new_value=pl.col(f"{f}_new"),
+        )
+        for f in TRACKED
+    ]
+    return pl.concat([hired, removed, *fields]).sort("employee_id", "field")
+
+
+def build_history(snapshots: pl.DataFrame) -> pl.DataFrame:
+    """Type-2 history from every snapshot: one row per employee per run of unchanged values,
+    valid from the first snapshot with them until (exclusive) the first snapshot without them."""
+    dates = snapshots.select(pl.col("snapshot_date").unique().sort())
+    following = dates.with_columns(valid_to=pl.col("snapshot_date").shift(-1))
+    ordered = snapshots.sort("employee_id", "snapshot_date").join(
+        dates.with_columns(previous_date=pl.col("snapshot_date").shift(1)), on="snapshot_date"
+    )
+    changed = pl.col("content_hash") != pl.col("content_hash").shift(1).over("employee_id")
+    was_absent = pl.col("snapshot_date").shift(1).over("employee_id").ne_missing(pl.col("previous_date"))
+    versions = ordered.with_columns(version=(changed.fill_null(True) | was_absent).cum_sum().over("employee_id"))
+    return (
+        versions.group_by("employee_id", "version")
+        .agg(pl.col("snapshot_date").min().alias("valid_from"), pl.col("snapshot_date").max().alias("last_seen"),
+             *(pl.col(f).first() for f in TRACKED))
+        .join(following.rename({"snapshot_date": "last_seen"}), on="last_seen", how="left")
+        .select("employee_id", "valid_from", "valid_to", *TRACKED)
+        .sort("employee_id", "valid_from")
+    )
+
+
+@dg.asset(partitions_def=DAILY, deps=[employes_employment_history], group_name=GROUP, kinds={"polars", "sql"}, tags=TAGS)
+def employes_employee_changes(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """What changed between the partition's snapshot and the one before it (table
+    `employes_employee_changes`: employee, field, old value, new value), and the per-employee
+    history rebuilt from all snapshots (table `employes_employee_history`, valid_from/valid_to),
+    so "what were this person's hours on date X" is one query."""
+    day = date.fromisoformat(context.partition_key)
+    with warehouse.engine.connect() as conn:
+        current = _read_snapshot(conn, day)
+        previous_day = conn.execute(
+            sa.select(sa.func.max(snapshots_table.c.snapshot_date)).where(snapshots_table.c.snapshot_date < day)
+        ).scalar_one()
+        previous = _read_snapshot(conn, previous_day) if previous_day else current
+        history = build_history(_read_snapshot(conn, None))
+    if current.is_empty():
+        raise dg.Failure(description=f"there is no snapshot of {day}; materialize employes_employee_snapshots for it first",
+                         allow_retries=False)
+    changes = detect_changes(previous, current)
+    now = utcnow()
+    with warehouse.engine.begin() as conn:
+        conn.execute(changes_table.delete().where(changes_table.c.snapshot_date == day))
+        if not changes.is_empty():
+            conn.execute(changes_table.insert(), changes.with_columns(
+                snapshot_date=pl.lit(day), previous_snapshot_date=pl.lit(previous_day, pl.Date), detected_at=pl.lit(now)
+            ).to_dicts())
+        conn.execute(history_table.delete())
+        conn.execute(history_table.insert(), history.to_dicts())
+    employee_rows = changes.filter(pl.col("field") == "employee")
+    status_left = changes.filter((pl.col("field") == "status") & (pl.col("new_value") == "out of service"))
+    summary = {
+        "employees": len(current),
+        "hired": int((employee_rows["new_value"] == "hired").sum()),
+        "left": int((employee_rows["new_value"] == "removed").sum()) + len(status_left),
+        "changed": changes.filter(pl.col("field") != "employee")["employee_id"].n_unique(),
+        "changes": len(changes),
+    }
+    context.log.info(f"changes {previous_day or '(first snapshot)'} -> {day}: {summary}")
+    return dg.MaterializeResult(
+        metadata={
+            **summary,
+            "previous_snapshot": str(previous_day) if previous_day else "none (first snapshot)",
+            "history_rows": len(history),
+            "triggered_by": trigger_of(context),
+        }
+    )
+
+
+assets = [employes_employee_snapshots, employes_employment_history, employes_employee_changes]
