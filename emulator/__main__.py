@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emulator: {error}", file=sys.stderr)
         return 2
     emulator = Emulator(seed=args.seed, contacts=args.contacts, rate_limits=not args.no_rate_limits)
+    # A local warehouse keeps the Xero refresh token of the emulator's previous run.
+    emulator.xero.accept_unknown_refresh_tokens = True
     try:
         url = emulator.start(args.host, args.port)
     except OSError as error:

@@ -114,7 +114,7 @@ class Emulator:
 
     def __init__(self, *, seed: int = 7, anchor: datetime | None = None, rate_limits: bool = True, contacts: int = 300,
                  agents: int = 24, employees: int = 40):
-        from emulator import employes, ghl, halo  # the provider modules import this one
+        from emulator import employes, ghl, halo, xero  # the provider modules import this one
 
         self.lock = threading.RLock()
         self.rate_limits = rate_limits
@@ -127,6 +127,7 @@ class Emulator:
         self.ghl = ghl.GoHighLevel(self, seed=seed, count=contacts)
         self.halo = halo.HaloPSA(self, seed=seed, agents=agents)
         self.employes = employes.Employes(self, seed=seed, count=employees)
+        self.xero = xero.Xero(self, seed=seed)
         self._server: ThreadingHTTPServer | None = None
 
     # -- wiring used by provider modules ------------------------------------------------------
