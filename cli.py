@@ -3,6 +3,9 @@
     workforce-sync run-once                 materialize every sync once, print a per-asset summary
     workforce-sync add-fiscal-years FY2023  add the fiscal years from FY2023 to the current one
                                             as partitions, so their history can be backfilled
+    workforce-sync xero-connect < token     store a Xero refresh token (first connection, or after
+                                            Xero refused the stored one); read from stdin so it
+                                            stays out of the shell history
 
 Runs are recorded in the Dagster instance at `DAGSTER_HOME` (default `.local/dagster_home`,
 the one `scripts/start` uses), so they show up in the UI's run history and health light.
@@ -108,12 +111,23 @@ def print_summary(rows: list[dict]) -> None:
     print("rows = written/fetched")
 
 
+def xero_connect(defs: dg.Definitions, refresh_token: str) -> str:
+    """Store `refresh_token` as the tenant's current one, encrypted, replacing any refused one."""
+    if not refresh_token:
+        raise ConfigError("xero-connect: no refresh token on stdin")
+    xero = defs.resources["xero"].process_config_and_initialize()
+    warehouse = defs.resources["warehouse"].process_config_and_initialize()
+    xero.token_store(warehouse.engine).store(refresh_token, replace=True)
+    return f"stored a new Xero refresh token for tenant {xero.tenant_id}; the next run uses it"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workforce-sync", description="Run the workforce syncs without the UI.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run-once", help="materialize every sync once and print a per-asset summary")
     add = commands.add_parser("add-fiscal-years", help="add fiscal-year partitions from FIRST through the current year")
     add.add_argument("first", help="the earliest fiscal year, e.g. FY2023")
+    commands.add_parser("xero-connect", help="store a Xero refresh token read from stdin")
     args = parser.parse_args(argv)
     ensure_dagster_home()
     try:
@@ -121,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         with dg.DagsterInstance.get() as instance:
             if args.command == "add-fiscal-years":
                 print("fiscal years:", " ".join(add_fiscal_years(instance, args.first)))
+                return 0
+            if args.command == "xero-connect":
+                print(xero_connect(defs, sys.stdin.read().strip()))
                 return 0
             rows = run_once(defs, instance)
     except (ConfigError, MalformedKey) as error:

@@ -15,13 +15,14 @@ import dagster as dg
 import schedules
 import sensors
 import sync_assets
-from emulator import employes as employes_emulator, ghl as ghl_emulator, halo as halo_emulator
+from emulator import employes as employes_emulator, ghl as ghl_emulator, halo as halo_emulator, xero as xero_emulator
 from resources.employes import EmployesResource
 from resources.ghl import GoHighLevelResource
 from resources.halo import HaloPSAResource
 from resources.mappings import MappingFilesResource
 from resources.settings import check_production, local_warehouse_url, setting, sync_env
 from resources.warehouse import WarehouseResource
+from resources.xero import XeroResource, local_token_key
 
 # The health light, in one place for every synced asset: green while the last successful
 # sync is under 2 h old, yellow from 2 h, red from 6 h. A nightly asset would be red most of
@@ -39,7 +40,9 @@ def with_health(spec: dg.AssetSpec) -> dg.AssetSpec:
 
 
 def mapping_files() -> MappingFilesResource:
-    return MappingFilesResource(agent_mappings_file=setting("AGENT_MAPPINGS_FILE"))
+    return MappingFilesResource(
+        agent_mappings_file=setting("AGENT_MAPPINGS_FILE"), project_mappings_file=setting("XERO_PROJECT_MAPPINGS_FILE")
+    )
 
 
 def local_resources() -> dict:
@@ -57,6 +60,15 @@ def local_resources() -> dict:
         ),
         "employes": EmployesResource(
             base_url=emulator_url, token=employes_emulator.TOKEN, company_id=employes_emulator.COMPANY_ID
+        ),
+        "xero": XeroResource(
+            api_url=emulator_url,
+            identity_url=emulator_url,
+            client_id=xero_emulator.CLIENT_ID,
+            client_secret=xero_emulator.CLIENT_SECRET,
+            tenant_id=xero_emulator.TENANT_ID,
+            token_key=local_token_key(),
+            initial_refresh_token=xero_emulator.INITIAL_REFRESH_TOKEN,
         ),
         "mapping_files": mapping_files(),
         "warehouse": WarehouseResource(
@@ -81,6 +93,15 @@ def production_resources() -> dict:
         ),
         "employes": EmployesResource(
             base_url=setting("EMPLOYES_BASE_URL"), token=dg.EnvVar("EMPLOYES_TOKEN"), company_id=dg.EnvVar("EMPLOYES_COMPANY_ID")
+        ),
+        "xero": XeroResource(
+            api_url=setting("XERO_API_URL"),
+            identity_url=setting("XERO_IDENTITY_URL"),
+            client_id=dg.EnvVar("XERO_CLIENT_ID"),
+            client_secret=dg.EnvVar("XERO_CLIENT_SECRET"),
+            tenant_id=dg.EnvVar("XERO_TENANT_ID"),
+            token_key=dg.EnvVar("XERO_TOKEN_KEY"),
+            initial_refresh_token=dg.EnvVar("XERO_REFRESH_TOKEN") if os.environ.get("XERO_REFRESH_TOKEN") else None,
         ),
         "mapping_files": mapping_files(),
         "warehouse": WarehouseResource(url=dg.EnvVar("WAREHOUSE_URL")),

@@ -33,6 +33,15 @@ class ProviderAuthError(ProviderError):
     """The provider rejected our credentials: retrying will not help, an operator must act."""
 
 
+class RequestRejected(ProviderError):
+    """The provider refused this one request (4xx): `status` and its safe `detail` say why."""
+
+    def __init__(self, message: str, status: int, detail: str):
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
 class RetryableError(ProviderError):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
@@ -145,6 +154,10 @@ class RefreshingAuth(httpx.Auth):
                 self._expires_at = time.monotonic() + max(lifetime - self._early_s, 0.0) if lifetime else None
             return self._token
 
+    def token(self) -> str:
+        """The current token, fetched now if there is none yet."""
+        return self._current()
+
     def auth_flow(self, request):
         token = self._current()
         request.headers["Authorization"] = f"Bearer {token}"
@@ -185,6 +198,7 @@ class ProviderClient:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         log: Callable[[str], None] | None = None,
+        on_response: Callable[[httpx.Response], None] | None = None,
     ):
         self.provider = provider
         self.stats = RequestStats()
@@ -197,7 +211,7 @@ class ProviderClient:
             auth=auth,
             headers=headers or {},
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            event_hooks={"request": [self._count]},
+            event_hooks={"request": [self._count], "response": [on_response] if on_response else []},
         )
         self._retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(RetryableError),
@@ -265,7 +279,8 @@ class ProviderClient:
                 f"The provider rejected the credentials{': ' + self._credential_hint if self._credential_hint else ''}"
             )
         if response.status_code >= 400:
-            raise ProviderError(f"{where}: HTTP {response.status_code} {self._safe(response.text[:500])}")
+            detail = self._safe(response.text[:500])
+            raise RequestRejected(f"{where}: HTTP {response.status_code} {detail}", response.status_code, detail)
         if not response.content:
             return None
         try:

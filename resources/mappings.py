@@ -7,6 +7,16 @@
 
 One line per agent; `employee_number` (Employes) or `xero_user_id` may be empty while a person
 is not in that system yet, but not both. Blank lines are ignored.
+
+`config/xero_projects.csv` (or `XERO_PROJECT_MAPPINGS_FILE`) says which Xero project and task a
+Halo client's time goes to; a line may narrow it to one contract or one ticket:
+
+    halo_client_id,halo_contract_id,halo_ticket_id,xero_project_id,xero_task_id,note
+    12,,,0b6c...,9d2e...,Acme: all support
+    12,5012,,0b6c...,41aa...,Acme: the managed-services contract
+
+An entry goes to the most specific line that matches it: its ticket, else its contract, else
+its client.
 """
 
 import csv
@@ -63,11 +73,83 @@ def read_agent_mappings(path: Path) -> tuple[list[AgentMapping], list[str]]:
     return mappings, problems
 
 
+PROJECT_COLUMNS = ("halo_client_id", "halo_contract_id", "halo_ticket_id", "xero_project_id", "xero_task_id", "note")
+
+
+@dataclass(frozen=True)
+class ProjectMapping:
+    xero_project_id: str
+    xero_task_id: str
+    line: int
+
+
+class ProjectMappings:
+    """Halo (client, contract, ticket) -> Xero project and task, most specific line first."""
+
+    def __init__(self, lines: dict[tuple[int, int | None, int | None], ProjectMapping]):
+        self.lines = lines
+
+    def find(self, client_id: int | None, contract_id: int | None, ticket_id: int | None) -> ProjectMapping | None:
+        candidates = [(client_id, None, ticket_id)] if ticket_id is not None else []
+        candidates += [(client_id, contract_id, None)] if contract_id is not None else []
+        for key in [*candidates, (client_id, None, None)]:
+            if key in self.lines:
+                return self.lines[key]
+        return None
+
+    def project_ids(self) -> set[str]:
+        return {m.xero_project_id for m in self.lines.values()}
+
+
+def _optional_int(values: dict[str, str], column: str) -> int | None:
+    return int(values[column]) if values.get(column) else None
+
+
+def read_project_mappings(path: Path) -> tuple[ProjectMappings, list[str]]:
+    """The mappings, and every problem found, each naming its line. Problems mean: use none."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as error:
+        return ProjectMappings({}), [f"cannot read the file ({error.strerror})"]
+    reader = csv.DictReader(text.splitlines())
+    missing = [c for c in PROJECT_COLUMNS[:5] if c not in (reader.fieldnames or [])]
+    if missing:
+        return ProjectMappings({}), [f"line 1: the header must name {', '.join(PROJECT_COLUMNS)}; missing {', '.join(missing)}"]
+    lines: dict[tuple[int, int | None, int | None], ProjectMapping] = {}
+    problems: list[str] = []
+    for line, raw in enumerate(reader, start=2):
+        values = {k: (v or "").strip() for k, v in raw.items() if k}
+        if not any(values.values()):
+            continue
+        try:
+            key = (int(values["halo_client_id"]), _optional_int(values, "halo_contract_id"), _optional_int(values, "halo_ticket_id"))
+        except ValueError:
+            problems.append(f"line {line}: halo_client_id, halo_contract_id and halo_ticket_id must be whole numbers (the last two may be empty)")
+            continue
+        if key[1] is not None and key[2] is not None:
+            problems.append(f"line {line}: give a contract or a ticket, not both")
+        if not values["xero_project_id"] or not values["xero_task_id"]:
+            problems.append(f"line {line}: xero_project_id and xero_task_id are both needed")
+        if key in lines:
+            problems.append(f"line {line}: the same client/contract/ticket is already mapped on line {lines[key].line}")
+            continue
+        lines[key] = ProjectMapping(values["xero_project_id"], values["xero_task_id"], line)
+    return ProjectMappings(lines), problems
+
+
 class MappingFilesResource(dg.ConfigurableResource):
     """Where the mapping files are; relative paths are taken from the project folder."""
 
     agent_mappings_file: str
+    project_mappings_file: str = "config/xero_projects.csv"
 
     def agent_mappings_path(self) -> Path:
-        path = Path(self.agent_mappings_file)
+        return self._path(self.agent_mappings_file)
+
+    def project_mappings_path(self) -> Path:
+        return self._path(self.project_mappings_file)
+
+    @staticmethod
+    def _path(name: str) -> Path:
+        path = Path(name)
         return path if path.is_absolute() else PROJECT_ROOT / path

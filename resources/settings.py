@@ -57,9 +57,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("XERO_IDENTITY_URL", "xero", "https://identity.xero.com", doc="Xero identity (OAuth2 token) base URL"),
     Setting("XERO_CLIENT_ID", "xero", required=True, doc="OAuth2 app client id"),
     Setting("XERO_CLIENT_SECRET", "xero", required=True, secret=True, doc="OAuth2 app client secret"),
-    Setting("XERO_REFRESH_TOKEN", "xero", required=True, secret=True,
-            doc="the first refresh token; rotated ones are stored in the warehouse"),
+    Setting("XERO_REFRESH_TOKEN", "xero", None, secret=True,
+            doc="a first refresh token, stored when the warehouse has none (or use `workforce-sync xero-connect`)"),
+    Setting("XERO_TOKEN_KEY", "xero", None, required=True, secret=True,
+            doc="Fernet key that encrypts the stored refresh token; local default `.local/xero_token.key` (0600)"),
     Setting("XERO_TENANT_ID", "xero", required=True, doc="the Xero organisation (tenant) to push to"),
+    Setting("XERO_PUSH_ENABLED", "xero", "false", doc="`true` to write to Xero; until then every push run is a dry run"),
+    Setting("XERO_FIRST_DAY", "xero", "2026-01-01", doc="first work date (YYYY-MM-DD) of the Xero push partitions"),
+    Setting("XERO_APPROVAL_POLL_SECONDS", "xero", "120", doc="how often the approval sensor asks Halo for new approvals"),
+    Setting("XERO_OPEN_PERIOD_DAYS", "xero", "31", doc="days back from today the approval sensor and reconciliation cover"),
+    Setting("XERO_PROJECT_MAPPINGS_FILE", "xero", "config/xero_projects.csv",
+            doc="CSV mapping Halo clients, contracts and tickets to Xero projects and tasks"),
+    Setting("XERO_RECONCILE_CRON", "xero", "45 2 * * *", doc="cron of the nightly Halo / ledger / Xero reconciliation"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -100,12 +109,14 @@ def local_warehouse_url() -> str:
 
 
 def ensure_dagster_home() -> Path:
-    """Create the instance folder `DAGSTER_HOME` (default `.local/dagster_home`) with telemetry off."""
+    """Create the instance folder `DAGSTER_HOME` (default `.local/dagster_home`) with telemetry off
+    and one step at a time per provider pool (`xero`, `halopsa`, ...), so two runs never add up
+    past a provider's limits."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(LOCAL_DIR / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+        config.write_text("telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n")
     return home
 
 

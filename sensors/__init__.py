@@ -1,7 +1,7 @@
-"""Every sensor of the code location, one module per provider (GoHighLevel's syncs are
-time-driven and have none)."""
+"""Every sensor of the code location, one module per provider (GoHighLevel's and Employes'
+syncs are time-driven and have none)."""
 
-from sensors import halo
+from sensors import halo, xero
 
-jobs = [*halo.jobs]
-sensors = [*halo.sensors]
+jobs = [*halo.jobs, *xero.jobs]
+sensors = [*halo.sensors, *xero.sensors]

@@ -9,13 +9,14 @@ import pytest
 import sqlalchemy as sa
 
 from emulator import Emulator
-from emulator import employes as employes_emulator, halo as halo_emulator
+from emulator import employes as employes_emulator, halo as halo_emulator, xero as xero_emulator
 from emulator.ghl import LOCATION_ID, TOKEN
 from resources.employes import EmployesResource
 from resources.ghl import GoHighLevelResource
 from resources.halo import HaloPSAResource
 from resources.mappings import MappingFilesResource
 from resources.warehouse import WarehouseResource, engine_for, metadata
+from resources.xero import XeroResource
 
 # The emulator's seeded data ends here; tests make their changes in the hours after it.
 ANCHOR = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -95,6 +96,17 @@ def employes_resources(emulator: Emulator, warehouse_url: str, **client_options)
         "employes": EmployesResource(base_url=emulator.url, token=employes_emulator.TOKEN,
                                      company_id=employes_emulator.COMPANY_ID, **options),
         "warehouse": WarehouseResource(url=warehouse_url),
+    }
+
+
+def xero_resources(emulator: Emulator, warehouse_url: str, token_key: str, **client_options) -> dict:
+    """Halo and Xero resources as the local definitions build them, pointed at the test emulator."""
+    options = {"backoff_initial_s": 0.01, **client_options}
+    return {
+        **halo_resources(emulator, warehouse_url),
+        "xero": XeroResource(api_url=emulator.url, identity_url=emulator.url, client_id=xero_emulator.CLIENT_ID,
+                             client_secret=xero_emulator.CLIENT_SECRET, tenant_id=xero_emulator.TENANT_ID, token_key=token_key,
+                             initial_refresh_token=xero_emulator.INITIAL_REFRESH_TOKEN, **options),
     }
 
 

@@ -1,0 +1,260 @@
+"""Xero: OAuth2 with rotating refresh tokens kept in the warehouse, and the Projects time-entry API.
+
+Xero returns a new refresh token on every refresh and the old one dies 30 minutes later, so the
+token lives in the warehouse (table `xero_tokens`, Fernet-encrypted with `XERO_TOKEN_KEY`), not in
+the environment. A refresh locks the token's row, exchanges the token, stores the new one and
+commits, and only then hands out the access token: a second process waits on the lock and
+refreshes with the token the first one stored, so concurrent runs never burn each other's token.
+If the process dies after Xero answered but before the commit, the old token is still inside its
+grace period for the next run.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import dagster as dg
+import httpx
+import sqlalchemy as sa
+from cryptography.fernet import Fernet, InvalidToken
+
+from resources.http import ProviderAuthError, ProviderClient, ProviderError, RefreshingAuth, RequestRejected, shared_limiter
+from resources.settings import LOCAL_DIR, ConfigError
+from resources.warehouse import utcnow, xero_tokens
+
+PROJECTS = "/projects.xro/2.0/Projects"
+MAX_DURATION_MIN = 59940
+MAX_PAGE_SIZE = 500
+RECONNECT = (
+    "Reconnect Xero: authorise the app again (authorization-code flow with scope offline_access), "
+    "then store the new refresh token with `workforce-sync xero-connect` (it reads the token from stdin)."
+)
+
+
+class XeroDisconnected(ProviderAuthError):
+    """The stored refresh token was refused: only an operator reconnecting can fix it."""
+
+
+class DayBudgetSpent(ProviderError):
+    """The tenant's daily call budget is used up (or down to the reserve): stop, resume tomorrow."""
+
+
+def local_token_key() -> str:
+    """The local installation's token key: made once, kept readable by its owner only."""
+    path = LOCAL_DIR / "xero_token.key"
+    if not path.exists():
+        LOCAL_DIR.mkdir(exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(Fernet.generate_key())
+    return path.read_text().strip()
+
+
+class TokenStore:
+    """The tenant's refresh token in the warehouse, encrypted, rotated under a row lock."""
+
+    def __init__(self, engine: sa.Engine, tenant_id: str, key: str):
+        self.engine = engine
+        self.tenant_id = tenant_id
+        try:
+            self._fernet = Fernet(key.encode())
+        except (ValueError, TypeError):
+            raise ConfigError("XERO_TOKEN_KEY must be a Fernet key (32 url-safe base64-encoded bytes)") from None
+
+    def store(self, refresh_token: str, *, replace: bool) -> bool:
+        """Keep `refresh_token`; without `replace`, only when none is stored yet. True if stored."""
+        row = {"tenant_id": self.tenant_id, "refresh_token": self._fernet.encrypt(refresh_token.encode()).decode(),
+               "rotated_at": utcnow(), "refused_at": None, "refusal": None}
+        with self.engine.begin() as conn:
+            exists = conn.execute(sa.select(xero_tokens.c.tenant_id).where(self._row)).first()
+            if exists and not replace:
+                return False
+            if exists:
+                conn.execute(xero_tokens.update().where(self._row).values(**row))
+            else:
+                conn.execute(xero_tokens.insert().values(**row))
+        return True
+
+    @property
+    def _row(self) -> sa.ColumnElement[bool]:
+        return xero_tokens.c.tenant_id == self.tenant_id
+
+    def age(self) -> timedelta | None:
+        """How long ago Xero issued the stored token (it expires after 60 days unused)."""
+        with self.engine.connect() as conn:
+            rotated_at = conn.execute(sa.select(xero_tokens.c.rotated_at).where(self._row)).scalar()
+        return utcnow() - rotated_at if rotated_at else None
+
+    def rotate(self, exchange: Callable[[str], dict]) -> dict:
+        """Exchange the stored token for a new pair, store the new refresh token, return the pair."""
+        try:
+            with self.engine.begin() as conn:
+                # Writing first takes the row's lock (PostgreSQL) or the database's (SQLite).
+                if not conn.execute(xero_tokens.update().where(self._row).values(locked_at=utcnow())).rowcount:
+                    raise XeroDisconnected(f"xero: no refresh token is stored for tenant {self.tenant_id}. {RECONNECT}")
+                encrypted = conn.execute(sa.select(xero_tokens.c.refresh_token).where(self._row)).scalar_one()
+                try:
+                    current = self._fernet.decrypt(encrypted.encode()).decode()
+                except InvalidToken:
+                    raise XeroDisconnected(f"xero: the stored refresh token cannot be decrypted with XERO_TOKEN_KEY. {RECONNECT}") from None
+                pair = exchange(current)
+                conn.execute(xero_tokens.update().where(self._row).values(
+                    refresh_token=self._fernet.encrypt(pair["refresh_token"].encode()).decode(),
+                    rotated_at=utcnow(), refused_at=None, refusal=None))
+        except XeroDisconnected as error:
+            with self.engine.begin() as conn:
+                conn.execute(xero_tokens.update().where(self._row).values(refused_at=utcnow(), refusal=str(error)[:500]))
+            raise
+        return pair
+
+
+def utc_stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Budget:
+    """What Xero's rate-limit headers last said."""
+
+    minute_remaining: int | None = None
+    day_remaining: int | None = None
+
+
+class XeroClient:
+    def __init__(self, http: ProviderClient, token_http: ProviderClient, auth: RefreshingAuth, budget: Budget, day_reserve: int):
+        self.http = http
+        self.token_http = token_http
+        self.auth = auth
+        self.budget = budget
+        self.day_reserve = day_reserve
+
+    def stats(self) -> dict[str, Any]:
+        api, token = self.http.stats.as_metadata(), self.token_http.stats.as_metadata()
+        return {**{k: api[k] + token[k] for k in api}, "day_limit_remaining": self.budget.day_remaining}
+
+    def connect(self) -> None:
+        """Refresh now, before anything is written: a refused token then stops the run clean."""
+        self.auth.token()
+
+    def day_budget_low(self) -> bool:
+        return self.budget.day_remaining is not None and self.budget.day_remaining <= self.day_reserve
+
+    def time_entries(self, project_id: str, first: date, last: date) -> list[dict]:
+        """Every time entry of the project dated in [first, last] (UTC days), all pages."""
+        params = {"dateAfterUtc": f"{first.isoformat()}T00:00:00Z", "dateBeforeUtc": f"{last.isoformat()}T23:59:59Z",
+                  "pageSize": MAX_PAGE_SIZE}
+        entries, page = [], 1
+        while True:
+            body = self.http.request_json("GET", f"{PROJECTS}/{project_id}/Time", params={**params, "page": page})
+            if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+                raise ProviderError(f"xero GET time entries of project {project_id}: no 'items' list in the answer")
+            entries += [e for e in body["items"] if first <= date.fromisoformat(str(e.get("dateUtc", ""))[:10]) <= last]
+            if page >= int((body.get("pagination") or {}).get("pageCount") or 1):
+                return entries
+            page += 1
+
+    def create(self, project_id: str, payload: dict, idempotency_key: str) -> dict:
+        entry = self.http.request_json("POST", f"{PROJECTS}/{project_id}/Time", json=payload,
+                                       headers={"Idempotency-Key": idempotency_key})
+        if not isinstance(entry, dict) or not entry.get("timeEntryId"):
+            raise ProviderError(f"xero POST time entry in project {project_id}: the answer has no timeEntryId")
+        return entry
+
+    def update(self, project_id: str, entry_id: str, payload: dict, idempotency_key: str) -> None:
+        self.http.request_json("PUT", f"{PROJECTS}/{project_id}/Time/{entry_id}", json=payload,
+                               headers={"Idempotency-Key": idempotency_key})
+
+    def delete(self, project_id: str, entry_id: str) -> None:
+        try:
+            self.http.request_json("DELETE", f"{PROJECTS}/{project_id}/Time/{entry_id}")
+        except RequestRejected as error:
+            if error.status != 404:  # already gone is what we wanted
+                raise
+
+
+class XeroResource(dg.ConfigurableResource):
+    """Xero Projects API for one organisation (tenant), through an OAuth2 app's refresh token."""
+
+    api_url: str
+    identity_url: str
+    client_id: str
+    client_secret: str
+    tenant_id: str
+    token_key: str
+    initial_refresh_token: str | None = None
+    # Published limits per tenant: 60 calls a minute, 5 concurrent, 5,000 a day. Calls are
+    # sequential and the `xero` pool lets one push step run at a time, so 5 concurrent holds.
+    calls_per_window: int = 60
+    window_s: float = 60.0
+    day_reserve: int = 100
+    timeout_s: float = 30.0
+    max_attempts: int = 6
+    backoff_initial_s: float = 1.0
+
+    def token_store(self, engine: sa.Engine) -> TokenStore:
+        store = TokenStore(engine, self.tenant_id, self.token_key)
+        if self.initial_refresh_token:
+            store.store(self.initial_refresh_token, replace=False)
+        return store
+
+    @contextlib.contextmanager
+    def client(self, engine: sa.Engine, log: Callable[[str], None] | None = None) -> Iterator[XeroClient]:
+        budget = Budget()
+        store = self.token_store(engine)
+        common = dict(
+            limiter=shared_limiter(f"xero {self.api_url} {self.tenant_id}", self.calls_per_window, self.window_s),
+            secrets=[self.client_secret, self.token_key],
+            timeout_s=self.timeout_s,
+            max_attempts=self.max_attempts,
+            backoff_initial_s=self.backoff_initial_s,
+            log=log,
+        )
+        token_http = ProviderClient("xero", self.identity_url, auth=httpx.Auth(),
+                                    credential_hint="check XERO_CLIENT_ID and XERO_CLIENT_SECRET", **common)
+        auth = RefreshingAuth(lambda: self._access_token(store, token_http))
+        http = ProviderClient(
+            "xero", self.api_url,
+            auth=auth,
+            credential_hint="the access token was refused right after a refresh; check the app's scopes (projects)",
+            headers={"Xero-Tenant-Id": self.tenant_id, "Accept": "application/json"},
+            on_response=lambda response: _read_budget(response, budget),
+            **common,
+        )
+        with token_http, http:
+            yield XeroClient(http, token_http, auth, budget, self.day_reserve)
+
+    def _access_token(self, store: TokenStore, token_http: ProviderClient) -> tuple[str, float | None]:
+        basic = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+
+        def exchange(refresh_token: str) -> dict:
+            try:
+                pair = token_http.request_json(
+                    "POST", "/connect/token", headers={"Authorization": f"Basic {basic}"},
+                    data={"grant_type": "refresh_token", "refresh_token": refresh_token})
+            except RequestRejected as error:
+                if "invalid_grant" in error.detail:
+                    raise XeroDisconnected(f"xero: the stored refresh token was refused (revoked, or unused for 60 days). {RECONNECT}") from None
+                raise ProviderAuthError(f"{error}. Check XERO_CLIENT_ID and XERO_CLIENT_SECRET") from None
+            if not isinstance(pair, dict) or not pair.get("access_token") or not pair.get("refresh_token"):
+                raise ProviderError("xero POST /connect/token: the answer lacks access_token or refresh_token")
+            return pair
+
+        pair = store.rotate(exchange)
+        lifetime = pair.get("expires_in")
+        return pair["access_token"], float(lifetime) if isinstance(lifetime, int | float) else None
+
+
+def _read_budget(response: httpx.Response, budget: Budget) -> None:
+    for header, name in (("X-MinLimit-Remaining", "minute_remaining"), ("X-DayLimit-Remaining", "day_remaining")):
+        value = response.headers.get(header)
+        if value is not None and value.isdigit():
+            setattr(budget, name, int(value))
+    if response.status_code == 429 and response.headers.get("X-Rate-Limit-Problem", "").lower() == "day":
+        budget.day_remaining = 0
+        raise DayBudgetSpent(f"xero {response.request.method} {response.request.url.path}: the tenant's daily call limit is used up")

@@ -1,0 +1,596 @@
+"""Xero: approved HaloPSA time entries pushed to Xero Projects as time entries, exactly once.
+
+A partition is a work date. Its run reads that day's entries and approvals from Halo (so an
+approval reaches Xero without waiting for the hourly Halo sync), builds the time entry each
+approved entry should be in Xero, compares it with the ledger (`xero_ledger`: per Halo entry,
+its Xero id and the hash of the content Xero holds) and makes only the differences. An
+unchanged entry costs no request.
+
+Exactly once:
+- Before a POST the ledger row is committed as `pending` with the Idempotency-Key; a retried
+  POST with the same key gets the same entry back from Xero.
+- A run that finds `pending` rows (an earlier run died between the POST and the ledger write)
+  first lists the day in Xero and adopts what it made, known by the `[halo #id]` marker that
+  ends each description.
+- `force` lists the day for every mapped project and repairs drift: vanished entries are made
+  again, entries changed by hand are put back, duplicates we made are deleted. Entries made by
+  hand (no marker) are reported, never touched.
+"""
+
+import contextlib
+import hashlib
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+
+from resources.halo import HaloPSAResource, content_hash, entry_row, timesheet_row
+from resources.http import ProviderAuthError, ProviderError, RequestRejected
+from resources.mappings import MappingFilesResource, ProjectMappings, read_project_mappings
+from resources.settings import ConfigError, setting
+from resources.warehouse import (
+    WarehouseResource,
+    agent_mappings as mappings_table,
+    upsert,
+    utcnow,
+    xero_findings as findings_table,
+    xero_ledger as ledger,
+)
+from resources.xero import MAX_DURATION_MIN, DayBudgetSpent, XeroClient, XeroResource, utc_stamp
+from sync_assets.halo import agent_mappings, date_chunks
+from sync_assets.runs import today, trigger_of
+
+GROUP = "xero"
+MARKER = re.compile(r"\[halo #(\d+)\]$")
+LOCKED = ("LOCKED", "INVOICED")
+PLAN_ROWS = 200
+
+
+def first_day() -> str:
+    value = setting("XERO_FIRST_DAY")
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"XERO_FIRST_DAY must be a date as YYYY-MM-DD, not {value!r}") from None
+    return value
+
+
+WORK_DATES = dg.DailyPartitionsDefinition(start_date=first_day(), timezone=setting("SYNC_TIMEZONE"), end_offset=1)
+
+
+def push_enabled() -> bool:
+    value = (setting("XERO_PUSH_ENABLED") or "false").lower()
+    if value not in ("true", "false"):
+        raise ConfigError(f"XERO_PUSH_ENABLED must be true or false, not {value!r}")
+    return value == "true"
+
+
+class PushConfig(dg.Config):
+    dry_run: bool | None = None
+    """Only show what a push would do. Default: XERO_PUSH_ENABLED (false on a new installation)."""
+    force: bool = False
+    """List the day's entries in Xero and repair drift (vanished, changed by hand, duplicated)."""
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What one approved Halo entry should be in Xero."""
+
+    entry_id: int
+    agent_id: int
+    project_id: str
+    payload: dict[str, Any]
+
+    @property
+    def hash(self) -> str:
+        return content_hash({"projectId": self.project_id, **self.payload})
+
+
+@dataclass
+class Held:
+    """What the ledger, or a listing of the day, says Xero holds for one Halo entry."""
+
+    status: str
+    xero_id: str | None = None
+    project_id: str | None = None
+    hash: str | None = None
+    attempts: int = 0
+    work_date: date | None = None
+    xero_status: str | None = None  # ACTIVE, LOCKED or INVOICED, when the day was listed
+
+
+@dataclass
+class Action:
+    kind: str  # create | update | delete | unchanged | invalid | conflict
+    entry_id: int
+    reason: str = ""
+    wanted: Wanted | None = None
+    held: Held | None = None
+
+
+@dataclass
+class Listing:
+    """The day as Xero holds it, when it was listed."""
+
+    ours: dict[int, dict] = field(default_factory=dict)
+    duplicates: list[dict] = field(default_factory=list)
+    by_hand: list[dict] = field(default_factory=list)
+
+
+def describe(row: dict) -> str:
+    text = row.get("subject") or row.get("note") or "Time"
+    ticket = f"Ticket {row['ticket_id']}: " if row.get("ticket_id") else ""
+    return f"{ticket}{text}"[:400] + f" [halo #{row['id']}]"
+
+
+def xero_content(entry: dict) -> dict[str, Any]:
+    """A Xero time entry as the payload that would make it, to hash and compare."""
+    moment = datetime.fromisoformat(str(entry.get("dateUtc")).replace("Z", "+00:00"))
+    moment = moment.astimezone(UTC) if moment.tzinfo else moment
+    return {"projectId": entry.get("projectId"), "userId": entry.get("userId"), "taskId": entry.get("taskId"),
+            "dateUtc": utc_stamp(moment), "duration": entry.get("duration"), "description": entry.get("description")}
+
+
+def wanted_entries(entries: list[dict], sheets: list[dict], users: dict[int, str], projects: ProjectMappings
+                   ) -> tuple[dict[int, Wanted], dict[int, str]]:
+    """The approved entries as Xero entries, and the approved ones that cannot go, with why."""
+    approved = set()
+    for sheet in sheets:
+        try:
+            row = timesheet_row(sheet, "")
+        except (ValueError, TypeError, KeyError):
+            continue  # an unreadable timesheet approves nothing; halo_timesheets records it
+        if row["approved"]:
+            approved.add((row["agent_id"], row["work_date"]))
+    wanted, invalid = {}, {}
+    for record in entries:
+        try:
+            row = entry_row(record, "")
+        except (ValueError, TypeError, KeyError) as error:
+            if isinstance(record, dict) and isinstance(record.get("id"), int):
+                invalid[record["id"]] = f"unreadable in Halo ({error})"
+            continue
+        if (row["agent_id"], row["work_date"]) not in approved:
+            continue
+        problem, mapping = None, projects.find(row["client_id"], row["contract_id"], row["ticket_id"])
+        if row["agent_id"] not in users:
+            problem = f"agent {row['agent_id']} has no xero_user_id in the agent mapping file"
+        elif mapping is None:
+            problem = (f"no Xero project for client {row['client_id']} ({row['client_name']}), contract {row['contract_id']}, "
+                       f"ticket {row['ticket_id']} in the project mapping file")
+        elif not 1 <= row["minutes"] <= MAX_DURATION_MIN:
+            problem = f"duration {row['minutes']} min is outside Xero's 1..{MAX_DURATION_MIN}"
+        if problem:
+            invalid[row["id"]] = problem
+            continue
+        wanted[row["id"]] = Wanted(row["id"], row["agent_id"], mapping.xero_project_id, {
+            "userId": users[row["agent_id"]], "taskId": mapping.xero_task_id, "dateUtc": utc_stamp(row["start_at"]),
+            "duration": row["minutes"], "description": describe(row)})
+    return wanted, invalid
+
+
+def plan(wanted: dict[int, Wanted], invalid: dict[int, str], held: dict[int, Held], force: bool) -> list[Action]:
+    """What to do for each entry: the difference between what should be and what Xero holds."""
+    actions = []
+    for entry_id, want in sorted(wanted.items()):
+        have = held.get(entry_id)
+        if have is None or have.xero_id is None:
+            actions.append(Action("create", entry_id, wanted=want, held=have))
+        elif have.hash == want.hash and have.status in ("pushed", "conflict"):
+            actions.append(Action("unchanged", entry_id, wanted=want, held=have))
+        elif have.xero_status in LOCKED or (have.status == "conflict" and not force):
+            actions.append(Action("conflict", entry_id, f"changed in Halo, but Xero has it {have.xero_status or 'LOCKED or INVOICED'}", want, have))
+        else:
+            actions.append(Action("update", entry_id, wanted=want, held=have))
+    for entry_id, reason in sorted(invalid.items()):
+        actions.append(Action("invalid", entry_id, reason, held=held.get(entry_id)))
+    for entry_id, have in sorted(held.items()):
+        if entry_id in wanted or entry_id in invalid or have.xero_id is None:
+            continue
+        if have.xero_status in LOCKED or (have.status == "conflict" and not force):
+            actions.append(Action("conflict", entry_id, "un-approved or deleted in Halo, but Xero has it locked", held=have))
+        else:
+            actions.append(Action("delete", entry_id, "un-approved or deleted in Halo", held=have))
+    return actions
+
+
+def idempotency_key(action: str, entry_id: int, content: str, attempt: int) -> str:
+    """Retries of one request share a key; the next attempt (a re-creation after a delete, or
+    after a listing showed the last POST never arrived) gets a new one."""
+    digest = hashlib.sha256(f"{action}:{entry_id}:{content}:{attempt}".encode()).hexdigest()[:40]
+    return f"halo-{entry_id}-{action}-{digest}"
+
+
+def read_held(conn: sa.Connection, day: date, entry_ids: list[int]) -> dict[int, Held]:
+    rows = conn.execute(sa.select(ledger).where((ledger.c.work_date == day) | ledger.c.halo_entry_id.in_(entry_ids))).all()
+    return {r.halo_entry_id: Held(r.status, r.xero_time_entry_id, r.xero_project_id, r.content_hash, r.attempts, r.work_date)
+            for r in rows}
+
+
+def list_day(client: XeroClient, project_ids: set[str], day: date, held: dict[int, Held]) -> Listing:
+    """The day's entries in Xero for these projects, split into ours (by marker), our duplicates and hand-made."""
+    listing = Listing()
+    for project_id in sorted(project_ids):
+        for entry in client.time_entries(project_id, day, day):
+            match = MARKER.search(entry.get("description") or "")
+            if not match:
+                listing.by_hand.append(entry)
+                continue
+            entry_id = int(match.group(1))
+            kept = listing.ours.get(entry_id)
+            known = held.get(entry_id)
+            if kept is None:
+                listing.ours[entry_id] = entry
+            elif known and entry.get("timeEntryId") == known.xero_id:
+                listing.duplicates.append(kept)
+                listing.ours[entry_id] = entry
+            else:
+                listing.duplicates.append(entry)
+    return listing
+
+
+def adopt(held: dict[int, Held], listing: Listing, listed_projects: set[str], day: date) -> None:
+    """Make `held` say what the listing saw: Xero's truth wins over the ledger's memory."""
+    for entry_id, entry in listing.ours.items():
+        have = held.setdefault(entry_id, Held("pushed", work_date=day))
+        have.xero_id, have.project_id = entry["timeEntryId"], entry.get("projectId")
+        have.hash, have.xero_status = content_hash(xero_content(entry)), entry.get("status")
+        have.status = "pushed" if have.status in ("pending", "failed", "deleted", "postponed", "invalid") else have.status
+    for entry_id, have in held.items():
+        # Only the listed day counts: an entry moved here from another day still has its Xero
+        # entry on that day, and is updated (moved), not made again.
+        listed = have.project_id in listed_projects and have.work_date == day
+        if entry_id not in listing.ours and listed and have.xero_id is not None:
+            have.status, have.xero_id = "deleted", None  # vanished from Xero (or never made): make it again
+
+
+class Ledger:
+    """Writes to `xero_ledger`, one committed row at a time so a crash loses at most one step."""
+
+    def __init__(self, warehouse: WarehouseResource, day: date, agents: dict[int, int]):
+        self.engine = warehouse.engine
+        self.day = day
+        self.agents = agents
+
+    def write(self, entry_id: int, status: str, **values: Any) -> None:
+        row = {"halo_entry_id": entry_id, "work_date": self.day, "agent_id": self.agents.get(entry_id), "status": status,
+               "updated_at": utcnow(), **values}
+        with self.engine.begin() as conn:
+            exists = conn.execute(sa.select(ledger.c.attempts).where(ledger.c.halo_entry_id == entry_id)).first()
+            if exists:
+                conn.execute(ledger.update().where(ledger.c.halo_entry_id == entry_id).values(**row))
+            else:
+                upsert(conn, ledger, [{"attempts": 0, **row}])
+
+    def adopt(self, held: dict[int, Held]) -> None:
+        for entry_id, have in held.items():
+            self.write(entry_id, have.status, xero_time_entry_id=have.xero_id, xero_project_id=have.project_id,
+                       content_hash=have.hash)
+
+
+def apply(context: dg.AssetExecutionContext, client: XeroClient, book: Ledger, actions: list[Action], listing: Listing,
+          force: bool) -> Counter:
+    """Make the planned calls; every outcome lands in the ledger as it happens."""
+    done: Counter = Counter()
+    calls = [a for a in actions if a.kind in ("create", "update", "delete")]
+    if calls or (force and listing.duplicates):
+        client.connect()
+    for position, action in enumerate(calls):
+        try:
+            if client.day_budget_low():
+                raise DayBudgetSpent(f"Xero's day budget is down to {client.budget.day_remaining} calls")
+            _call(client, book, action)
+            done[f"{action.kind}d"] += 1
+        except DayBudgetSpent as error:
+            for later in calls[position:]:
+                if later.kind == "create":
+                    book.write(later.entry_id, "postponed", last_error="Xero's day budget is spent; the next run goes on")
+            done["postponed"] = len(calls) - position
+            context.log.warning(f"{error}: {done['postponed']} changes postponed to the next run")
+            break
+        except RequestRejected as error:
+            locked = any(word in error.detail for word in LOCKED)
+            status = "conflict" if locked else "failed"
+            book.write(action.entry_id, status, last_error=error.detail[:500])
+            done["conflicts" if locked else "failed"] += 1
+            context.log.warning(f"Halo entry {action.entry_id}: {action.kind} refused by Xero: {error.detail[:200]}")
+    if force:
+        for duplicate in listing.duplicates:
+            client.delete(duplicate["projectId"], duplicate["timeEntryId"])
+            done["duplicates_deleted"] += 1
+    return done
+
+
+def _call(client: XeroClient, book: Ledger, action: Action) -> None:
+    have, want = action.held, action.wanted
+    attempts = (have.attempts if have else 0) + 1
+    if action.kind == "update" and have.project_id != want.project_id:  # a time entry cannot move between projects
+        client.delete(have.project_id, have.xero_id)
+        book.write(action.entry_id, "deleted", xero_time_entry_id=None, attempts=attempts)
+        attempts += 1
+        action = Action("create", action.entry_id, wanted=want)
+    if action.kind == "create":
+        key = idempotency_key("create", action.entry_id, want.hash, attempts)
+        book.write(action.entry_id, "pending", xero_project_id=want.project_id, idempotency_key=key, attempts=attempts,
+                   last_error=None)
+        entry = client.create(want.project_id, want.payload, key)
+        book.write(action.entry_id, "pushed", xero_time_entry_id=entry["timeEntryId"], content_hash=want.hash, pushed_at=utcnow())
+    elif action.kind == "update":
+        key = idempotency_key("update", action.entry_id, want.hash, attempts)
+        book.write(action.entry_id, have.status, idempotency_key=key, attempts=attempts)
+        client.update(want.project_id, have.xero_id, want.payload, key)
+        book.write(action.entry_id, "pushed", content_hash=want.hash, pushed_at=utcnow(), last_error=None)
+    else:
+        client.delete(have.project_id, have.xero_id)
+        book.write(action.entry_id, "deleted", xero_time_entry_id=None, attempts=attempts, pushed_at=utcnow(), last_error=None)
+
+
+def plan_table(actions: list[Action]) -> str:
+    shown = [a for a in actions if a.kind != "unchanged"][:PLAN_ROWS]
+    lines = ["| action | Halo entry | minutes | date (UTC) | Xero entry | reason |", "|---|---|---|---|---|---|"]
+    for a in shown:
+        payload = a.wanted.payload if a.wanted else {}
+        lines.append(f"| {a.kind} | {a.entry_id} | {payload.get('duration', '')} | {payload.get('dateUtc', '')} | "
+                     f"{(a.held.xero_id if a.held else None) or ''} | {a.reason.replace('|', '/')} |")
+    return "\n".join(lines) if shown else "nothing to change"
+
+
+def _read_day(halopsa: HaloPSAResource, context, day: date) -> tuple[list, list, dict]:
+    with halopsa.client(log=context.log.info) as halo:
+        agent_ids = sorted(int(a["id"]) for a in halo.agents())
+        return halo.time_entries(day, day, agent_ids), halo.timesheets(day, day, agent_ids), halo.stats()
+
+
+@dg.asset(
+    partitions_def=WORK_DATES,
+    deps=[agent_mappings],
+    group_name=GROUP,
+    kinds={"xero", "halopsa", "sql"},
+    pool=GROUP,
+)
+def xero_time_entries(
+    context: dg.AssetExecutionContext,
+    config: PushConfig,
+    halopsa: HaloPSAResource,
+    xero: XeroResource,
+    mapping_files: MappingFilesResource,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
+    """Approved HaloPSA time entries of one work date, as time entries in Xero Projects.
+
+    Creates what is missing, updates what changed since the last push, deletes what was
+    un-approved or deleted in Halo; LOCKED or INVOICED entries are reported, not touched. The
+    ledger (table `xero_ledger`) records each entry's Xero id, content hash, status, attempts and
+    last error. Dry run (the default until XERO_PUSH_ENABLED=true) shows the plan without writing."""
+    began = time.monotonic()
+    day = date.fromisoformat(context.partition_key)
+    dry_run = (not push_enabled()) if config.dry_run is None else config.dry_run
+    projects, problems = read_project_mappings(mapping_files.project_mappings_path())
+    if problems:
+        raise dg.Failure(description=f"{mapping_files.project_mappings_path().name}: nothing pushed:\n" + "\n".join(problems),
+                         allow_retries=False)
+    try:
+        entries, sheets, halo_stats = _read_day(halopsa, context, day)
+    except ProviderError as error:
+        raise dg.Failure(description=f"{error}. Nothing was pushed.") from None
+    with warehouse.engine.connect() as conn:
+        users = dict(conn.execute(sa.select(mappings_table.c.halo_agent_id, mappings_table.c.xero_user_id)
+                                  .where(mappings_table.c.xero_user_id.is_not(None))).all())
+    wanted, invalid = wanted_entries(entries, sheets, users, projects)
+    agents = {e["id"]: e.get("agent_id") for e in entries if isinstance(e, dict) and "id" in e}
+    with warehouse.engine.connect() as conn:
+        held = read_held(conn, day, sorted(agents))
+    book = Ledger(warehouse, day, agents)
+    listing, done = Listing(), Counter()
+    pending = {h.project_id for h in held.values() if h.status == "pending" and h.project_id}
+    # A dry run with nothing to list needs no Xero connection (a new installation has none yet).
+    needs_xero = bool(pending) or config.force or not dry_run
+    try:
+        with xero.client(warehouse.engine, log=context.log.info) if needs_xero else contextlib.nullcontext() as client:
+            if config.force or pending:
+                to_list = (projects.project_ids() | {h.project_id for h in held.values() if h.project_id}) if config.force else pending
+                listing = list_day(client, to_list, day, held)
+                adopt(held, listing, to_list, day)
+                if not dry_run:
+                    book.adopt(held)
+            actions = plan(wanted, invalid, held, config.force)
+            if not dry_run:
+                for action in actions:
+                    if action.kind in ("invalid", "conflict"):
+                        book.write(action.entry_id, action.kind, last_error=action.reason)
+                    elif action.kind == "unchanged" and action.held.status != "pushed":
+                        book.write(action.entry_id, "pushed", last_error=None)
+                done = apply(context, client, book, actions, listing, config.force)
+            stats = client.stats() if client else {"requests": 0}
+    except ProviderAuthError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
+    except ProviderError as error:
+        raise dg.Failure(description=f"{error}. What was pushed is in the ledger; re-run the partition to finish.") from None
+    kinds = Counter(a.kind for a in actions)
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+    context.log.info(f"{day}: {'dry run, would ' if dry_run else ''}{summary}; Xero requests {stats['requests']}")
+    return dg.MaterializeResult(metadata={
+        "work_date": day.isoformat(),
+        "dry_run": dry_run,
+        "force": config.force,
+        "approved_entries": len(wanted) + len(invalid),
+        **{f"planned_{k}": kinds[k] for k in ("create", "update", "delete", "unchanged", "invalid", "conflict")},
+        **{k: done[k] for k in ("created", "updated", "deleted", "failed", "conflicts", "postponed", "duplicates_deleted")},
+        "made_by_hand_in_xero": len(listing.by_hand),
+        "plan": dg.MetadataValue.md(plan_table(actions)),
+        "xero_requests": stats["requests"],
+        "day_limit_remaining": stats.get("day_limit_remaining"),
+        "halo_requests": halo_stats["requests"],
+        "duration_s": round(time.monotonic() - began, 3),
+        "triggered_by": trigger_of(context),
+    })
+
+
+def _ledger_problems(statuses: tuple[str, ...], warehouse: WarehouseResource) -> list[sa.Row]:
+    with warehouse.engine.connect() as conn:
+        return conn.execute(sa.select(ledger).where(ledger.c.status.in_(statuses)).order_by(ledger.c.work_date, ledger.c.halo_entry_id)).all()
+
+
+def _listed(rows: list[sa.Row]) -> str:
+    return "\n".join(f"{r.work_date} Halo entry {r.halo_entry_id} ({r.status}): {r.last_error}" for r in rows[:PLAN_ROWS]) or "none"
+
+
+@dg.asset_check(asset=xero_time_entries, name="xero_entries_pushable")
+def xero_entries_pushable(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    """Warns while approved entries cannot go to Xero (unmapped agent or project, bad duration,
+    refused by Xero), listing each with the reason."""
+    rows = _ledger_problems(("invalid", "failed"), warehouse)
+    return dg.AssetCheckResult(passed=not rows, severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"entries": len(rows), "details": _listed(rows)})
+
+
+@dg.asset_check(asset=xero_time_entries, name="xero_no_locked_conflicts")
+def xero_no_locked_conflicts(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    """Warns while Halo changed entries that Xero has LOCKED or INVOICED (left untouched)."""
+    rows = _ledger_problems(("conflict",), warehouse)
+    return dg.AssetCheckResult(passed=not rows, severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"entries": len(rows), "details": _listed(rows)})
+
+
+RECONCILE_CHECKS = {
+    "xero_no_vanished_entries": "Fails while entries the ledger pushed are gone from Xero (deleted by hand?).",
+    "xero_no_changes_by_hand": "Warns while Xero has entries made by hand, or ours edited by hand, in the open period.",
+    "xero_all_approved_pushed": "Warns while approved, pushable Halo entries are not in Xero (when pushing is on).",
+    "xero_refresh_token_fresh": "Warns when the stored refresh token was last rotated 30+ days ago (Xero drops it at 60).",
+}
+
+
+def open_period() -> tuple[date, date]:
+    days = setting("XERO_OPEN_PERIOD_DAYS")
+    if not (days or "").isdigit():
+        raise ConfigError(f"XERO_OPEN_PERIOD_DAYS must be a whole number of days, not {days!r}")
+    last = today()
+    return max(last - timedelta(days=int(days)), date.fromisoformat(first_day())), last
+
+
+def _read_period(halopsa: HaloPSAResource, context, first: date, last: date) -> tuple[list, list]:
+    entries, sheets = [], []
+    with halopsa.client(log=context.log.info) as halo:
+        agent_ids = sorted(int(a["id"]) for a in halo.agents())
+        for start, end in date_chunks(first, last, halopsa.chunk_days):
+            entries += halo.time_entries(start, end, agent_ids)
+            sheets += halo.timesheets(start, end, agent_ids)
+    return entries, sheets
+
+
+def findings(wanted: dict[int, Wanted], rows: list[sa.Row], xero_entries: list[dict]) -> list[dict]:
+    """The three-way differences between Halo (wanted), the ledger (rows) and Xero (entries)."""
+    found = []
+    by_id = {e["timeEntryId"]: e for e in xero_entries}
+    ledger_ids = {r.xero_time_entry_id for r in rows if r.xero_time_entry_id}
+    for entry in xero_entries:
+        match = MARKER.search(entry.get("description") or "")
+        day = date.fromisoformat(str(entry.get("dateUtc"))[:10])
+        if not match:
+            found.append({"kind": "made_by_hand", "xero_time_entry_id": entry["timeEntryId"], "halo_entry_id": 0,
+                          "work_date": day, "detail": f"{entry.get('duration')} min: {entry.get('description')}"})
+        elif entry["timeEntryId"] not in ledger_ids:
+            found.append({"kind": "unknown_to_ledger", "xero_time_entry_id": entry["timeEntryId"],
+                          "halo_entry_id": int(match.group(1)), "work_date": day, "detail": "carries our marker; a force run adopts it"})
+    for row in rows:
+        if row.status not in ("pushed", "conflict") or not row.xero_time_entry_id:
+            continue
+        entry = by_id.get(row.xero_time_entry_id)
+        if entry is None:
+            found.append({"kind": "vanished_from_xero", "xero_time_entry_id": row.xero_time_entry_id,
+                          "halo_entry_id": row.halo_entry_id, "work_date": row.work_date, "detail": "a force run makes it again"})
+        elif content_hash(xero_content(entry)) != row.content_hash:
+            found.append({"kind": "changed_in_xero", "xero_time_entry_id": row.xero_time_entry_id,
+                          "halo_entry_id": row.halo_entry_id, "work_date": row.work_date,
+                          "detail": f"Xero status {entry.get('status')}; a force run puts Halo's version back unless locked"})
+    pushed = {r.halo_entry_id for r in rows if r.status in ("pushed", "conflict") and r.xero_time_entry_id}
+    for entry_id, want in sorted(wanted.items()):
+        if entry_id not in pushed:
+            found.append({"kind": "approved_not_in_xero", "xero_time_entry_id": "", "halo_entry_id": entry_id,
+                          "work_date": date.fromisoformat(want.payload["dateUtc"][:10]), "detail": "the next push of that date sends it"})
+    return found
+
+
+@dg.asset(
+    deps=[agent_mappings],
+    group_name=GROUP,
+    kinds={"xero", "halopsa", "sql"},
+    pool=GROUP,
+    tags={"sync/cadence": "daily"},
+    check_specs=[dg.AssetCheckSpec(name, asset="xero_reconciliation", description=text) for name, text in RECONCILE_CHECKS.items()],
+)
+def xero_reconciliation(
+    context: dg.AssetExecutionContext,
+    halopsa: HaloPSAResource,
+    xero: XeroResource,
+    mapping_files: MappingFilesResource,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
+    """Nightly three-way comparison of Halo, the ledger and Xero over the open period
+    (XERO_OPEN_PERIOD_DAYS), kept in table `xero_findings`. Reports; changes nothing in Xero.
+    Its nightly refresh also keeps the Xero connection alive through quiet months."""
+    began = time.monotonic()
+    first, last = open_period()
+    projects, problems = read_project_mappings(mapping_files.project_mappings_path())
+    if problems:
+        raise dg.Failure(description=f"{mapping_files.project_mappings_path().name}:\n" + "\n".join(problems), allow_retries=False)
+    token_age = xero.token_store(warehouse.engine).age()
+    try:
+        entries, sheets = _read_period(halopsa, context, first, last)
+        with warehouse.engine.connect() as conn:
+            users = dict(conn.execute(sa.select(mappings_table.c.halo_agent_id, mappings_table.c.xero_user_id)
+                                      .where(mappings_table.c.xero_user_id.is_not(None))).all())
+            rows = conn.execute(sa.select(ledger).where(ledger.c.work_date.between(first, last))).all()
+        wanted, _ = wanted_entries(entries, sheets, users, projects)
+        with xero.client(warehouse.engine, log=context.log.info) as client:
+            xero_entries = [e for p in sorted(projects.project_ids() | {r.xero_project_id for r in rows if r.xero_project_id})
+                            for e in client.time_entries(p, first, last)]
+            stats = client.stats()
+    except ProviderAuthError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
+    except ProviderError as error:
+        raise dg.Failure(description=f"{error}. The previous findings stay.") from None
+    found = findings(wanted, rows, xero_entries)
+    with warehouse.engine.begin() as conn:
+        conn.execute(findings_table.delete())
+        if found:
+            conn.execute(findings_table.insert(), [{**f, "found_at": utcnow()} for f in found])
+    kinds = Counter(f["kind"] for f in found)
+    context.log.info(f"{first}..{last}: {dict(kinds) or 'Halo, ledger and Xero agree'}; Xero requests {stats['requests']}")
+
+    def listed(*names: str) -> str:
+        lines = [f"{f['kind']}: {f['work_date']} Halo {f['halo_entry_id']} Xero {f['xero_time_entry_id']} {f['detail']}"
+                 for f in found if f["kind"] in names]
+        return "\n".join(lines[:PLAN_ROWS]) or "none"
+
+    stale = token_age is not None and token_age >= timedelta(days=30)
+    checks = [
+        dg.AssetCheckResult(check_name="xero_no_vanished_entries", passed=not kinds["vanished_from_xero"],
+                            severity=dg.AssetCheckSeverity.ERROR,
+                            metadata={"entries": kinds["vanished_from_xero"], "details": listed("vanished_from_xero")}),
+        dg.AssetCheckResult(check_name="xero_no_changes_by_hand", severity=dg.AssetCheckSeverity.WARN,
+                            passed=not (kinds["made_by_hand"] or kinds["changed_in_xero"] or kinds["unknown_to_ledger"]),
+                            metadata={"entries": kinds["made_by_hand"] + kinds["changed_in_xero"] + kinds["unknown_to_ledger"],
+                                      "details": listed("made_by_hand", "changed_in_xero", "unknown_to_ledger")}),
+        dg.AssetCheckResult(check_name="xero_all_approved_pushed", severity=dg.AssetCheckSeverity.WARN,
+                            passed=not (push_enabled() and kinds["approved_not_in_xero"]),
+                            metadata={"entries": kinds["approved_not_in_xero"], "push_enabled": push_enabled(),
+                                      "details": listed("approved_not_in_xero")}),
+        dg.AssetCheckResult(check_name="xero_refresh_token_fresh", severity=dg.AssetCheckSeverity.WARN, passed=not stale,
+                            metadata={"days_since_rotation_before_this_run": round(token_age.total_seconds() / 86400, 1) if token_age else None}),
+    ]
+    return dg.MaterializeResult(
+        metadata={"period": f"{first}..{last}", "halo_entries": len(entries), "approved_pushable": len(wanted),
+                  "ledger_rows": len(rows), "xero_entries": len(xero_entries), **{k: kinds[k] for k in sorted(kinds)},
+                  "xero_requests": stats["requests"], "duration_s": round(time.monotonic() - began, 3)},
+        check_results=checks,
+    )
+
+
+assets = [xero_time_entries, xero_reconciliation]
+asset_checks = [xero_entries_pushable, xero_no_locked_conflicts]
