@@ -6,6 +6,8 @@
     workforce-sync xero-connect < token     store a Xero refresh token (first connection, or after
                                             Xero refused the stored one); read from stdin so it
                                             stays out of the shell history
+    workforce-sync status                   one line per asset: health light, last success, last
+                                            failure and its run; exits 1 while any light is red
 
 Runs are recorded in the Dagster instance at `DAGSTER_HOME` (default `.local/dagster_home`,
 the one `scripts/start` uses), so they show up in the UI's run history and health light.
@@ -19,12 +21,15 @@ import time
 from datetime import UTC, datetime
 
 import dagster as dg
+from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
 
 from resources.settings import ConfigError, ensure_dagster_home
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey
 from sync_assets.runs import TRIGGER_TAG, today
 
 HEALTH_NAMES = {"PASS": "green", "WARN": "yellow", "FAIL": "red", "UNKNOWN": "unknown"}
+SEVERITY = ["unknown", "green", "yellow", "red"]
+FAILED_RUNS_SCANNED = 200  # `status` looks for each asset's last failure among this many newest failed runs
 
 
 def health(instance: dg.DagsterInstance, asset_key: dg.AssetKey, policy) -> str:
@@ -32,7 +37,7 @@ def health(instance: dg.DagsterInstance, asset_key: dg.AssetKey, policy) -> str:
     event = instance.get_latest_materialization_event(asset_key)
     if event is None or policy is None:
         return "unknown"
-    age = datetime.now(UTC) - datetime.fromtimestamp(event.timestamp, UTC)
+    age = get_current_datetime() - datetime.fromtimestamp(event.timestamp, UTC)
     if age >= policy.fail_window.to_timedelta():
         return "red"
     if policy.warn_window and age >= policy.warn_window.to_timedelta():
@@ -111,6 +116,62 @@ def print_summary(rows: list[dict]) -> None:
     print("rows = written/fetched")
 
 
+def _utc(timestamp: float | None) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%MZ") if timestamp else "-"
+
+
+def last_failures(instance: dg.DagsterInstance, keys: set[dg.AssetKey]) -> dict[dg.AssetKey, tuple[float, str]]:
+    """(when, run id) of each asset's newest failed run, among the newest FAILED_RUNS_SCANNED failed
+    runs. A failed run counts against the assets it planned and did not materialize."""
+    # Imported here, like the definitions in main(): loading the code location reads settings,
+    # and a bad one must end as a clean ConfigError there, not as a traceback at import.
+    from sensors.alerts import assets_not_synced
+
+    found: dict[dg.AssetKey, tuple[float, str]] = {}
+    records = instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]), limit=FAILED_RUNS_SCANNED)
+    for record in records:  # newest first
+        if keys <= set(found):
+            break
+        when = record.end_time or record.update_timestamp.timestamp()
+        for key in assets_not_synced(instance, record.dagster_run):
+            if key in keys and key not in found:
+                found[key] = (when, record.dagster_run.run_id)
+    return found
+
+
+def status(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[dict]:
+    """Every asset of the code location: its health light, last success, and last failure with its run.
+
+    The light is the freshness daemon's recorded state, or the last success's age against the
+    policy when the daemon has recorded none or the age says worse (a stopped daemon leaves its
+    last state behind); `-` for an asset without a freshness policy."""
+    graph = defs.resolve_asset_graph()
+    keys = [key for key in graph.toposorted_asset_keys if graph.get(key).is_materializable]
+    states = instance.get_freshness_state_records([key for key in keys if graph.get(key).freshness_policy])
+    failures = last_failures(instance, set(keys))
+    rows = []
+    for key in keys:
+        policy = graph.get(key).freshness_policy
+        if policy is None:
+            light = "-"
+        else:
+            recorded = HEALTH_NAMES.get(states[key].freshness_state.value, "unknown") if key in states else "unknown"
+            light = max(recorded, health(instance, key, policy), key=SEVERITY.index)
+        success = instance.get_latest_materialization_event(key)
+        failed_at, failed_run = failures.get(key, (None, "-"))
+        rows.append({"asset": key.to_user_string(), "health": light, "last_success_utc": _utc(success.timestamp if success else None),
+                     "last_failure_utc": _utc(failed_at), "failed_run": failed_run})
+    return rows
+
+
+def print_status(rows: list[dict]) -> None:
+    columns = ["asset", "health", "last_success_utc", "last_failure_utc", "failed_run"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
+
+
 def xero_connect(defs: dg.Definitions, refresh_token: str) -> str:
     """Store `refresh_token` as the tenant's current one, encrypted, replacing any refused one."""
     if not refresh_token:
@@ -128,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     add = commands.add_parser("add-fiscal-years", help="add fiscal-year partitions from FIRST through the current year")
     add.add_argument("first", help="the earliest fiscal year, e.g. FY2023")
     commands.add_parser("xero-connect", help="store a Xero refresh token read from stdin")
+    commands.add_parser("status", help="print each asset's health, last success and last failure; exit 1 if any is red")
     args = parser.parse_args(argv)
     ensure_dagster_home()
     try:
@@ -139,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "xero-connect":
                 print(xero_connect(defs, sys.stdin.read().strip()))
                 return 0
+            if args.command == "status":
+                rows = status(defs, instance)
+                print_status(rows)
+                return 1 if any(row["health"] == "red" for row in rows) else 0
             rows = run_once(defs, instance)
     except (ConfigError, MalformedKey) as error:
         print(f"workforce-sync: {error}", file=sys.stderr)

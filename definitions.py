@@ -72,7 +72,8 @@ def local_resources() -> dict:
         ),
         "mapping_files": mapping_files(),
         "warehouse": WarehouseResource(
-            url=dg.EnvVar("WAREHOUSE_URL") if os.environ.get("WAREHOUSE_URL") else local_warehouse_url()
+            url=dg.EnvVar("WAREHOUSE_URL") if os.environ.get("WAREHOUSE_URL") else local_warehouse_url(),
+            db_schema=setting("WAREHOUSE_SCHEMA"),
         ),
     }
 
@@ -104,7 +105,7 @@ def production_resources() -> dict:
             initial_refresh_token=dg.EnvVar("XERO_REFRESH_TOKEN") if os.environ.get("XERO_REFRESH_TOKEN") else None,
         ),
         "mapping_files": mapping_files(),
-        "warehouse": WarehouseResource(url=dg.EnvVar("WAREHOUSE_URL")),
+        "warehouse": WarehouseResource(url=dg.EnvVar("WAREHOUSE_URL"), db_schema=setting("WAREHOUSE_SCHEMA")),
     }
 
 

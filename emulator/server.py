@@ -1,4 +1,4 @@
-"""A local emulator of the four providers' APIs: a real HTTP server on 127.0.0.1.
+"""A local emulator of the four providers' APIs (and of the alert webhook): a real HTTP server on 127.0.0.1.
 
 Built on the standard library's threading HTTP server rather than a web framework because the
 fault injection needs the raw socket (half a body then a closed connection) and nothing else
@@ -114,7 +114,7 @@ class Emulator:
 
     def __init__(self, *, seed: int = 7, anchor: datetime | None = None, rate_limits: bool = True, contacts: int = 300,
                  agents: int = 24, employees: int = 40):
-        from emulator import employes, ghl, halo, xero  # the provider modules import this one
+        from emulator import employes, ghl, halo, webhook, xero  # the provider modules import this one
 
         self.lock = threading.RLock()
         self.rate_limits = rate_limits
@@ -128,6 +128,7 @@ class Emulator:
         self.halo = halo.HaloPSA(self, seed=seed, agents=agents)
         self.employes = employes.Employes(self, seed=seed, count=employees)
         self.xero = xero.Xero(self, seed=seed)
+        self.webhook = webhook.Webhook(self)  # the alert sensors' Slack-compatible sink
         self._server: ThreadingHTTPServer | None = None
 
     # -- wiring used by provider modules ------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections import Counter
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
@@ -291,15 +292,23 @@ def utcnow() -> datetime:
 
 
 @functools.cache
-def engine_for(url: str) -> sa.Engine:
-    """One engine per URL per process, with the schema created or upgraded on first use."""
+def engine_for(url: str, db_schema: str | None = None) -> sa.Engine:
+    """One engine per URL per process, with the tables created or upgraded on first use. On
+    PostgreSQL, `db_schema` keeps the warehouse in its own schema (created if missing)."""
+    if db_schema and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", db_schema):
+        raise ConfigError("WAREHOUSE_SCHEMA must be a lower-case SQL name (letters, digits, _)")
     try:
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        dialect = sa.make_url(url).get_backend_name()
+        options = {"connect_args": {"options": f"-csearch_path={db_schema}"}} if db_schema and dialect == "postgresql" else {}
+        engine = sa.create_engine(url, pool_pre_ping=True, **options)
     except (sa.exc.ArgumentError, ImportError, ValueError) as error:
         raise ConfigError(f"WAREHOUSE_URL is not a usable SQLAlchemy URL ({type(error).__name__})") from None
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     try:
+        if options:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{db_schema}"'))
         ensure_schema(engine)
     except sa.exc.OperationalError as error:
         raise ConfigError(
@@ -404,7 +413,8 @@ class WarehouseResource(dg.ConfigurableResource):
     """Where synced data lands: an SQLAlchemy URL (SQLite locally, PostgreSQL in production)."""
 
     url: str
+    db_schema: str | None = None
 
     @property
     def engine(self) -> sa.Engine:
-        return engine_for(self.url)
+        return engine_for(self.url, self.db_schema)

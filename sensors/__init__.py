@@ -1,7 +1,8 @@
-"""Every sensor of the code location, one module per provider (GoHighLevel's and Employes'
-syncs are time-driven and have none)."""
+"""Every sensor of the code location: one module per provider (GoHighLevel's and Employes'
+syncs are time-driven and have none), and `alerts` (failed runs and red health lights to
+ALERT_WEBHOOK_URL)."""
 
-from sensors import halo, xero
+from sensors import alerts, halo, xero
 
-jobs = [*halo.jobs, *xero.jobs]
-sensors = [*halo.sensors, *xero.sensors]
+jobs = [*halo.jobs, *xero.jobs, *alerts.jobs]
+sensors = [*halo.sensors, *xero.sensors, *alerts.sensors]

@@ -12,7 +12,11 @@ TRIGGER_TAG = "sync/trigger"
 
 def trigger_of(context: dg.AssetExecutionContext) -> str:
     """Who or what started the run: a schedule, a sensor, a backfill, the CLI, or a person in the UI."""
-    tags = context.run.tags
+    return trigger_from_tags(context.run.tags)
+
+
+def trigger_from_tags(tags: dict[str, str]) -> str:
+    """`trigger_of` for a run read back from the instance (the alerts name who started a failed run)."""
     if "dagster/schedule_name" in tags:
         return f"schedule {tags['dagster/schedule_name']}"
     if "dagster/sensor_name" in tags:

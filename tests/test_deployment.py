@@ -1,0 +1,221 @@
+"""The production deployment end to end: `deploy/start` runs the code server, webserver and
+daemon against a fresh PostgreSQL instance database; the scheduler and the approval sensor fire
+on their own (short intervals by configuration), the UI's Materialize button (the webserver's
+GraphQL API) runs a sync, a headless Chromium shows the asset graph, and afterwards nothing is
+left running."""
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pytest
+import sqlalchemy as sa
+from conftest import ANCHOR, POSTGRES_ADMIN_URL
+from dagster._core.definitions.freshness import FreshnessState
+from dagster_graphql import DagsterGraphQLClient
+from playwright.sync_api import sync_playwright
+
+from emulator import Emulator
+from resources.settings import PROJECT_ROOT
+
+APPROVED_DAY = date(2026, 11, 19)
+AGENT = 3
+IN_PROGRESS = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+               dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(what: str, check, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(2)
+    raise AssertionError(f"{what}: not within {seconds:.0f} s")
+
+
+class Deployment:
+    def __init__(self, tmp: Path):
+        self.db = f"workforce_sync_e2e_{secrets.token_hex(4)}"
+        self.admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{self.db}"'))
+        self.pg_url = self.admin.url.set(database=self.db).render_as_string(hide_password=False)
+        self.warehouse_url = self.admin.url.set(database=self.db).render_as_string(hide_password=False)
+        self.home = tmp / "dagster_home"
+        self.home.mkdir()
+        shutil.copy(PROJECT_ROOT / "deploy/dagster.yaml", self.home / "dagster.yaml")
+        self.emulator = Emulator(seed=7, anchor=ANCHOR, contacts=200)
+        self.emulator.start()
+        self.web_port = free_port()
+        self.log = (tmp / "deploy.log").open("w")
+        self.env = {
+            **os.environ,
+            "DAGSTER_HOME": str(self.home),
+            "DAGSTER_PG_URL": self.pg_url,
+            "CODE_SERVER_PORT": str(free_port()),
+            "DAGSTER_WEBSERVER_PORT": str(self.web_port),
+            "SYNC_ENV": "local",
+            "EMULATOR_URL": self.emulator.url,
+            "WAREHOUSE_URL": self.warehouse_url,
+            "WAREHOUSE_SCHEMA": "warehouse",
+            "GHL_RECONCILE_CRON": "* * * * *",
+            "XERO_APPROVAL_POLL_SECONDS": "5",
+            "XERO_OPEN_PERIOD_DAYS": "5",
+            "XERO_PUSH_ENABLED": "true",
+        }
+        self.process = subprocess.Popen([str(PROJECT_ROOT / "deploy/start")], env=self.env, stdout=self.log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.instance = None
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.web_port}{path}"
+
+    def wait_until_up(self) -> None:
+        def up():
+            assert self.process.poll() is None, f"deploy/start exited: {self.tail()}"
+            try:
+                return httpx.get(self.url("/server_info"), timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for("the webserver", up, 240)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("DAGSTER_PG_URL", self.pg_url)
+            self.instance = dg.DagsterInstance.from_config(str(self.home))
+
+    def runs(self) -> list[dg.DagsterRun]:
+        return list(self.instance.get_runs())
+
+    def tail(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()[-3000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.instance:
+            self.instance.dispose()
+        self.emulator.stop()
+        self.log.close()
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    deployment = Deployment(tmp_path_factory.mktemp("deploy"))
+    try:
+        deployment.wait_until_up()
+        yield deployment
+    finally:
+        deployment.close()
+
+
+def warehouse_count(deployment, table: str) -> int:
+    engine = sa.create_engine(deployment.warehouse_url, connect_args={"options": "-csearch_path=warehouse"})
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_the_ui_button_materializes_through_the_webserver(deployment):
+    client = DagsterGraphQLClient("127.0.0.1", port_number=deployment.web_port)
+    run_id = client.submit_job_execution("__ASSET_JOB", repository_location_name="workforce_sync",
+                                         repository_name="__repository__", asset_selection=[["halo_agents"], ["agent_mappings"]])
+    status = wait_for("the button's run", lambda: (s := client.get_run_status(run_id)) not in IN_PROGRESS and s, 240)
+    assert status == dg.DagsterRunStatus.SUCCESS, deployment.tail()
+    assert warehouse_count(deployment, "agent_mappings") == 22
+
+
+def test_the_scheduler_and_the_approval_sensor_fire_on_their_own(deployment):
+    deployment.emulator.halo.approve(AGENT, APPROVED_DAY)
+
+    def finished(source: str, value: str):
+        def check():
+            runs = [r for r in deployment.runs() if r.tags.get(source) == value]
+            done = [r for r in runs if r.status not in IN_PROGRESS]
+            return done[0] if done else None
+        return check
+
+    scheduled = wait_for("a scheduled run", finished("dagster/schedule_name", "ghl_contacts_reconciliation_nightly"), 240)
+    pushed = wait_for("a sensor run", finished("dagster/sensor_name", "xero_approvals"), 240)
+    assert scheduled.status == dg.DagsterRunStatus.SUCCESS, deployment.tail()
+    assert pushed.status == dg.DagsterRunStatus.SUCCESS, deployment.tail()
+    assert pushed.tags["dagster/partition"] == APPROVED_DAY.isoformat()
+    assert warehouse_count(deployment, "ghl_contacts") == 200
+    day_entries = [e for e in deployment.emulator.halo.entries().values()
+                   if e["agent_id"] == AGENT and e["start_date"][:10] == APPROVED_DAY.isoformat()]
+    assert len(deployment.emulator.xero.entries()) == len(day_entries) > 0
+
+
+def test_the_freshness_daemon_records_the_health_light(deployment):
+    key = dg.AssetKey("ghl_contacts_reconciliation")
+
+    def recorded():
+        record = deployment.instance.get_freshness_state_records([key]).get(key)
+        return record if record and record.freshness_state != FreshnessState.UNKNOWN else None
+
+    assert wait_for("a freshness state", recorded, 120).freshness_state == FreshnessState.PASS
+
+
+def test_a_browser_shows_the_asset_graph(deployment):
+    assert CHROMIUM, "Debian's chromium is needed (.ci/run installs it)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1900})
+        page.goto(deployment.url("/asset-groups"))
+        page.get_by_text("Global asset lineage").wait_for()
+        page.wait_for_timeout(3000)
+        skip = page.get_by_role("button", name="Skip")  # the UI's one-time community invitation
+        if skip.is_visible():
+            skip.click()
+        page.mouse.click(1400, 1800, button="right")
+        page.get_by_role("menuitem", name="Expand all groups").click()
+        page.wait_for_timeout(3000)
+        page.screenshot(path=ARTIFACTS / "asset-graph.png")
+        text = page.locator("body").inner_text()
+        browser.close()
+    for lane in ("gohighlevel", "halopsa", "employes", "xero"):
+        assert lane in text
+    for asset in ("ghl_contacts", "halo_timesheets", "employes_employee_snapshots", "xero_time_entries"):
+        assert asset in text
+
+
+def test_stopping_leaves_nothing_running(deployment):
+    wait_for("runs to finish", lambda: not [r for r in deployment.runs() if r.status in IN_PROGRESS], 240)
+    deployment.stop()
+    # deploy/start ran in a session of its own: every process it started shares the session id.
+    # Zombies (state Z) have exited; only the sandbox's init has not reaped them yet.
+    session = subprocess.run(["ps", "-o", "stat=,pid=,args=", "-s", str(deployment.process.pid)],
+                             capture_output=True, text=True).stdout.splitlines()
+    assert [line for line in session if not line.strip().startswith("Z")] == []
+    assert not [r for r in deployment.runs() if r.status in IN_PROGRESS]
