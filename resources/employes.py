@@ -18,6 +18,7 @@ import dagster as dg
 import polars as pl
 
 from resources.http import BearerAuth, ProviderClient, ProviderError, shared_limiter
+from resources.warehouse import text_value
 
 MAX_PER_PAGE = 100
 NO_DATE_PREFIX = "0001-01-01"
@@ -53,6 +54,16 @@ def amount(value: Any) -> Decimal | None:
     return number.quantize(CENT)
 
 
+def _object(parent: dict, field: str) -> dict:
+    """A nested object, or {} when absent; anything else is a reject, not a crash."""
+    value = parent.get(field)
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{field} is not an object but {type(value).__name__}")
+    return value
+
+
 def _name(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("name")
@@ -61,27 +72,26 @@ def _name(value: Any) -> str | None:
 
 def snapshot_row(record: dict, snapshot_date: date) -> dict:
     """One employee as a row of that day's snapshot; raises ValueError naming the problem."""
-    if not isinstance(record, dict) or not record.get("id"):
-        raise ValueError("no id")
-    employment = record.get("employment") or {}
-    contract = employment.get("contract") or {}
-    salary = employment.get("salary") or {}
+    if not isinstance(record, dict) or not record.get("id") or len(str(record["id"])) > 64:
+        raise ValueError("no id (at most 64 characters)")
+    employment = _object(record, "employment")
+    contract, salary = _object(employment, "contract"), _object(employment, "salary")
     try:
         row = {
             "snapshot_date": snapshot_date,
             "employee_id": str(record["id"]),
             "employee_number": _name(record.get("employee_number")),
-            "first_name": record.get("first_name"),
-            "surname_prefix": record.get("surname_prefix") or None,
-            "surname": record.get("surname"),
-            "status": record.get("status"),
+            "first_name": text_value(record.get("first_name")),
+            "surname_prefix": text_value(record.get("surname_prefix") or None),
+            "surname": text_value(record.get("surname")),
+            "status": text_value(record.get("status")),
             "department": _name(record.get("department")),
             "role": _name(record.get("function") or record.get("job_title")),
             "employment_start": employes_date(employment.get("start_date")),
             "employment_end": employes_date(employment.get("end_date")),
             "hours_per_week": amount(contract.get("hours_per_week")),
             "days_per_week": amount(contract.get("days_per_week")),
-            "employee_type": contract.get("employee_type"),
+            "employee_type": text_value(contract.get("employee_type")),
             "hour_wage": amount(salary.get("hour_wage")),
             "month_wage": amount(salary.get("month_wage")),
             "yearly_wage": amount(salary.get("yearly_wage") if salary.get("yearly_wage") is not None else record.get("yearly_wage")),
@@ -90,6 +100,13 @@ def snapshot_row(record: dict, snapshot_date: date) -> dict:
         raise ValueError(f"unreadable field ({error})") from None
     row["content_hash"] = hashlib.blake2b(json.dumps([row[f] for f in TRACKED], default=str).encode(), digest_size=16).hexdigest()
     return row
+
+
+def _periods(item: dict, field: str) -> list[dict]:
+    value = item.get(field) or []
+    if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
+        raise ValueError(f"{field} is not a list of periods")
+    return value
 
 
 def _period(item: dict, employment_id: str, employee_id: str, **fields: Any) -> dict:
@@ -108,25 +125,25 @@ def employment_rows(employee_id: str, items: list[dict]) -> dict[str, list[dict]
     contract period. Raises ValueError naming the problem."""
     rows: dict[str, list[dict]] = {"employments": [], "salary": [], "hours": [], "contracts": []}
     for item in items:
-        if not isinstance(item, dict) or not item.get("id"):
-            raise ValueError("an employment without an id")
+        if not isinstance(item, dict) or not item.get("id") or len(str(item["id"])) > 64:
+            raise ValueError("an employment without an id (at most 64 characters)")
         employment_id = str(item["id"])
         try:
             rows["employments"].append(_period(item, employment_id, employee_id))
             rows["salary"] += [
                 _period(p, employment_id, employee_id, hour_wage=amount(p.get("hour_wage")),
                         month_wage=amount(p.get("month_wage")), yearly_wage=amount(p.get("yearly_wage")))
-                for p in item.get("salary") or []
+                for p in _periods(item, "salary")
             ]
             rows["hours"] += [
                 _period(p, employment_id, employee_id, hours_per_week=amount(p.get("hours_per_week")),
-                        days_per_week=amount(p.get("days_per_week")), employee_type=p.get("employee_type"))
-                for p in item.get("hours") or []
+                        days_per_week=amount(p.get("days_per_week")), employee_type=text_value(p.get("employee_type")))
+                for p in _periods(item, "hours")
             ]
             rows["contracts"] += [
                 _period(p, employment_id, employee_id, contract_duration=_name(p.get("contract_duration")),
                         is_signed=bool(p.get("is_signed")), sign_date=employes_date(p.get("sign_date")))
-                for p in item.get("contracts") or []
+                for p in _periods(item, "contracts")
             ]
         except (TypeError, ValueError) as error:
             raise ValueError(f"employment {employment_id}: unreadable period ({error})") from None

@@ -23,6 +23,7 @@ import dagster as dg
 import polars as pl
 
 from resources.http import BearerAuth, ProviderClient, ProviderError, shared_limiter
+from resources.warehouse import text_value
 
 API_VERSION = "2021-07-28"
 MAX_PAGE_SIZE = 500
@@ -76,12 +77,6 @@ def iso_z(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else json.dumps(value)
-
-
 def parse_contacts(records: list[dict[str, Any]], where: str = "") -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """Provider records -> a frame of warehouse rows, plus the rejects (no id, unparsable dates)."""
     rows: list[dict[str, Any]] = []
@@ -100,8 +95,8 @@ def _contact_row(record: Any) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise TypeError(f"not an object: {type(record).__name__}")
     contact_id = record.get("id")
-    if not isinstance(contact_id, str) or not contact_id.strip():
-        raise ValueError("no id")
+    if not isinstance(contact_id, str) or not contact_id.strip() or len(contact_id) > 64:
+        raise ValueError("no id (a string of at most 64 characters)")
     try:
         date_updated = parse_timestamp(record.get("dateUpdated"))
         date_added = parse_timestamp(record.get("dateAdded"))
@@ -112,7 +107,7 @@ def _contact_row(record: Any) -> dict[str, Any]:
     canonical = json.dumps({k: v for k, v in record.items() if k != "searchAfter"}, sort_keys=True, default=str)
     return {
         "id": contact_id,
-        **{column: _text(record.get(field)) for field, column in TEXT_FIELDS.items()},
+        **{column: text_value(record.get(field)) for field, column in TEXT_FIELDS.items()},
         "dnd": bool(record.get("dnd")) if record.get("dnd") is not None else None,
         "tags": json.dumps(record.get("tags") or []),
         "custom_fields": json.dumps(record.get("customFields") or record.get("customField") or []),

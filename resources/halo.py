@@ -19,8 +19,10 @@ import dagster as dg
 import httpx
 
 from resources.http import ProviderAuthError, ProviderClient, ProviderError, RefreshingAuth, shared_limiter
+from resources.warehouse import text_value
 
 APPROVED = 1
+MAX_INT = 2**31 - 1
 
 
 def _records(payload: Any, where: str) -> list[dict]:
@@ -58,7 +60,18 @@ def _moment(value: Any) -> datetime | None:
 
 
 def _int_or_none(value: Any) -> int | None:
-    return None if value in (None, "") else int(value)
+    """A whole number as Halo sends it (a JSON number or a numeric string), None when absent."""
+    if value in (None, ""):
+        return None
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        number = int(value)
+        if not -MAX_INT <= number <= MAX_INT:  # the warehouse's integer columns
+            raise ValueError
+        return number
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"not a whole number: {str(value)[:40]!r}") from None
 
 
 def content_hash(record: dict) -> str:
@@ -67,17 +80,17 @@ def content_hash(record: dict) -> str:
 
 def agent_row(record: dict) -> dict:
     """One Agent as a `halo_agents` row."""
-    if not isinstance(record, dict) or not isinstance(record.get("id"), int):
+    if not isinstance(record, dict) or _int_or_none(record.get("id")) is None or isinstance(record.get("id"), str):
         raise ValueError("no integer id")
     row = {
-        "id": record["id"],
-        "name": record.get("name"),
-        "first_name": record.get("firstname"),
-        "last_name": record.get("surname"),
-        "email": record.get("email"),
-        "initials": record.get("initials"),
-        "team": record.get("team"),
-        "job_title": record.get("jobtitle"),
+        "id": int(record["id"]),
+        "name": text_value(record.get("name")),
+        "first_name": text_value(record.get("firstname")),
+        "last_name": text_value(record.get("surname")),
+        "email": text_value(record.get("email")),
+        "initials": text_value(record.get("initials")),
+        "team": text_value(record.get("team")),
+        "job_title": text_value(record.get("jobtitle")),
         "is_disabled": bool(record.get("isdisabled")),
     }
     row["content_hash"] = content_hash(row)
@@ -86,7 +99,7 @@ def agent_row(record: dict) -> dict:
 
 def entry_row(record: dict, fiscal_year: str) -> dict:
     """One TimesheetEvent as a `halo_time_entries` row; raises ValueError naming the problem."""
-    if not isinstance(record, dict) or not isinstance(record.get("id"), int):
+    if not isinstance(record, dict) or _int_or_none(record.get("id")) is None or isinstance(record.get("id"), str):
         raise ValueError("no integer id")
     try:
         start = _moment(record.get("start_date"))
@@ -95,12 +108,11 @@ def entry_row(record: dict, fiscal_year: str) -> dict:
         raise ValueError(f"unparsable date ({error})") from None
     if start is None:
         raise ValueError("no start_date")
-    try:
-        agent_id = int(record["agent_id"])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError("no agent_id") from None
+    agent_id = _int_or_none(record.get("agent_id"))
+    if agent_id is None:
+        raise ValueError("no agent_id")
     row = {
-        "id": record["id"],
+        "id": int(record["id"]),
         "fiscal_year": fiscal_year,
         "agent_id": agent_id,
         "work_date": start.date(),
@@ -111,13 +123,13 @@ def entry_row(record: dict, fiscal_year: str) -> dict:
         "ticket_id": _int_or_none(record.get("ticket_id")),
         "action_number": _int_or_none(record.get("action_number")),
         "client_id": _int_or_none(record.get("client_id")),
-        "client_name": record.get("customer"),
+        "client_name": text_value(record.get("customer")),
         "contract_id": _int_or_none(record.get("contract_id")),
         "site_id": _int_or_none(record.get("site_id")),
         "event_type": _int_or_none(record.get("event_type")),
-        "subject": record.get("subject"),
-        "note": record.get("note"),
-        "charge_rate": str(record["charge_rate"]) if record.get("charge_rate") is not None else None,
+        "subject": text_value(record.get("subject")),
+        "note": text_value(record.get("note")),
+        "charge_rate": text_value(record.get("charge_rate")),
     }
     row["content_hash"] = content_hash(row)
     return row
@@ -125,17 +137,21 @@ def entry_row(record: dict, fiscal_year: str) -> dict:
 
 def timesheet_row(record: dict, fiscal_year: str) -> dict:
     """One agent-day Timesheet as a `halo_timesheets` row; raises ValueError naming the problem."""
-    if not isinstance(record, dict) or not isinstance(record.get("id"), int):
+    if not isinstance(record, dict) or _int_or_none(record.get("id")) is None or isinstance(record.get("id"), str):
         raise ValueError("no integer id")
     try:
         work_date = _day(record["date"])
-        agent_id = int(record["agent_id"])
+        agent_id = _int_or_none(record["agent_id"])
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"no usable date or agent_id ({error})") from None
+    if agent_id is None:
+        raise ValueError("no agent_id")
     approval = record.get("approval") or {}
+    if not isinstance(approval, dict):
+        raise ValueError(f"approval is not an object but {type(approval).__name__}")
     status = _int_or_none(approval.get("approvalstatus"))
     row = {
-        "id": record["id"],
+        "id": int(record["id"]),
         "fiscal_year": fiscal_year,
         "agent_id": agent_id,
         "work_date": work_date,
@@ -144,7 +160,7 @@ def timesheet_row(record: dict, fiscal_year: str) -> dict:
         "approval_status": status,
         "approved": status == APPROVED,
         "approved_by": _int_or_none(approval.get("approvedby")),
-        "approver": approval.get("approver"),
+        "approver": text_value(approval.get("approver")),
         "submitted_at": _moment(approval.get("submissiondate")),
     }
     row["content_hash"] = content_hash(row)

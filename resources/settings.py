@@ -8,8 +8,14 @@ resources bind them with `dg.EnvVar`, so Dagster shows their names, never their 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.engine import url as sa_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_DIR = PROJECT_ROOT / ".local"
@@ -27,40 +33,41 @@ class Setting:
     required: bool = False  # required when SYNC_ENV=production
     secret: bool = False
     doc: str = ""
+    kind: str = "text"  # how `check_settings` validates a value: a key of CHECKS
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("SYNC_ENV", "general", "local", doc="`local` (emulator + SQLite) or `production` (real providers)"),
-    Setting("SYNC_TIMEZONE", "general", "UTC", doc="time zone of schedules and of the hourly/daily partitions' boundaries"),
+    Setting("SYNC_TIMEZONE", "general", "UTC", doc="time zone of schedules and of the hourly/daily partitions' boundaries", kind="timezone"),
     Setting("WAREHOUSE_URL", "general", None, required=True, secret=True,
-            doc="SQLAlchemy URL of the warehouse; local default `sqlite:///.local/warehouse.db`"),
+            doc="SQLAlchemy URL of the warehouse; local default `sqlite:///.local/warehouse.db`", kind="sqlalchemy_url"),
     Setting("WAREHOUSE_SCHEMA", "general", None,
-            doc="PostgreSQL schema of the warehouse's tables (created if missing); default the URL's search_path"),
-    Setting("EMULATOR_URL", "general", "http://127.0.0.1:8700", doc="provider emulator used when SYNC_ENV=local"),
+            doc="PostgreSQL schema of the warehouse's tables (created if missing); default the URL's search_path", kind="sql_name"),
+    Setting("EMULATOR_URL", "general", "http://127.0.0.1:8700", doc="provider emulator used when SYNC_ENV=local", kind="url"),
     Setting("ALERT_WEBHOOK_URL", "general", None, secret=True,
-            doc="Slack-compatible incoming webhook that gets failed-run and red-health alerts; unset: alerts are only logged"),
+            doc="Slack-compatible incoming webhook that gets failed-run and red-health alerts; unset: alerts are only logged", kind="url"),
     Setting("DAGSTER_WEBSERVER_URL", "general", "http://127.0.0.1:3000",
-            doc="address of the Dagster UI as people reach it, for the links in alerts"),
-    Setting("GHL_BASE_URL", "gohighlevel", "https://services.leadconnectorhq.com", doc="GoHighLevel API v2 base URL"),
+            doc="address of the Dagster UI as people reach it, for the links in alerts", kind="url"),
+    Setting("GHL_BASE_URL", "gohighlevel", "https://services.leadconnectorhq.com", doc="GoHighLevel API v2 base URL", kind="url"),
     Setting("GHL_TOKEN", "gohighlevel", required=True, secret=True, doc="Private Integration Token (scope contacts.readonly)"),
     Setting("GHL_LOCATION_ID", "gohighlevel", required=True, doc="the sub-account (location) whose contacts are synced"),
-    Setting("GHL_RECONCILE_CRON", "gohighlevel", "0 2 * * *", doc="cron of the nightly full reconciliation"),
-    Setting("HALO_BASE_URL", "halopsa", required=True, doc="your HaloPSA instance, e.g. https://yourco.halopsa.com"),
-    Setting("HALO_AUTH_URL", "halopsa", None, doc="authorisation server; default `$HALO_BASE_URL/auth`"),
+    Setting("GHL_RECONCILE_CRON", "gohighlevel", "0 2 * * *", doc="cron of the nightly full reconciliation", kind="cron"),
+    Setting("HALO_BASE_URL", "halopsa", required=True, doc="your HaloPSA instance, e.g. https://yourco.halopsa.com", kind="url"),
+    Setting("HALO_AUTH_URL", "halopsa", None, doc="authorisation server; default `$HALO_BASE_URL/auth`", kind="url"),
     Setting("HALO_CLIENT_ID", "halopsa", required=True, doc="API application client id (client credentials)"),
     Setting("HALO_CLIENT_SECRET", "halopsa", required=True, secret=True, doc="API application client secret"),
     Setting("HALO_TENANT", "halopsa", None, doc="tenant name, for hosted Halo instances that need it"),
-    Setting("FISCAL_YEAR_START", "halopsa", "01-01", doc="month and day (MM-DD) on which a fiscal year starts"),
+    Setting("FISCAL_YEAR_START", "halopsa", "01-01", doc="month and day (MM-DD) on which a fiscal year starts", kind="month_day"),
     Setting("FISCAL_YEAR_FIRST", "halopsa", None,
-            doc="earliest fiscal year to add as a partition, e.g. `FY2023`; default the current one"),
+            doc="earliest fiscal year to add as a partition, e.g. `FY2023`; default the current one", kind="fiscal_year"),
     Setting("AGENT_MAPPINGS_FILE", "halopsa", "config/agent_mappings.csv",
             doc="CSV mapping Halo agents to payroll employee numbers and Xero users (relative to the project)"),
-    Setting("EMPLOYES_BASE_URL", "employes", "https://connect.employes.nl/v4", doc="Employes API base URL"),
+    Setting("EMPLOYES_BASE_URL", "employes", "https://connect.employes.nl/v4", doc="Employes API base URL", kind="url"),
     Setting("EMPLOYES_TOKEN", "employes", required=True, secret=True, doc="API token (JWT) generated in Employes"),
     Setting("EMPLOYES_COMPANY_ID", "employes", required=True, doc="the company whose employees are synced"),
-    Setting("EMPLOYES_SYNC_CRON", "employes", "30 1 * * *", doc="cron of the nightly employee snapshot"),
-    Setting("XERO_API_URL", "xero", "https://api.xero.com", doc="Xero API base URL"),
-    Setting("XERO_IDENTITY_URL", "xero", "https://identity.xero.com", doc="Xero identity (OAuth2 token) base URL"),
+    Setting("EMPLOYES_SYNC_CRON", "employes", "30 1 * * *", doc="cron of the nightly employee snapshot", kind="cron"),
+    Setting("XERO_API_URL", "xero", "https://api.xero.com", doc="Xero API base URL", kind="url"),
+    Setting("XERO_IDENTITY_URL", "xero", "https://identity.xero.com", doc="Xero identity (OAuth2 token) base URL", kind="url"),
     Setting("XERO_CLIENT_ID", "xero", required=True, doc="OAuth2 app client id"),
     Setting("XERO_CLIENT_SECRET", "xero", required=True, secret=True, doc="OAuth2 app client secret"),
     Setting("XERO_REFRESH_TOKEN", "xero", None, secret=True,
@@ -68,15 +75,87 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("XERO_TOKEN_KEY", "xero", None, required=True, secret=True,
             doc="Fernet key that encrypts the stored refresh token; local default `.local/xero_token.key` (0600)"),
     Setting("XERO_TENANT_ID", "xero", required=True, doc="the Xero organisation (tenant) to push to"),
-    Setting("XERO_PUSH_ENABLED", "xero", "false", doc="`true` to write to Xero; until then every push run is a dry run"),
-    Setting("XERO_FIRST_DAY", "xero", "2026-01-01", doc="first work date (YYYY-MM-DD) of the Xero push partitions"),
-    Setting("XERO_APPROVAL_POLL_SECONDS", "xero", "120", doc="how often the approval sensor asks Halo for new approvals"),
-    Setting("XERO_OPEN_PERIOD_DAYS", "xero", "31", doc="days back from today the approval sensor and reconciliation cover"),
+    Setting("XERO_PUSH_ENABLED", "xero", "false", doc="`true` to write to Xero; until then every push run is a dry run", kind="bool"),
+    Setting("XERO_FIRST_DAY", "xero", "2026-01-01", doc="first work date (YYYY-MM-DD) of the Xero push partitions", kind="date"),
+    Setting("XERO_APPROVAL_POLL_SECONDS", "xero", "120", doc="how often the approval sensor asks Halo for new approvals", kind="count"),
+    Setting("XERO_OPEN_PERIOD_DAYS", "xero", "31", doc="days back from today the approval sensor and reconciliation cover", kind="count"),
     Setting("XERO_PROJECT_MAPPINGS_FILE", "xero", "config/xero_projects.csv",
             doc="CSV mapping Halo clients, contracts and tickets to Xero projects and tasks"),
-    Setting("XERO_RECONCILE_CRON", "xero", "45 2 * * *", doc="cron of the nightly Halo / ledger / Xero reconciliation"),
+    Setting("XERO_RECONCILE_CRON", "xero", "45 2 * * *", doc="cron of the nightly Halo / ledger / Xero reconciliation", kind="cron"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def _url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _sqlalchemy_url(value: str) -> bool:
+    try:
+        sa_url.make_url(value)
+    except Exception:  # noqa: BLE001 - SQLAlchemy raises several types for unparsable URLs
+        return False
+    return True
+
+
+def _timezone(value: str) -> bool:
+    try:
+        ZoneInfo(value)
+    except (ValueError, ZoneInfoNotFoundError):
+        return False
+    return True
+
+
+def _month_day(value: str) -> bool:
+    match = re.fullmatch(r"(\d{2})-(\d{2})", value)
+    try:
+        return bool(match) and bool(date(2001, int(match.group(1)), int(match.group(2))))
+    except ValueError:
+        return False
+
+
+def _date(value: str) -> bool:
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _cron(value: str) -> bool:
+    from dagster._utils.schedules import is_valid_cron_string  # dagster's own rule for schedules
+
+    return is_valid_cron_string(value)
+
+
+CHECKS = {
+    "text": (lambda value: True, ""),
+    "url": (_url, "an http(s) URL with a host"),
+    "sqlalchemy_url": (_sqlalchemy_url, "a SQLAlchemy URL, e.g. postgresql+psycopg2://user:password@host:5432/db"),
+    "sql_name": (lambda value: bool(re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value)), "a lower-case SQL name (letters, digits, _)"),
+    "timezone": (_timezone, "an IANA time zone, e.g. Europe/Amsterdam"),
+    "cron": (_cron, "a cron expression, e.g. 30 1 * * *"),
+    "month_day": (_month_day, "a month and day that exist every year, as MM-DD (e.g. 07-01)"),
+    "fiscal_year": (lambda value: bool(re.fullmatch(r"FY\d{4}", value)), "FY and the four-digit year it starts in, e.g. FY2026"),
+    "date": (_date, "a date as YYYY-MM-DD"),
+    "bool": (lambda value: value.lower() in ("true", "false"), "true or false"),
+    "count": (lambda value: value.isdigit() and int(value) >= 1, "a whole number of at least 1"),
+}
+
+
+def check_settings(environ: dict | None = None) -> None:
+    """Fail with one message naming every setting whose value is malformed (secrets by name only)."""
+    env = os.environ if environ is None else environ
+    problems = []
+    for s in SETTINGS:
+        value = env.get(s.name, "").strip()
+        valid, expected = CHECKS[s.kind]
+        if value and not valid(value):
+            shown = "" if s.secret else f", not {value!r}"
+            problems.append(f"{s.name} must be {expected}{shown}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def setting(name: str, environ: os._Environ | dict | None = None) -> str | None:

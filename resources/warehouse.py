@@ -287,6 +287,14 @@ sync_rejects = sa.Table(
 )
 
 
+def text_value(value: Any) -> str | None:
+    """A provider's field for a text column: strings as sent, anything else as JSON (a list where
+    a name was expected must not break the batch's write)."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, default=str)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 

@@ -13,18 +13,11 @@ import dagster as dg
 
 from resources.halo import HaloPSAResource, timesheet_row
 from resources.http import ProviderError
-from resources.settings import ConfigError, setting
+from resources.settings import setting
 from sync_assets.xero import open_period, xero_time_entries
 
 xero_push_job = dg.define_asset_job("xero_push_job", selection=[xero_time_entries])
 NEVER = datetime(1, 1, 1)
-
-
-def _int_setting(name: str) -> int:
-    value = setting(name)
-    if not (value or "").isdigit() or int(value) < 1:
-        raise ConfigError(f"{name} must be a whole number of at least 1, not {value!r}")
-    return int(value)
 
 
 def approvals_after(sheets: list[dict], after: tuple[datetime, int]) -> list[tuple[datetime, int, date]]:
@@ -50,7 +43,7 @@ def _cursor(text: str | None) -> tuple[datetime, int]:
 @dg.sensor(
     name="xero_approvals",
     target=xero_push_job,
-    minimum_interval_seconds=_int_setting("XERO_APPROVAL_POLL_SECONDS"),
+    minimum_interval_seconds=int(setting("XERO_APPROVAL_POLL_SECONDS")),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource) -> dg.SensorResult | dg.SkipReason:

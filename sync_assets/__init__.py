@@ -1,6 +1,12 @@
 """Every synced asset of the code location, one module per provider."""
 
-from sync_assets import employes, ghl, halo, xero
+from resources.settings import check_settings
+
+# The asset, schedule and sensor modules read settings when imported (partition starts, crons):
+# check them all first, so a bad configuration is one message naming every bad setting.
+check_settings()
+
+from sync_assets import employes, ghl, halo, xero  # noqa: E402
 
 assets = [*ghl.assets, *halo.assets, *employes.assets, *xero.assets]
 asset_checks = [*ghl.asset_checks, *halo.asset_checks, *xero.asset_checks]

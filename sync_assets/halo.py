@@ -14,7 +14,7 @@ import dagster as dg
 import polars as pl
 import sqlalchemy as sa
 
-from resources.halo import HaloPSAResource, agent_row, entry_row, timesheet_row
+from resources.halo import MAX_INT, HaloPSAResource, agent_row, entry_row, timesheet_row
 from resources.http import ProviderError
 from resources.mappings import MappingFilesResource, read_agent_mappings
 from resources.warehouse import (
@@ -167,7 +167,8 @@ def _parse(records: list, parse, kind: str, *args) -> tuple[pl.DataFrame, list[d
 
 def _kept_ids(rejects: list[dict]) -> list[int]:
     """Ids of rejected records: a bad new version must not soft-delete the good stored one."""
-    return [int(r["record_id"]) for r in rejects if r["record_id"].isdigit()]
+    ids = [int(r["record_id"]) for r in rejects if r["record_id"].isascii() and r["record_id"].isdigit()]
+    return [i for i in ids if i <= MAX_INT]
 
 
 @dg.asset(

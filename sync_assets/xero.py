@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from resources.halo import HaloPSAResource, content_hash, entry_row, timesheet_row
 from resources.http import ProviderAuthError, ProviderError, RequestRejected
 from resources.mappings import MappingFilesResource, ProjectMappings, read_project_mappings
-from resources.settings import ConfigError, setting
+from resources.settings import setting
 from resources.warehouse import (
     WarehouseResource,
     agent_mappings as mappings_table,
@@ -51,23 +51,12 @@ LOCKED = ("LOCKED", "INVOICED")
 PLAN_ROWS = 200
 
 
-def first_day() -> str:
-    value = setting("XERO_FIRST_DAY")
-    try:
-        date.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(f"XERO_FIRST_DAY must be a date as YYYY-MM-DD, not {value!r}") from None
-    return value
-
-
-WORK_DATES = dg.DailyPartitionsDefinition(start_date=first_day(), timezone=setting("SYNC_TIMEZONE"), end_offset=1)
+# Settings are validated once, by check_settings (sync_assets/__init__.py).
+WORK_DATES = dg.DailyPartitionsDefinition(start_date=setting("XERO_FIRST_DAY"), timezone=setting("SYNC_TIMEZONE"), end_offset=1)
 
 
 def push_enabled() -> bool:
-    value = (setting("XERO_PUSH_ENABLED") or "false").lower()
-    if value not in ("true", "false"):
-        raise ConfigError(f"XERO_PUSH_ENABLED must be true or false, not {value!r}")
-    return value == "true"
+    return setting("XERO_PUSH_ENABLED").lower() == "true"
 
 
 class PushConfig(dg.Config):
@@ -466,11 +455,9 @@ RECONCILE_CHECKS = {
 
 
 def open_period() -> tuple[date, date]:
-    days = setting("XERO_OPEN_PERIOD_DAYS")
-    if not (days or "").isdigit():
-        raise ConfigError(f"XERO_OPEN_PERIOD_DAYS must be a whole number of days, not {days!r}")
     last = today()
-    return max(last - timedelta(days=int(days)), date.fromisoformat(first_day())), last
+    first = last - timedelta(days=int(setting("XERO_OPEN_PERIOD_DAYS")))
+    return max(first, date.fromisoformat(setting("XERO_FIRST_DAY"))), last
 
 
 def _read_period(halopsa: HaloPSAResource, context, first: date, last: date) -> tuple[list, list]:

@@ -120,3 +120,12 @@ def test_start_script_serves_the_ui_with_the_assets_on_port_3000(tmp_path):
     assert states == {schedule.name: "RUNNING" for schedule in defs.schedules}
     sensor_states = {s["name"]: s["sensorState"]["status"] for s in sensors["sensorsOrError"]["results"]}
     assert sensor_states == {sensor.name: "RUNNING" for sensor in defs.sensors}
+
+
+def test_the_emulator_refuses_to_start_in_production():
+    env = {**os.environ, "SYNC_ENV": "production"}
+    result = subprocess.run([sys.executable, "-m", "emulator", "--port", "0"], cwd=PROJECT_ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 2
+    assert "does not run with SYNC_ENV=production" in result.stderr

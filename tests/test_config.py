@@ -119,3 +119,28 @@ def test_env_example_lists_every_setting_with_its_default():
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
 def test_readme_documents_every_setting(setting):
     assert f"`{setting.name}`" in (PROJECT_ROOT / "README.md").read_text()
+
+
+BAD_VALUES = {
+    "SYNC_TIMEZONE": "Mars/Base", "WAREHOUSE_URL": "not a url", "WAREHOUSE_SCHEMA": "Bad-Name", "EMULATOR_URL": "localhost:8700",
+    "ALERT_WEBHOOK_URL": "hooks.example/DISTINCTIVE-path", "GHL_RECONCILE_CRON": "every night", "FISCAL_YEAR_START": "02-29",
+    "FISCAL_YEAR_FIRST": "FY27", "XERO_FIRST_DAY": "yesterday", "XERO_PUSH_ENABLED": "yes", "XERO_OPEN_PERIOD_DAYS": "-3",
+    "XERO_APPROVAL_POLL_SECONDS": "0", "XERO_API_URL": "ftp://api.xero.com",
+}
+
+
+@pytest.mark.parametrize("name", BAD_VALUES)
+def test_a_malformed_setting_stops_loading_with_its_name(name):
+    result = load_definitions({**os.environ, name: BAD_VALUES[name]})
+
+    message = result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0
+    assert message.startswith("resources.settings.ConfigError: ") and f"{name} must be" in message
+    secret = next(s for s in SETTINGS if s.name == name).secret
+    assert (BAD_VALUES[name] in message) is not secret
+
+
+def test_every_malformed_setting_is_named_in_one_message():
+    result = load_definitions({**os.environ, "SYNC_TIMEZONE": "Mars/Base", "XERO_PUSH_ENABLED": "yes"})
+
+    assert "SYNC_TIMEZONE must be" in result.stderr and "XERO_PUSH_ENABLED must be" in result.stderr

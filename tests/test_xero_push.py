@@ -17,8 +17,9 @@ from cli import xero_connect
 from definitions import defs
 from emulator import xero as xero_emulator
 from resources.mappings import MappingFilesResource
-from resources.settings import PROJECT_ROOT
+from resources.settings import LOCAL_DIR, PROJECT_ROOT
 from resources.warehouse import engine_for
+from resources.xero import local_token_key
 from sensors.xero import xero_approvals
 from sync_assets.halo import agent_mappings, halo_agents
 from sync_assets.xero import (
@@ -322,3 +323,8 @@ def test_a_revoked_token_stops_the_run_with_how_to_reconnect(emulator, resources
     xero_connect(dg.Definitions(resources=resources), f"{xero_emulator.REFRESH_PREFIX}after-reconnect")
     assert push(resources, instance).success
     assert_xero_matches(emulator, halo_day(emulator))
+
+
+def test_the_local_token_key_is_readable_by_its_owner_only():
+    local_token_key()
+    assert (LOCAL_DIR / "xero_token.key").stat().st_mode & 0o777 == 0o600
