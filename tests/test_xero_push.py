@@ -328,3 +328,39 @@ def test_a_revoked_token_stops_the_run_with_how_to_reconnect(emulator, resources
 def test_the_local_token_key_is_readable_by_its_owner_only():
     local_token_key()
     assert (LOCAL_DIR / "xero_token.key").stat().st_mode & 0o777 == 0o600
+
+
+CONCURRENT_PUSH = """
+import sys
+import dagster as dg
+from conftest import xero_resources
+from sync_assets.xero import xero_time_entries
+url, warehouse, key, day = sys.argv[1:]
+emulator = type("Remote", (), {"url": url})()
+result = dg.materialize([xero_time_entries], resources=xero_resources(emulator, warehouse, key), partition_key=day,
+                        run_config={"ops": {"xero_time_entries": {"config": {"dry_run": False}}}}, raise_on_error=False)
+print("ok" if result.success else "failed")
+"""
+
+
+def test_two_runs_of_one_day_at_once_push_each_entry_once(emulator, postgres_url, instance):
+    key = Fernet.generate_key().decode()
+    resources = xero_resources(emulator, postgres_url, key)
+    load_mappings(resources, instance)
+    emulator.halo.approve(AGENT, DAY)
+    emulator.halo.approve(AGENT + 1, DAY)
+    emulator.inject("xero", "slow", path="/Time", times=100, delay_s=0.4)  # so the two runs overlap
+    runs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_PUSH, emulator.url, postgres_url, key, DAY.isoformat()],
+                             cwd=PROJECT_ROOT / "tests", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outcomes = [run.communicate(timeout=300) for run in runs]
+    try:
+        assert [out.strip() for out, _ in outcomes] == ["ok", "ok"], [err[-800:] for _, err in outcomes]
+        expected = {**halo_day(emulator, AGENT), **halo_day(emulator, AGENT + 1)}
+        assert_xero_matches(emulator, expected)
+        posts = [r for r in emulator.requests("xero", "/Time") if r.method == "POST"]
+        assert len(posts) > len(expected)  # both runs pushed the same entries; Idempotency-Key made it once
+    finally:
+        with engine_for(postgres_url).begin() as conn:
+            for table in ("xero_ledger", "xero_tokens", "agent_mappings", "halo_agents"):
+                conn.execute(sa.text(f"DELETE FROM {table}"))
