@@ -136,7 +136,8 @@ class XeroClient:
 
     def stats(self) -> dict[str, Any]:
         api, token = self.http.stats.as_metadata(), self.token_http.stats.as_metadata()
-        return {**{k: api[k] + token[k] for k in api}, "day_limit_remaining": self.budget.day_remaining}
+        return {**{k: api[k] + token[k] for k in api}, "day_limit_remaining": self.budget.day_remaining,
+                "minute_limit_remaining": self.budget.minute_remaining}
 
     def connect(self) -> None:
         """Refresh now, before anything is written: a refused token then stops the run clean."""

@@ -414,6 +414,7 @@ def xero_time_entries(
         "plan": dg.MetadataValue.md(plan_table(actions)),
         "xero_requests": stats["requests"],
         "day_limit_remaining": stats.get("day_limit_remaining"),
+        "minute_limit_remaining": stats.get("minute_limit_remaining"),
         "halo_requests": halo_stats["requests"],
         "duration_s": round(time.monotonic() - began, 3),
         "triggered_by": trigger_of(context),
