@@ -124,6 +124,7 @@ class Emulator:
         self.routes: list[Route] = []
         self.limits: dict[str, SlidingWindow] = {}
         self.limit_headers: dict[str, Callable[[int], dict[str, str]]] = {}
+        self.observers: list[Callable[[Served], None]] = []
         self.ghl = ghl.GoHighLevel(self, seed=seed, count=contacts)
         self.halo = halo.HaloPSA(self, seed=seed, agents=agents)
         self.employes = employes.Employes(self, seed=seed, count=employees)
@@ -145,6 +146,12 @@ class Emulator:
         with self.lock:
             self.faults.append(fault)
         return fault
+
+    def on_request(self, observer: Callable[[Served], None]) -> None:
+        """Call `observer` with each served request after it is handled and before its answer is
+        sent: tests change data between pages or kill a client at a chosen request."""
+        with self.lock:
+            self.observers.append(observer)
 
     def clear_faults(self) -> None:
         with self.lock:
@@ -234,6 +241,9 @@ class Emulator:
     def record(self, served: Served) -> None:
         with self.lock:
             self.served.append(served)
+            observers = list(self.observers)
+        for observer in observers:
+            observer(served)
 
 
 class _Handler(BaseHTTPRequestHandler):
