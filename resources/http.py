@@ -75,13 +75,17 @@ class RateLimiter:
 
     A sliding log rather than a token bucket: a bucket lets a full burst plus the refill
     through within one window, which is exactly what a provider's fixed or sliding window
-    counts as over the limit. `margin` absorbs the latency between our send and their count.
+    counts as over the limit. The margin absorbs the jitter between our send and their count:
+    5 % of the period, at most a quarter second (jitter does not grow with the window, and 5 % of
+    Xero's minute would waste 3 s a minute).
     """
+
+    MAX_MARGIN_S = 0.25
 
     def __init__(self, calls: int, period: float, margin: float = 0.05):
         self.calls = calls
-        self.margin = margin
-        self.period = period * (1 + margin)
+        self.provider_period = period
+        self.period = period + min(period * margin, self.MAX_MARGIN_S)
         self._sent: collections.deque[float] = collections.deque()
         self._paused_until = 0.0
         self._lock = threading.Lock()
@@ -119,7 +123,7 @@ def shared_limiter(account: str, calls: int, period: float) -> RateLimiter:
     burst while the provider still counts the first step's requests."""
     with _limiters_lock:
         limiter = _limiters.get(account)
-        if limiter is None or (limiter.calls, limiter.period) != (calls, period * (1 + limiter.margin)):
+        if limiter is None or (limiter.calls, limiter.provider_period) != (calls, period):
             limiter = _limiters[account] = RateLimiter(calls, period)
         return limiter
 
