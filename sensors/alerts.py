@@ -18,6 +18,7 @@ tick fail or repeat old alerts.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,17 @@ def redacted(text: str) -> str:
             except ValueError:
                 pass
     return redact(text, sorted(secrets, key=len, reverse=True))
+
+
+class _RedactSecrets(logging.Filter):
+    """httpx logs every request's URL at INFO, and the webhook's URL is a secret."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redacted(record.getMessage()), None
+        return True
+
+
+logging.getLogger("httpx").addFilter(_RedactSecrets())
 
 
 def _escape(text: str) -> str:
