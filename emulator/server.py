@@ -24,7 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-FAULT_KINDS = ("429", "500", "502", "503", "slow", "drop", "malformed", "expired_token")
+FAULT_KINDS = ("429", "500", "502", "503", "slow", "drop", "malformed", "expired_token", "revoked_token")
+# Faults that stay until clear_faults(): a revoked credential does not heal by itself.
+PERSISTENT_FAULTS = ("revoked_token",)
 
 
 @dataclass
@@ -56,7 +58,8 @@ class Response:
 
 @dataclass
 class Fault:
-    """Make the next `times` matching requests fail, after letting `after` of them through."""
+    """Make the next `times` matching requests fail, after letting `after` of them through
+    (a persistent kind fails every matching request from then on, until cleared)."""
 
     provider: str
     kind: str
@@ -204,8 +207,9 @@ class Emulator:
         elif fault and fault.kind in ("429", "500", "502", "503"):
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
             return Response(int(fault.kind), {"message": f"injected {fault.kind}"}, headers), provider, fault.kind
-        elif fault and fault.kind == "expired_token":
-            return Response(401, {"statusCode": 401, "message": "Invalid token: token expired", "error": "Unauthorized"}), provider, fault.kind
+        elif fault and fault.kind in ("expired_token", "revoked_token"):
+            reason = "expired" if fault.kind == "expired_token" else "revoked"
+            return Response(401, {"statusCode": 401, "message": f"Invalid token: token {reason}", "error": "Unauthorized"}), provider, fault.kind
         with self.lock:
             response = route.handler(request)
         if provider in self.limits and self.rate_limits:
@@ -232,6 +236,8 @@ class Emulator:
                 if fault.after > 0:
                     fault.after -= 1
                     return None
+                if fault.kind in PERSISTENT_FAULTS:
+                    return fault
                 fault.times -= 1
                 if fault.times <= 0:
                     self.faults.remove(fault)
