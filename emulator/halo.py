@@ -13,6 +13,7 @@ so none is applied here (faults can still inject 429s).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Collection
 import random
 import secrets
 import time
@@ -108,7 +109,7 @@ class HaloPSA:
         emulator.route("halopsa", "GET", r"/api/Timesheet", self.list_timesheets)
         emulator.route("halopsa", "GET", r"/api/TimesheetEvent", self.list_entries)
 
-    def _seed(self, anchor: date) -> None:
+    def _seed(self, anchor: date, entries_per_day: int | None = None, days_off: frozenset[date] = frozenset()) -> None:
         rng = self.random
         enabled = [a for a in sorted(self.agents) if not self.agents[a]["isdisabled"]]
         approved_before = anchor - timedelta(days=APPROVED_BEFORE_DAYS)
@@ -118,7 +119,7 @@ class HaloPSA:
                        [m for m in ODD_MINUTES if m <= DAY_BUDGET_MIN // n]) for n in range(3, 7)}
         day = anchor - timedelta(days=HISTORY_DAYS)
         while day < anchor:
-            if day.weekday() < 5:
+            if day.weekday() < 5 and day not in days_off:
                 iso_day = day.isoformat()
                 by_agent = self._by_day[day] = {}
                 for agent_id in enabled:
@@ -128,7 +129,7 @@ class HaloPSA:
                                                  submissiondate=f"{(day + timedelta(days=1)).isoformat()}T09:00:00")
                     ids = by_agent[agent_id] = []
                     start = DAY_START_MIN
-                    count = rng.randint(3, 6)
+                    count = entries_per_day or rng.randint(3, 6)
                     quarters, odd = lengths[count]
                     for _ in range(count):
                         minutes = rng.choice(odd) if rng.random() < 0.1 else rng.choice(quarters)
@@ -291,6 +292,18 @@ class HaloPSA:
     def unapprove(self, agent_id: int, day: date) -> None:
         with self.emulator.lock:
             self._sheet(agent_id, day)["approval"].update(approvalstatus=PENDING, approvedby=None, approver=None)
+
+    def reseed(self, *, entries_per_day: int, days_off: Collection[date] = ()) -> None:
+        """Replace every entry and timesheet with `entries_per_day` (3..6) entries per enabled agent
+        and weekday, none on `days_off`: a data set of known size, for benchmarks."""
+        if not 3 <= entries_per_day <= 6:
+            raise ValueError("entries_per_day must be 3..6: a seeded day fits nine hours")
+        with self.emulator.lock:
+            self._entries.clear()
+            self._minutes.clear()
+            self._by_day.clear()
+            self._sheets.clear()
+            self._seed(self.emulator.anchor.date(), entries_per_day, frozenset(days_off))
 
     def expire_tokens(self) -> None:
         """Every token issued so far stops working (as when Halo expires or revokes them)."""
