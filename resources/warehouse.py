@@ -8,6 +8,7 @@ failed run leaves no half-written batch. All timestamps are naive UTC.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import re
 from collections import Counter
@@ -356,15 +357,41 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
     if not rows:
         return
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    insert = dialect_insert(table)
+    conn.execute(_on_conflict_update(dialect_insert(table), table, list(rows[0]), newer_or_equal), list(rows))
+
+
+def _on_conflict_update(insert, table: sa.Table, names: list[str], newer_or_equal: str | None):
     keys = [c.name for c in table.primary_key.columns]
     where = table.c[newer_or_equal] <= insert.excluded[newer_or_equal] if newer_or_equal else None
-    statement = insert.on_conflict_do_update(
+    return insert.on_conflict_do_update(
         index_elements=keys,
-        set_={name: insert.excluded[name] for name in rows[0] if name not in keys},
+        set_={name: insert.excluded[name] for name in names if name not in keys},
         where=where,
     )
-    conn.execute(statement, list(rows))
+
+
+def bulk_upsert(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, *, newer_or_equal: str | None = None) -> None:
+    """`upsert` for a frame of rows with unique keys. On PostgreSQL the rows are copied (COPY)
+    into a temporary staging table and merged with one INSERT ... ON CONFLICT: row-by-row
+    inserts cost several times more, in the database and in the client. Elsewhere: `upsert`."""
+    if frame.is_empty():
+        return
+    if conn.dialect.name != "postgresql":
+        upsert(conn, table, frame.to_dicts(), newer_or_equal=newer_or_equal)
+        return
+    stage = f"stage_{table.name}"
+    # Created once per connection; emptied at each commit, and here in case of an earlier
+    # merge in the same transaction.
+    conn.execute(sa.text(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table.name}) ON COMMIT DELETE ROWS; DELETE FROM {stage}"))
+    buffer = io.BytesIO()
+    # Polars writes null as an empty field and an empty string as "": PostgreSQL's CSV rules.
+    frame.write_csv(buffer, include_header=False)
+    buffer.seek(0)
+    columns = ", ".join(f'"{name}"' for name in frame.columns)
+    with conn.connection.cursor() as cursor:
+        cursor.copy_expert(f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)", buffer)
+    insert = postgresql.insert(table).from_select(frame.columns, sa.select(*map(sa.column, frame.columns)).select_from(sa.table(stage)))
+    conn.execute(_on_conflict_update(insert, table, frame.columns, newer_or_equal))
 
 
 def sync_scope(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, scope: sa.ColumnElement[bool]) -> tuple[Counter, set]:
