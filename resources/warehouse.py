@@ -309,7 +309,9 @@ def engine_for(url: str, db_schema: str | None = None) -> sa.Engine:
     try:
         dialect = sa.make_url(url).get_backend_name()
         options = {"connect_args": {"options": f"-csearch_path={db_schema}"}} if db_schema and dialect == "postgresql" else {}
-        engine = sa.create_engine(url, pool_pre_ping=True, **options)
+        # hide_parameters: a failed statement's error (run logs, alerts) must not carry its rows:
+        # wages, contacts' details, the encrypted Xero refresh token.
+        engine = sa.create_engine(url, pool_pre_ping=True, hide_parameters=True, **options)
     except (sa.exc.ArgumentError, ImportError, ValueError) as error:
         raise ConfigError(f"WAREHOUSE_URL is not a usable SQLAlchemy URL ({type(error).__name__})") from None
     if engine.dialect.name == "sqlite":
