@@ -18,6 +18,7 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
+import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -391,7 +392,12 @@ def bulk_upsert(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, *, ne
     buffer.seek(0)
     columns = ", ".join(f'"{name}"' for name in frame.columns)
     with conn.connection.cursor() as cursor:
-        cursor.copy_expert(f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)", buffer)
+        try:
+            cursor.copy_expert(f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)", buffer)
+        except psycopg2.Error as error:
+            # Only the primary message: the server's context quotes the failing row's value
+            # (a contact's details), and the chained error would carry it into the run log.
+            raise ValueError(f"COPY into {table.name}: {error.diag.message_primary}") from None
     insert = postgresql.insert(table).from_select(frame.columns, sa.select(*map(sa.column, frame.columns)).select_from(sa.table(stage)))
     conn.execute(_on_conflict_update(insert, table, frame.columns, newer_or_equal))
 
