@@ -25,9 +25,12 @@ from playwright.sync_api import sync_playwright
 
 from emulator import Emulator
 from resources.settings import PROJECT_ROOT
+from sync_assets.xero import MARKER
 
 APPROVED_DAY = date(2026, 11, 19)
 AGENT = 3
+# Not approved yet, and older than the approval sensor's open period: only the test's own runs push it.
+CONTESTED_DAY = date(2026, 11, 16)
 IN_PROGRESS = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -183,6 +186,49 @@ def test_the_freshness_daemon_records_the_health_light(deployment):
         return record if record and record.freshness_state != FreshnessState.UNKNOWN else None
 
     assert wait_for("a freshness state", recorded, 120).freshness_state == FreshnessState.PASS
+
+
+def run_events(deployment, run_id: str, step: str) -> dict[str, float]:
+    """When the run's own events and its `step`'s events first happened, by event type (an engine
+    event by its message)."""
+    found: dict[str, float] = {}
+    for entry in deployment.instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event and event.step_key in (None, step):
+            name = event.message if event.event_type == dg.DagsterEventType.ENGINE_EVENT else event.event_type.value
+            found.setdefault(name, entry.timestamp)
+    return found
+
+
+def test_a_second_run_of_the_same_day_waits_for_the_xero_pool(deployment):
+    emulator = deployment.emulator
+    emulator.halo.approve(AGENT, CONTESTED_DAY)
+    day_entries = {i for i, e in emulator.halo.entries().items()
+                   if e["agent_id"] == AGENT and e["start_date"][:10] == CONTESTED_DAY.isoformat()}
+    emulator.inject("xero", "slow", delay_s=2, times=2)  # the first push holds the pool for 4 s or more
+    client = DagsterGraphQLClient("127.0.0.1", port_number=deployment.web_port)
+    # In-process steps (a launchpad option) spare a process per step and check; pools hold the same.
+    run_ids = [client.submit_job_execution("__ASSET_JOB", repository_location_name="workforce_sync", repository_name="__repository__",
+                                           asset_selection=[["xero_time_entries"]], tags={"dagster/partition": CONTESTED_DAY.isoformat()},
+                                           run_config={"execution": {"config": {"in_process": {}}}})
+               for _ in range(2)]
+
+    def finished():
+        statuses = [client.get_run_status(run_id) for run_id in run_ids]
+        return statuses if not set(statuses) & set(IN_PROGRESS) else None
+
+    assert wait_for("both runs", finished, 120) == [dg.DagsterRunStatus.SUCCESS] * 2, deployment.tail()
+    first, second = sorted((run_events(deployment, r, "xero_time_entries") for r in run_ids), key=lambda e: e["STEP_START"])
+    # Both were queued at once; the second was held (in the run queue, or at its step with
+    # "Step blocked by limit for pool xero") until the first run's step gave the pool back.
+    assert abs(first["PIPELINE_ENQUEUED"] - second["PIPELINE_ENQUEUED"]) < 2
+    assert second["STEP_START"] > first["STEP_SUCCESS"]
+    assert second["PIPELINE_STARTING"] > first["STEP_SUCCESS"] or "Step blocked by limit for pool xero" in second
+    pushed = [MARKER.search(e.get("description") or "") for e in emulator.xero.entries().values()]
+    assert sorted(int(m.group(1)) for m in pushed if m and int(m.group(1)) in day_entries) == sorted(day_entries)
+    posts = [r for r in emulator.requests("xero", "/Time") if r.method == "POST" and r.body.get("description", "").endswith(
+        tuple(f"[halo #{i}]" for i in day_entries))]
+    assert len(posts) == len(day_entries) > 0
 
 
 def test_a_browser_shows_the_asset_graph(deployment):
