@@ -4,8 +4,10 @@ mid-run.
 
 Each run is a real `dg.materialize` in a child process, forked from a forkserver that has
 dagster and the project preloaded (fast to start; the forkserver has no threads, the pytest
-process has the emulator's). Runs are recorded in a persistent Dagster instance on a temporary
-DAGSTER_HOME, so a killed run's missing materialization is what the UI would show. The emulator
+process has the emulator's). Runs that get killed are recorded in a persistent Dagster instance
+(a temporary DAGSTER_HOME with its storage on a PostgreSQL database of its own, as deploy/ has),
+so what the killed run left recorded is what the UI would show: after each kill, every asset the
+run recorded as materialized must already have all its data in the warehouse. The emulator
 stays in the test process: it is the truth, and it kills the child from `on_request`, at the
 Nth request served to the run. With no delay the kill lands after the provider acted but before
 its answer left (a Xero POST done but unanswered); with a small delay it lands while the run
@@ -21,6 +23,7 @@ written to test-artifacts/crash-safety.txt.
 """
 
 import contextlib
+import gc
 import itertools
 import multiprocessing
 import os
@@ -87,8 +90,10 @@ def _child(job: dict) -> None:
     """One run in a child process; exit 0 on success, else 1 with the failure in job["report"].
     Runs that may be killed are recorded in the persistent instance at job["home"]; re-runs use
     a throwaway one (nothing in the syncs reads the instance, and it halves a run's cost)."""
+    gc.disable()  # a short life; a collection would touch (and copy) every page shared with the forkserver
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1), os.dup2(devnull, 2)  # the forkserver's output is the terminal pytest started on
+    for stream in (1, 2):  # the forkserver's output is the terminal pytest started on
+        os.dup2(devnull, stream)
     assets, partition = ASSETS[job["sync"]]
     run_config = {"ops": {"xero_time_entries": {"config": {"dry_run": False}}}} if job["sync"] == "xero_push" else None
     instance = dg.DagsterInstance.from_config(job["home"]) if job.get("home") else dg.DagsterInstance.ephemeral()
@@ -97,7 +102,8 @@ def _child(job: dict) -> None:
     clock = freeze_time(TODAY) if job["sync"] == "employes_today" else contextlib.nullcontext()
     try:
         with instance, clock:
-            instance.add_dynamic_partitions(FISCAL_YEARS.name, [YEAR])
+            if not job.get("home"):
+                instance.add_dynamic_partitions(FISCAL_YEARS.name, [YEAR])
             result = dg.materialize(assets, resources=_resources(job), instance=instance, partition_key=partition,
                                     run_config=run_config, raise_on_error=False)
         failure = None if result.success else failure_text(result.all_events)
