@@ -196,12 +196,13 @@ def local_warehouse_url() -> str:
 def ensure_dagster_home() -> Path:
     """Create the instance folder `DAGSTER_HOME` (default `.local/dagster_home`) with telemetry off
     and one step at a time per provider pool (`xero`, `halopsa`, ...), so two runs never add up
-    past a provider's limits."""
+    past a provider's limits; run retries on for the jobs that ask for them (the Xero push)."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(LOCAL_DIR / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n")
+        config.write_text("telemetry:\n  enabled: false\nrun_retries:\n  enabled: true\n  max_retries: 0\n"
+                          "concurrency:\n  pools:\n    default_limit: 1\n")
     return home
 
 
