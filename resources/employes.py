@@ -21,6 +21,7 @@ from resources.http import BearerAuth, ProviderClient, ProviderError, shared_lim
 from resources.warehouse import text_value
 
 MAX_PER_PAGE = 100
+LIST_READS = 3
 NO_DATE_PREFIX = "0001-01-01"
 CENT = Decimal("0.01")
 
@@ -160,18 +161,32 @@ class EmployesClient:
         self.per_page = per_page
 
     def employees(self) -> Iterator[list[dict]]:
-        """Pages of every employee of the company."""
-        page = 1
+        """Pages of every employee of the company, from one read of the list during which it did
+        not change. Page numbers shift when an employee is added or removed between two pages, so
+        a later page repeats or skips someone. A read whose answers gave different totals, or
+        that saw an id twice, is done again."""
+        for _ in range(LIST_READS):
+            pages, shapes = self._read_list()
+            ids = [str(r["id"]) for page in pages for r in page if isinstance(r, dict) and r.get("id")]
+            if len(shapes) == 1 and len(ids) == len(set(ids)):
+                yield from pages
+                return
+        raise ProviderError(f"employes GET /{{company}}/employees: the list changed while it was read, {LIST_READS} times in a row")
+
+    def _read_list(self) -> tuple[list[list[dict]], set[tuple]]:
+        """Every page, and the (total, pages) each answer gave."""
+        found, shapes, page = [], set(), 1
         while True:
             body = self.http.request_json("GET", f"/{self.company_id}/employees", params={"page": page, "per_page": self.per_page})
             data = body.get("data") if isinstance(body, dict) else None
             if not isinstance(data, list):
                 raise ProviderError(f"employes GET /{{company}}/employees page {page}: no 'data' list in the answer")
-            if data:
-                yield data
             pages = body.get("pages")
+            shapes.add((body.get("total"), pages))
+            if data:
+                found.append(data)
             if not data or (isinstance(pages, int) and page >= pages) or (pages is None and len(data) < self.per_page):
-                return
+                return found, shapes
             page += 1
 
     def employments(self, employee_id: str) -> list[dict]:
