@@ -173,7 +173,8 @@ class Emulator:
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
         self._server.emulator = self  # type: ignore[attr-defined]
-        threading.Thread(target=self._server.serve_forever, name="emulator", daemon=True).start()
+        # A short poll interval: stop() waits for the next poll, and tests stop an emulator each.
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="emulator", daemon=True).start()
         return self.url
 
     @property

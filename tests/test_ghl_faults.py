@@ -1,37 +1,12 @@
 """Provider faults in the middle of a GoHighLevel sync end in a correct warehouse: nothing lost,
-nothing duplicated, and a clear message when the run cannot finish."""
+nothing duplicated, and a clear message when the run cannot finish. Each transient fault against
+each provider is in test_fault_matrix.py."""
 
-import pytest
 from conftest import ghl_resources, warehouse_contacts
 from test_ghl_sync import assert_warehouse_matches_provider, failure_message, reconcile, run_metadata
 
 from emulator.server import SlidingWindow
 from sync_assets.ghl import ghl_contacts_reconciliation
-
-# Each fault hits mid-run: after the first pages of a 300-contact pass in pages of 50.
-TRANSIENT_FAULTS = {
-    "429 with Retry-After": dict(kind="429", retry_after=1, times=2, after=2),
-    "429 without Retry-After": dict(kind="429", times=1, after=2),
-    "500s": dict(kind="500", times=3, after=1),
-    "502": dict(kind="502", after=3),
-    "503": dict(kind="503", after=4),
-    "dropped connection": dict(kind="drop", times=2, after=3),
-    "malformed JSON": dict(kind="malformed", after=2),
-    "read timeout": dict(kind="slow", delay_s=1.5, after=2),
-}
-
-
-@pytest.mark.parametrize("fault", TRANSIENT_FAULTS.values(), ids=TRANSIENT_FAULTS.keys())
-def test_transient_fault_mid_run_is_retried_and_the_warehouse_is_exact(emulator, sqlite_warehouse_url, fault):
-    emulator.inject("gohighlevel", **fault)
-
-    result = reconcile(ghl_resources(emulator, sqlite_warehouse_url, timeout_s=0.5))
-
-    assert result.success
-    assert run_metadata(result, ghl_contacts_reconciliation)["retries"] >= 1
-    assert not emulator.faults, "the fault was never served"
-    assert_warehouse_matches_provider(emulator, sqlite_warehouse_url)
-
 
 def test_retry_after_is_honoured(emulator, sqlite_warehouse_url):
     emulator.inject("gohighlevel", "429", retry_after=2, after=1)

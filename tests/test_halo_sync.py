@@ -124,22 +124,6 @@ def test_unmapped_agents_are_kept_counted_and_listed(emulator, sqlite_warehouse_
     assert "agent 5 (" in check.metadata["agents"].value and "agent 6 (" in check.metadata["agents"].value
 
 
-@pytest.mark.parametrize(
-    "fault",
-    [dict(kind="expired_token", after=3), dict(kind="429", retry_after=1, after=2, times=2), dict(kind="500", after=1, times=3),
-     dict(kind="drop", after=4)],
-    ids=["token expired mid-run", "429 with Retry-After", "500s", "dropped connection"],
-)
-def test_fault_mid_run_ends_in_the_same_warehouse(emulator, sqlite_warehouse_url, instance, fault):
-    emulator.inject("halopsa", **fault)
-
-    result = sync_year(halo_resources(emulator, sqlite_warehouse_url), instance, days=AUTUMN)
-
-    assert result.success
-    assert not emulator.faults
-    assert stored_entries(sqlite_warehouse_url) == halo_entries(emulator, date(2026, 9, 1), date(2026, 11, 30))
-
-
 def test_tokens_expiring_in_the_provider_are_fetched_again(emulator, sqlite_warehouse_url, instance):
     resources = halo_resources(emulator, sqlite_warehouse_url)
     assert sync_year(resources, instance, days={"start": "2026-11-01", "end": "2026-11-19"}).success
