@@ -31,6 +31,7 @@ APPROVED_DAY = date(2026, 11, 19)
 AGENT = 3
 # Not approved yet, and older than the approval sensor's open period: only the test's own runs push it.
 CONTESTED_DAY = date(2026, 11, 16)
+RETRIED_DAY = date(2026, 11, 18)  # inside the sensor's open period (5 days) of the machine's today
 IN_PROGRESS = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -229,6 +230,29 @@ def test_a_second_run_of_the_same_day_waits_for_the_xero_pool(deployment):
     posts = [r for r in emulator.requests("xero", "/Time") if r.method == "POST" and r.body.get("description", "").endswith(
         tuple(f"[halo #{i}]" for i in day_entries))]
     assert len(posts) == len(day_entries) > 0
+
+
+def test_a_failed_push_the_sensor_asked_for_is_retried_by_dagster(deployment):
+    # The sensor's cursor has moved past this approval once it asks for the run, so a failed run
+    # must be retried (run_retries, and the push job's dagster/max_retries tag).
+    emulator = deployment.emulator
+    emulator.inject("xero", "revoked_token", path="/connect/token")
+    emulator.on_request(lambda served: served.fault == "revoked_token" and emulator.clear_faults())  # one refusal only
+    emulator.halo.approve(AGENT, RETRIED_DAY)
+
+    def day_runs():
+        runs = [r for r in deployment.runs() if r.tags.get("dagster/partition") == RETRIED_DAY.isoformat()]
+        return runs if any(r.status == dg.DagsterRunStatus.SUCCESS for r in runs) else None
+
+    runs = wait_for("the retried push", day_runs, 240)
+    failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
+    retried = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
+    assert len(failed) == 1 and failed[0].tags["dagster/sensor_name"] == "xero_approvals", deployment.tail()
+    assert retried[0].tags["dagster/parent_run_id"] == failed[0].run_id
+    day_entries = {i for i, e in emulator.halo.entries().items()
+                   if e["agent_id"] == AGENT and e["start_date"][:10] == RETRIED_DAY.isoformat()}
+    pushed = [MARKER.search(e.get("description") or "") for e in emulator.xero.entries().values()]
+    assert sorted(int(m.group(1)) for m in pushed if m and int(m.group(1)) in day_entries) == sorted(day_entries) != []
 
 
 def test_a_browser_shows_the_asset_graph(deployment):
