@@ -136,7 +136,7 @@ def ghl_contacts(context: dg.AssetExecutionContext, gohighlevel: GoHighLevelReso
     began = time.monotonic()
     with gohighlevel.client(log=context.log.info) as client:
         try:
-            totals = sync_pages(context, warehouse, client.search_contacts(start, end))
+            totals = sync_pages(context, warehouse, client.search_contacts(start, end, trust_total=True))
         except ProviderError as error:
             raise dg.Failure(
                 description=f"{error}. Pages written before the failure are complete; re-run the partition to finish it.",

@@ -90,6 +90,16 @@ def test_hour_pages_through_more_contacts_than_a_page(emulator, warehouse_url):
     assert all("searchAfter" in r.body for r in emulator.requests("gohighlevel")[1:])
 
 
+def test_hour_with_exactly_full_pages_asks_for_no_empty_page(emulator, sqlite_warehouse_url):
+    ghl = emulator.ghl
+    added = {ghl.add(at=HOUR_1 + timedelta(seconds=30 * n)) for n in range(100)}
+
+    result = sync_hour(ghl_resources(emulator, sqlite_warehouse_url, page_size=50), HOUR_1)
+
+    assert set(warehouse_contacts(sqlite_warehouse_url)) == added
+    assert run_metadata(result, ghl_contacts)["requests"] == 2  # ceil(100 / 50), not a third, empty page
+
+
 def test_older_version_never_overwrites_newer(emulator, warehouse_url):
     ghl = emulator.ghl
     contact_id = sorted(ghl.truth())[0]
