@@ -100,9 +100,19 @@ class Deployment:
                 return False
 
         wait_for("the webserver", up, 240)
+        wait_for("the code location", self.location_loaded, 240)
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("DAGSTER_PG_URL", self.pg_url)
             self.instance = dg.DagsterInstance.from_config(str(self.home))
+
+    def location_loaded(self) -> bool:
+        """The webserver answers before the code server has loaded the definitions; a run
+        submitted in between is refused."""
+        query = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus locationOrLoadError { __typename } } } } }"
+        entries = httpx.post(self.url("/graphql"), json={"query": query}, timeout=10).json()["data"]["workspaceOrError"]["locationEntries"]
+        loaded = [e for e in entries if e["loadStatus"] == "LOADED"]
+        assert all(e["locationOrLoadError"]["__typename"] == "RepositoryLocation" for e in loaded), f"{entries}\n{self.tail()}"
+        return bool(loaded)
 
     def runs(self) -> list[dg.DagsterRun]:
         return list(self.instance.get_runs())
