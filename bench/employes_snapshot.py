@@ -11,42 +11,24 @@ the materialize, the rate limit's bound (requests / 5 per second) and the ratio 
 """
 
 import argparse
-import contextlib
-import os
-import secrets
 import statistics
 import time
 from datetime import UTC, datetime
 
 import dagster as dg
-import sqlalchemy as sa
+from common import QUIET, fresh_postgres
 
-from emulator import Emulator, employes as employes_emulator
+from emulator import Emulator
+from emulator import employes as employes_emulator
 from resources.employes import EmployesResource
-from resources.warehouse import WarehouseResource, engine_for
-from sync_assets.employes import employes_employee_snapshots, employes_employment_history
+from resources.warehouse import WarehouseResource
+from sync_assets.employes import (
+    employes_employee_snapshots,
+    employes_employment_history,
+)
 from sync_assets.runs import today
 
 RATE = employes_emulator.RATE_LIMIT[0] / employes_emulator.RATE_LIMIT[1]
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-
-
-@contextlib.contextmanager
-def fresh_postgres():
-    """A database of its own on the machine's PostgreSQL, dropped afterwards."""
-    name = f"bench_{secrets.token_hex(4)}"
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def one_run(employees: int, seed: int) -> dict:

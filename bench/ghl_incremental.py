@@ -11,45 +11,23 @@ contacts were edited. Printed per case: requests served by the emulator against 
 """
 
 import argparse
-import contextlib
 import math
-import os
 import random
-import secrets
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-import sqlalchemy as sa
+from common import QUIET, fresh_postgres
 
 from emulator import Emulator
 from emulator.ghl import LOCATION_ID, TOKEN
 from resources.ghl import GoHighLevelResource
-from resources.warehouse import WarehouseResource, engine_for
+from resources.warehouse import WarehouseResource
 from sync_assets.ghl import ghl_contacts, ghl_contacts_reconciliation
 
 ANCHOR = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 CHANGED = (0, 5, 500)
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-
-
-@contextlib.contextmanager
-def fresh_postgres():
-    """A database of its own on the machine's PostgreSQL, dropped afterwards."""
-    name = f"bench_{secrets.token_hex(4)}"
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def metadata_of(result: dg.ExecuteInProcessResult, node: str) -> dict:

@@ -15,20 +15,18 @@ written of a second sync of the unchanged year (what each hourly run costs). Med
 """
 
 import argparse
-import contextlib
 import math
-import os
-import secrets
 import statistics
 import time
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
-import sqlalchemy as sa
+from common import QUIET, fresh_postgres
 
-from emulator import Emulator, halo as halo_emulator
+from emulator import Emulator
+from emulator import halo as halo_emulator
 from resources.halo import HaloPSAResource
-from resources.warehouse import WarehouseResource, engine_for
+from resources.warehouse import WarehouseResource
 from sync_assets.fiscal_years import FISCAL_YEARS
 from sync_assets.halo import halo_timesheets
 
@@ -41,25 +39,6 @@ ENTRIES_PER_DAY = 6
 DAYS_OFF = [date(2026, 1, 1), date(2026, 4, 3), date(2026, 4, 6), date(2026, 4, 27), date(2026, 5, 5), date(2026, 5, 14),
             date(2026, 5, 25), date(2026, 12, 25), date(2026, 12, 28), date(2026, 12, 29), date(2026, 12, 30)]
 MINIMUM_REQUESTS = 4  # token, agents, one TimesheetEvent and one Timesheet request for the whole year
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-
-
-@contextlib.contextmanager
-def fresh_postgres():
-    """A database of its own on the machine's PostgreSQL, dropped afterwards."""
-    name = f"bench_{secrets.token_hex(4)}"
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def working_days() -> int:
