@@ -23,6 +23,7 @@ import dagster as dg
 import httpx
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy.dialects import postgresql, sqlite
 
 from resources.http import ProviderAuthError, ProviderClient, ProviderError, RefreshingAuth, RequestRejected, shared_limiter
 from resources.settings import LOCAL_DIR, ConfigError
@@ -72,14 +73,13 @@ class TokenStore:
         row = {"tenant_id": self.tenant_id, "refresh_token": self._fernet.encrypt(refresh_token.encode()).decode(),
                "rotated_at": utcnow(), "refused_at": None, "refusal": None}
         with self.engine.begin() as conn:
-            exists = conn.execute(sa.select(xero_tokens.c.tenant_id).where(self._row)).first()
-            if exists and not replace:
-                return False
-            if exists:
-                conn.execute(xero_tokens.update().where(self._row).values(**row))
+            # One statement, so two runs storing the first token at once cannot both insert it.
+            insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(xero_tokens).values(**row)
+            if replace:
+                insert = insert.on_conflict_do_update(index_elements=[xero_tokens.c.tenant_id], set_=row)
             else:
-                conn.execute(xero_tokens.insert().values(**row))
-        return True
+                insert = insert.on_conflict_do_nothing(index_elements=[xero_tokens.c.tenant_id])
+            return conn.execute(insert).rowcount == 1
 
     @property
     def _row(self) -> sa.ColumnElement[bool]:

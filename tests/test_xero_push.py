@@ -355,7 +355,7 @@ def test_two_runs_of_one_day_at_once_push_each_entry_once(emulator, postgres_url
             for _ in range(2)]
     outcomes = [run.communicate(timeout=300) for run in runs]
     try:
-        assert [out.strip() for out, _ in outcomes] == ["ok", "ok"], [err[-800:] for _, err in outcomes]
+        assert [out.strip() for out, _ in outcomes] == ["ok", "ok"], [err[-3000:] for _, err in outcomes]
         expected = {**halo_day(emulator, AGENT), **halo_day(emulator, AGENT + 1)}
         assert_xero_matches(emulator, expected)
         posts = [r for r in emulator.requests("xero", "/Time") if r.method == "POST"]
