@@ -21,6 +21,7 @@ import time
 from datetime import UTC, date, datetime
 
 import dagster as dg
+from common import QUIET
 from cryptography.fernet import Fernet
 
 from emulator import Emulator, halo as halo_emulator, xero as xero_emulator
@@ -55,8 +56,9 @@ def one_run(entries: int, calls: int, window: float) -> dict:
                 "mapping_files": MappingFilesResource(agent_mappings_file="config/agent_mappings.csv"),
                 "warehouse": WarehouseResource(url=f"sqlite:///{folder}/warehouse.db"),
             }
-            assert dg.materialize([halo_agents, agent_mappings], resources=resources, instance=instance).success
-            config = {"ops": {"xero_time_entries": {"config": {"dry_run": False}}}}
+            assert dg.materialize([halo_agents, agent_mappings], resources=resources, instance=instance,
+                                  run_config=QUIET).success
+            config = {**QUIET, "ops": {"xero_time_entries": {"config": {"dry_run": False}}}}
             emulator.reset_requests()
             began = time.monotonic()
             assert dg.materialize([xero_time_entries], resources=resources, instance=instance,
