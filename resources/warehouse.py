@@ -407,6 +407,7 @@ def sync_scope(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, scope:
     changed ones, restore returning ones. Returns the counts of each, and the ids of live rows
     within `scope` that the frame does not have: the caller soft-deletes them with `soft_delete`
     once it knows they are gone for good (not just moved to another scope)."""
+    frame = frame.unique(subset="id", keep="last", maintain_order=True)  # one merge may touch a key once
     query = sa.select(table.c.id, table.c.content_hash, table.c.deleted_at).where(scope | table.c.id.in_(frame["id"].to_list()))
     stored = pl.DataFrame(
         conn.execute(query).all(),
@@ -422,7 +423,7 @@ def sync_scope(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, scope:
     )
     joined = frame.join(stored, on="id", how="full", coalesce=True).with_columns(outcome=outcome)
     changed = joined.filter(pl.col("outcome").is_in(["inserted", "updated", "restored"])).select(frame.columns)
-    upsert(conn, table, changed.with_columns(synced_at=pl.lit(utcnow()), deleted_at=pl.lit(None, pl.Datetime("us"))).to_dicts())
+    bulk_upsert(conn, table, changed.with_columns(synced_at=pl.lit(utcnow()), deleted_at=pl.lit(None, pl.Datetime("us"))))
     gone = set(joined.filter((pl.col("outcome") == "gone") & pl.col("stored_deleted_at").is_null())["id"].to_list())
     return Counter(joined.filter(pl.col("outcome") != "gone")["outcome"].to_list()), gone
 

@@ -4,12 +4,13 @@ runs over real HTTP to the emulator, into SQLite and PostgreSQL."""
 from datetime import UTC, date, datetime
 
 import dagster as dg
+import polars as pl
 import pytest
 import sqlalchemy as sa
 from conftest import halo_resources
 
 from definitions import defs
-from resources.warehouse import engine_for
+from resources.warehouse import engine_for, halo_agents as agents_table, sync_scope
 from sync_assets.fiscal_years import FISCAL_YEARS
 from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets, mappings_match_agents, no_unmapped_agents
 
@@ -93,6 +94,18 @@ def test_year_resync_after_edits_deletions_and_approvals_matches_halo_exactly(em
     approvals = stored_approvals(warehouse_url)
     assert approvals[(5, "2026-11-18")] is True and approvals[(6, "2026-03-03")] is False
     assert set(added) <= set(stored_entries(warehouse_url))
+
+
+def test_a_record_listed_twice_in_one_response_is_stored_once_as_its_last_version(warehouse_url):
+    listed = pl.DataFrame([{"id": 7, "name": "Ann", "is_disabled": False, "content_hash": "first"},
+                           {"id": 7, "name": "Ann B", "is_disabled": False, "content_hash": "second"}])
+
+    with engine_for(warehouse_url).begin() as conn:
+        counts, _ = sync_scope(conn, agents_table, listed, sa.true())
+        stored = conn.execute(sa.select(agents_table.c.name, agents_table.c.content_hash)).all()
+
+    assert counts == {"inserted": 1}
+    assert stored == [("Ann B", "second")]
 
 
 def test_minutes_are_exact_where_hours_are_not(emulator, sqlite_warehouse_url, instance):
