@@ -49,18 +49,26 @@ def postgres_url():
     admin.dispose()
 
 
+@pytest.fixture
+def postgres_warehouse_url(postgres_url):
+    """The session's PostgreSQL warehouse, emptied before and after the test."""
+    _empty(postgres_url)
+    yield postgres_url
+    _empty(postgres_url)
+
+
+def _empty(url: str) -> None:
+    with engine_for(url).begin() as conn:
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def warehouse_url(request, tmp_path):
     """An empty warehouse, on each of the two databases the project supports."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'warehouse.db'}"
-        return
-    url = request.getfixturevalue("postgres_url")
-    yield url
-    engine = engine_for(url)
-    with engine.begin() as conn:
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
+        return f"sqlite:///{tmp_path / 'warehouse.db'}"
+    return request.getfixturevalue("postgres_warehouse_url")
 
 
 @pytest.fixture

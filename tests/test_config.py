@@ -68,10 +68,10 @@ def test_unknown_sync_env_is_a_clear_error():
     assert "SYNC_ENV must be 'local' or 'production', not 'staging'" in result.stderr
 
 
-def test_no_secret_appears_in_logs_metadata_errors_or_the_warehouse(emulator, postgres_url, monkeypatch, capfd):
+def test_no_secret_appears_in_logs_metadata_errors_or_the_warehouse(emulator, postgres_warehouse_url, monkeypatch, capfd):
     emulator.ghl.token = SECRET_TOKEN
     emulator.halo.client_secret = SECRET_HALO
-    warehouse_url = sa.make_url(postgres_url).set(password=SECRET_PASSWORD).render_as_string(hide_password=False)
+    warehouse_url = sa.make_url(postgres_warehouse_url).set(password=SECRET_PASSWORD).render_as_string(hide_password=False)
     required = {s.name: f"{s.name.lower()}-DISTINCTIVE" for s in SETTINGS if s.required}
     for name, value in {**required, "GHL_BASE_URL": emulator.url, "GHL_TOKEN": SECRET_TOKEN,
                         "GHL_LOCATION_ID": LOCATION_ID, "WAREHOUSE_URL": warehouse_url, "HALO_BASE_URL": emulator.url,

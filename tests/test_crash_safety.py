@@ -49,7 +49,7 @@ from test_xero_push import expected_task, xero_by_halo_id
 
 from emulator import Emulator, xero as xero_emulator
 from resources.ghl import parse_contacts
-from resources.warehouse import engine_for, metadata
+from resources.warehouse import engine_for
 from sync_assets.employes import assets as employes_assets
 from sync_assets.fiscal_years import FISCAL_YEARS
 from sync_assets.ghl import ghl_contacts, ghl_contacts_reconciliation
@@ -168,15 +168,6 @@ def home(tmp_path_factory):
     admin.dispose()
 
 
-@pytest.fixture
-def pg_url(postgres_url):
-    engine = engine_for(postgres_url)
-    with engine.begin() as conn:
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
-    return postgres_url
-
-
 class Runner:
     """Starts runs in forked children and acts (kills) from the emulator at a chosen request."""
 
@@ -287,8 +278,8 @@ def ghl_compare(emulator: Emulator, url: str, asset: str, window: tuple[datetime
     return {asset: (len(expected), lost, sum(n - 1 for n in counts.values()))}
 
 
-def test_ghl_reconciliation_survives_kills_at_seeded_points(forkserver, emulator, home, pg_url, tmp_path):
-    runner = Runner(forkserver, emulator, {"sync": "ghl_reconciliation", "warehouse_url": pg_url}, home, tmp_path / "failure")
+def test_ghl_reconciliation_survives_kills_at_seeded_points(forkserver, emulator, home, postgres_warehouse_url, tmp_path):
+    runner = Runner(forkserver, emulator, {"sync": "ghl_reconciliation", "warehouse_url": postgres_warehouse_url}, home, tmp_path / "failure")
     ghl, clock = emulator.ghl, itertools.count()
 
     def churn(rng):
@@ -298,7 +289,7 @@ def test_ghl_reconciliation_survives_kills_at_seeded_points(forkserver, emulator
         ghl.add(at=ANCHOR - timedelta(days=2))
         ghl.delete(rng.choice(ids))
 
-    crash_cycles(runner, churn, lambda: ghl_compare(emulator, pg_url, "ghl_contacts_reconciliation"), "ghl_contacts_reconciliation (PostgreSQL)")
+    crash_cycles(runner, churn, lambda: ghl_compare(emulator, postgres_warehouse_url, "ghl_contacts_reconciliation"), "ghl_contacts_reconciliation (PostgreSQL)")
 
 
 def test_ghl_hour_survives_kills_at_seeded_points(forkserver, emulator, home, sqlite_warehouse_url, tmp_path):
@@ -417,8 +408,8 @@ def xero_job(emulator, url) -> dict:
     return {"sync": "xero_push", "warehouse_url": url, "token_key": Fernet.generate_key().decode()}
 
 
-def test_xero_push_survives_kills_at_seeded_points(forkserver, emulator, home, pg_url, tmp_path):
-    runner = Runner(forkserver, emulator, xero_job(emulator, pg_url), home, tmp_path / "failure")
+def test_xero_push_survives_kills_at_seeded_points(forkserver, emulator, home, postgres_warehouse_url, tmp_path):
+    runner = Runner(forkserver, emulator, xero_job(emulator, postgres_warehouse_url), home, tmp_path / "failure")
     halo = emulator.halo
 
     def churn(rng):
@@ -459,12 +450,12 @@ def clear_database_error(text: str) -> bool:
 
 
 @pytest.mark.parametrize("for_s", [0.0, 0.4], ids=["between page writes", "during page writes"])
-def test_ghl_warehouse_connection_killed_mid_run_then_rerun_is_exact(forkserver, emulator, home, pg_url, tmp_path, for_s):
-    runner = Runner(forkserver, emulator, {"sync": "ghl_reconciliation", "warehouse_url": pg_url}, home, tmp_path / "failure")
+def test_ghl_warehouse_connection_killed_mid_run_then_rerun_is_exact(forkserver, emulator, home, postgres_warehouse_url, tmp_path, for_s):
+    runner = Runner(forkserver, emulator, {"sync": "ghl_reconciliation", "warehouse_url": postgres_warehouse_url}, home, tmp_path / "failure")
     killed = []
 
     def kill(_pid):  # in its own thread, so the run gets its answers and writes while connections die
-        thread = threading.Thread(target=lambda: killed.extend(terminate_backends(pg_url, for_s)))
+        thread = threading.Thread(target=lambda: killed.extend(terminate_backends(postgres_warehouse_url, for_s)))
         thread.start()
         thread.join() if not for_s else None
 
@@ -477,17 +468,17 @@ def test_ghl_warehouse_connection_killed_mid_run_then_rerun_is_exact(forkserver,
     else:
         assert code == 0 or clear_database_error(runner.failure()), runner.failure()
     assert runner.run()[0] == 0, runner.failure()
-    assert ghl_compare(emulator, pg_url, "ghl_contacts_reconciliation")["ghl_contacts_reconciliation"][1:] == (0, 0)
+    assert ghl_compare(emulator, postgres_warehouse_url, "ghl_contacts_reconciliation")["ghl_contacts_reconciliation"][1:] == (0, 0)
 
 
 def test_xero_warehouse_connection_killed_during_token_rotation_fails_clearly_and_rerun_is_exact(
-        forkserver, emulator, home, pg_url, tmp_path):
-    job = xero_job(emulator, pg_url)
+        forkserver, emulator, home, postgres_warehouse_url, tmp_path):
+    job = xero_job(emulator, postgres_warehouse_url)
     runner = Runner(forkserver, emulator, job, home, tmp_path / "failure")
     killed = []
     # The refresh holds the token row's lock in an open transaction while Xero answers: the
     # connection dies mid-transaction, after Xero has issued a new refresh token.
-    code, _ = runner.run(at=lambda served: served.path == "/connect/token", action=lambda _pid: killed.extend(terminate_backends(pg_url)))
+    code, _ = runner.run(at=lambda served: served.path == "/connect/token", action=lambda _pid: killed.extend(terminate_backends(postgres_warehouse_url)))
 
     assert killed[0] >= 1
     assert code == 1
@@ -501,13 +492,13 @@ def test_xero_warehouse_connection_killed_during_token_rotation_fails_clearly_an
     assert xero_compare(emulator)["xero_time_entries"][1:] == (0, 0)
 
 
-def test_xero_warehouse_connection_killed_between_pushes_then_rerun_is_exact(forkserver, emulator, home, pg_url, tmp_path):
-    runner = Runner(forkserver, emulator, xero_job(emulator, pg_url), home, tmp_path / "failure")
+def test_xero_warehouse_connection_killed_between_pushes_then_rerun_is_exact(forkserver, emulator, home, postgres_warehouse_url, tmp_path):
+    runner = Runner(forkserver, emulator, xero_job(emulator, postgres_warehouse_url), home, tmp_path / "failure")
     posts = itertools.count(1)
     killed = []
 
     code, _ = runner.run(at=lambda served: served.method == "POST" and "/Time" in served.path and next(posts) == 3,
-                         action=lambda _pid: killed.extend(terminate_backends(pg_url)))
+                         action=lambda _pid: killed.extend(terminate_backends(postgres_warehouse_url)))
 
     assert killed[0] >= 1
     assert code == 0 or clear_database_error(runner.failure()), runner.failure()

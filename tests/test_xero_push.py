@@ -293,18 +293,18 @@ print("ok")
 """
 
 
-def test_two_processes_refreshing_at_once_do_not_burn_each_others_token(emulator, postgres_url):
+def test_two_processes_refreshing_at_once_do_not_burn_each_others_token(emulator, postgres_warehouse_url):
     key = Fernet.generate_key().decode()
-    resources = xero_resources(emulator, postgres_url, key)
-    resources["xero"].token_store(engine_for(postgres_url))  # stores the initial token
+    resources = xero_resources(emulator, postgres_warehouse_url, key)
+    resources["xero"].token_store(engine_for(postgres_warehouse_url))  # stores the initial token
     emulator.xero.grace_s = 0  # no grace: a token used twice would be refused
     emulator.inject("xero", "slow", path="/connect/token", times=2, delay_s=3.0)  # so the two refreshes overlap
-    processes = [subprocess.Popen([sys.executable, "-c", CONCURRENT_REFRESH, emulator.url, postgres_url, key],
+    processes = [subprocess.Popen([sys.executable, "-c", CONCURRENT_REFRESH, emulator.url, postgres_warehouse_url, key],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outcomes = [p.communicate(timeout=120) for p in processes]
     assert [out.strip() for out, _ in outcomes] == ["ok", "ok"], [err[-500:] for _, err in outcomes]
     assert emulator.xero.refreshes == 2
-    with engine_for(postgres_url).begin() as conn:
+    with engine_for(postgres_warehouse_url).begin() as conn:
         conn.execute(sa.text("DELETE FROM xero_tokens"))
 
 
@@ -343,14 +343,14 @@ print("ok" if result.success else "failed")
 """
 
 
-def test_two_runs_of_one_day_at_once_push_each_entry_once(emulator, postgres_url, instance):
+def test_two_runs_of_one_day_at_once_push_each_entry_once(emulator, postgres_warehouse_url, instance):
     key = Fernet.generate_key().decode()
-    resources = xero_resources(emulator, postgres_url, key)
+    resources = xero_resources(emulator, postgres_warehouse_url, key)
     load_mappings(resources, instance)
     emulator.halo.approve(AGENT, DAY)
     emulator.halo.approve(AGENT + 1, DAY)
     emulator.inject("xero", "slow", path="/Time", times=100, delay_s=0.4)  # so the two runs overlap
-    runs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_PUSH, emulator.url, postgres_url, key, DAY.isoformat()],
+    runs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_PUSH, emulator.url, postgres_warehouse_url, key, DAY.isoformat()],
                              cwd=PROJECT_ROOT / "tests", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     outcomes = [run.communicate(timeout=300) for run in runs]
@@ -361,6 +361,6 @@ def test_two_runs_of_one_day_at_once_push_each_entry_once(emulator, postgres_url
         posts = [r for r in emulator.requests("xero", "/Time") if r.method == "POST"]
         assert len(posts) > len(expected)  # both runs pushed the same entries; Idempotency-Key made it once
     finally:
-        with engine_for(postgres_url).begin() as conn:
+        with engine_for(postgres_warehouse_url).begin() as conn:
             for table in ("xero_ledger", "xero_tokens", "agent_mappings", "halo_agents"):
                 conn.execute(sa.text(f"DELETE FROM {table}"))
