@@ -26,6 +26,8 @@ from resources.http import redact
 from resources.settings import ConfigError
 
 metadata = sa.MetaData()
+# PostgreSQL advisory lock key held while the tables are created or upgraded (any fixed number).
+SCHEMA_LOCK = 0x776F726B666F7263
 
 ghl_contacts = sa.Table(
     "ghl_contacts",
@@ -342,16 +344,24 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 def ensure_schema(engine: sa.Engine) -> None:
-    """Create missing tables and add missing (nullable) columns to existing ones."""
-    metadata.create_all(engine)
-    inspector = sa.inspect(engine)
-    with engine.begin() as conn:
+    """Create missing tables and add missing (nullable) columns to existing ones. Runs launched
+    together on a new warehouse would race to create the same tables, so this holds the
+    database's write lock (SQLite) or an advisory lock (PostgreSQL) from the first look to the
+    commit: the second process waits, then finds the tables made."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        metadata.create_all(conn)
+        inspector = sa.inspect(conn)
         for table in metadata.sorted_tables:
             present = {c["name"] for c in inspector.get_columns(table.name)}
             for column in table.columns:
                 if column.name not in present:
                     column_type = column.type.compile(dialect=engine.dialect)
                     conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {column_type}'))
+        conn.commit()
 
 
 def upsert(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]], *, newer_or_equal: str | None = None) -> None:
@@ -400,6 +410,14 @@ def bulk_upsert(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, *, ne
             raise ValueError(f"COPY into {table.name}: {error.diag.message_primary}") from None
     insert = postgresql.insert(table).from_select(frame.columns, sa.select(*map(sa.column, frame.columns)).select_from(sa.table(stage)))
     conn.execute(_on_conflict_update(insert, table, frame.columns, newer_or_equal))
+
+
+def lock_for_replace(conn: sa.Connection, *tables: sa.Table) -> None:
+    """Hold off other writers of `tables` until this transaction ends. A replace (delete, then
+    insert) racing another run's replace of the same rows would fail on a key, or, where there
+    is none, leave both sets of rows. Readers are not held. SQLite has one writer at a time anyway."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text(f"LOCK TABLE {', '.join(t.name for t in tables)} IN SHARE ROW EXCLUSIVE MODE"))
 
 
 def sync_scope(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, scope: sa.ColumnElement[bool]) -> tuple[Counter, set]:

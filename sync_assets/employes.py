@@ -27,6 +27,7 @@ from resources.warehouse import (
     employes_employments,
     employes_hours_periods,
     employes_salary_periods,
+    lock_for_replace,
     record_rejects,
     utcnow,
 )
@@ -100,6 +101,7 @@ def employes_employee_snapshots(
     _log_rejects(context, rejects, "employee")
     frame = pl.DataFrame(rows, schema=snapshot_schema(), orient="row")
     with warehouse.engine.begin() as conn:
+        lock_for_replace(conn, snapshots_table)
         conn.execute(snapshots_table.delete().where(snapshots_table.c.snapshot_date == day))
         if rows:
             conn.execute(snapshots_table.insert(), frame.with_columns(fetched_at=pl.lit(utcnow())).to_dicts())
@@ -170,6 +172,7 @@ def employes_employment_history(
         stats = client.http.stats.as_metadata()
     _log_rejects(context, rejects, "employment history of")
     with warehouse.engine.begin() as conn:
+        lock_for_replace(conn, *PERIOD_TABLES.values())
         for kind, table in PERIOD_TABLES.items():
             for start in range(0, len(done), 500):
                 conn.execute(table.delete().where(table.c.employee_id.in_(done[start : start + 500])))
@@ -262,6 +265,7 @@ def employes_employee_changes(context: dg.AssetExecutionContext, warehouse: Ware
     changes = detect_changes(previous, current)
     now = utcnow()
     with warehouse.engine.begin() as conn:
+        lock_for_replace(conn, changes_table, history_table)
         conn.execute(changes_table.delete().where(changes_table.c.snapshot_date == day))
         if not changes.is_empty():
             conn.execute(changes_table.insert(), changes.with_columns(

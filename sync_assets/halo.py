@@ -23,6 +23,7 @@ from resources.warehouse import (
     halo_agents as agents_table,
     halo_time_entries as entries_table,
     halo_timesheets as timesheets_table,
+    lock_for_replace,
     record_rejects,
     soft_delete,
     sync_scope,
@@ -107,6 +108,7 @@ def agent_mappings(context: dg.AssetExecutionContext, mapping_files: MappingFile
         )
     now = utcnow()
     with warehouse.engine.begin() as conn:
+        lock_for_replace(conn, mappings_table)
         conn.execute(mappings_table.delete())
         if mappings:
             conn.execute(mappings_table.insert(), [{**m.__dict__, "loaded_at": now} for m in mappings])

@@ -36,6 +36,7 @@ from resources.settings import setting
 from resources.warehouse import (
     WarehouseResource,
     agent_mappings as mappings_table,
+    lock_for_replace,
     upsert,
     utcnow,
     xero_findings as findings_table,
@@ -545,6 +546,7 @@ def xero_reconciliation(
         raise dg.Failure(description=f"{error}. The previous findings stay.") from None
     found = findings(wanted, rows, xero_entries)
     with warehouse.engine.begin() as conn:
+        lock_for_replace(conn, findings_table)
         conn.execute(findings_table.delete())
         if found:
             conn.execute(findings_table.insert(), [{**f, "found_at": utcnow()} for f in found])

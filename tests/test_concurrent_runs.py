@@ -1,0 +1,82 @@
+"""Two runs of the same partition at once (the UI allows it, and a pool set above 1 lets them
+run together): the emulator holds each page one run asks for until the other asks for it too, so
+both read and write the same pages at the same time. Both runs succeed and the warehouse equals
+the provider's truth, nothing lost or duplicated. (Under the deployed instance the provider pools
+make the second run wait: tests/test_deployment.py shows it; Xero pushes:
+tests/test_xero_push.py.)"""
+
+import threading
+
+import dagster as dg
+import pytest
+from dagster._core.test_utils import freeze_time
+from conftest import ANCHOR
+from test_fault_matrix import NOW, SYNCS, YEAR
+
+from emulator import Emulator
+from sync_assets.fiscal_years import FISCAL_YEARS
+
+# The requests both runs make before writing what they read.
+PAGES = {
+    "gohighlevel": lambda s: s.path.endswith("/contacts/search"),
+    "halopsa": lambda s: s.path in ("/api/Timesheet", "/api/TimesheetEvent"),
+    "employes": lambda s: s.path.endswith(("/employees", "/employments")),
+}
+
+
+class Lockstep:
+    """An emulator observer: a matching request waits (up to `timeout_s`) for the other run's
+    matching request, so the two runs' pages are answered, and then written, together."""
+
+    def __init__(self, matches, timeout_s: float = 5.0):
+        self.matches, self.timeout_s = matches, timeout_s
+        self.barrier = threading.Barrier(2)
+        self.met = 0
+        self.alone = False  # set when one run has finished: the other goes on unheld
+
+    def __call__(self, served) -> None:
+        if self.alone or not self.matches(served):
+            return
+        try:
+            if self.barrier.wait(self.timeout_s) == 0:
+                self.met += 1
+        except threading.BrokenBarrierError:  # the other run is busy writing; go on
+            self.barrier.reset()
+
+
+@pytest.fixture
+def emulator():
+    emulator = Emulator(seed=7, anchor=ANCHOR, contacts=300, agents=3, employees=10, rate_limits=False)
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.mark.parametrize("provider", PAGES)
+def test_two_runs_of_one_partition_at_once_leave_the_warehouse_exact(provider, emulator, warehouse_url):
+    syncs = []
+    for _ in range(2):
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions(FISCAL_YEARS.name, [YEAR])
+        syncs.append(SYNCS[provider](emulator, warehouse_url, instance))
+    lockstep = Lockstep(PAGES[provider])
+    emulator.on_request(lockstep)
+    results = [None, None]
+
+    def run(n: int) -> None:
+        try:
+            results[n] = syncs[n].run_now()
+        finally:
+            lockstep.alone = True
+
+    with freeze_time(NOW):
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+
+    assert all(result is not None and result.success for result in results)
+    assert lockstep.met >= 3, f"the runs overlapped on {lockstep.met} pages only"
+    final = syncs[0].compare()
+    assert final.compared and final.exact, final
