@@ -31,6 +31,16 @@ def emulator():
     emulator.stop()
 
 
+@pytest.fixture
+def small_emulator():
+    """Small data and no provider-side limits, for tests that make many runs (the rate limits
+    have tests of their own)."""
+    emulator = Emulator(seed=7, anchor=ANCHOR, contacts=300, agents=3, employees=10, rate_limits=False)
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """A database created for this test session and dropped after it."""

@@ -10,10 +10,8 @@ import threading
 import dagster as dg
 import pytest
 from dagster._core.test_utils import freeze_time
-from conftest import ANCHOR
 from test_fault_matrix import NOW, SYNCS, YEAR
 
-from emulator import Emulator
 from sync_assets.fiscal_years import FISCAL_YEARS
 
 # The requests both runs make before writing what they read.
@@ -44,23 +42,15 @@ class Lockstep:
             self.barrier.reset()
 
 
-@pytest.fixture
-def emulator():
-    emulator = Emulator(seed=7, anchor=ANCHOR, contacts=300, agents=3, employees=10, rate_limits=False)
-    emulator.start()
-    yield emulator
-    emulator.stop()
-
-
 @pytest.mark.parametrize("provider", PAGES)
-def test_two_runs_of_one_partition_at_once_leave_the_warehouse_exact(provider, emulator, warehouse_url):
+def test_two_runs_of_one_partition_at_once_leave_the_warehouse_exact(provider, small_emulator, warehouse_url):
     syncs = []
     for _ in range(2):
         instance = dg.DagsterInstance.ephemeral()
         instance.add_dynamic_partitions(FISCAL_YEARS.name, [YEAR])
-        syncs.append(SYNCS[provider](emulator, warehouse_url, instance))
+        syncs.append(SYNCS[provider](small_emulator, warehouse_url, instance))
     lockstep = Lockstep(PAGES[provider])
-    emulator.on_request(lockstep)
+    small_emulator.on_request(lockstep)
     results = [None, None]
 
     def run(n: int) -> None:

@@ -378,16 +378,6 @@ def instance():
     yield instance
 
 
-@pytest.fixture
-def emulator():
-    # Small data and no provider-side limits keep 44 cases within the suite's time budget; the
-    # rate limits have their own tests.
-    emulator = Emulator(seed=7, anchor=ANCHOR, contacts=300, agents=3, employees=10, rate_limits=False)
-    emulator.start()
-    yield emulator
-    emulator.stop()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def fault_table(request):
     yield
@@ -441,7 +431,8 @@ def assert_retried(served: list, kind: str, retry_after: float | None) -> None:
 
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("provider", SYNCS)
-def test_fault_mid_run_then_a_rerun_is_exact(provider, fault, emulator, tmp_path, instance):
+def test_fault_mid_run_then_a_rerun_is_exact(provider, fault, small_emulator, tmp_path, instance):
+    emulator = small_emulator
     sync = SYNCS[provider](emulator, f"sqlite:///{tmp_path / 'warehouse.db'}", instance)
     sync.prepare()
     spec = FAULTS[fault]
