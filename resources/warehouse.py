@@ -413,9 +413,9 @@ def bulk_upsert(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, *, ne
 
 
 def lock_for_replace(conn: sa.Connection, *tables: sa.Table) -> None:
-    """Hold off other writers of `tables` until this transaction ends. A replace (delete, then
-    insert) racing another run's replace of the same rows would fail on a key, or, where there
-    is none, leave both sets of rows. Readers are not held. SQLite has one writer at a time anyway."""
+    """Hold off other writers of `tables` until this transaction ends: a replace (delete, then
+    insert) racing another run's replace of the same rows fails on their key. Readers are not
+    held. SQLite has one writer at a time anyway."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text(f"LOCK TABLE {', '.join(t.name for t in tables)} IN SHARE ROW EXCLUSIVE MODE"))
 
