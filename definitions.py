@@ -67,7 +67,8 @@ def local_resources() -> dict:
             client_id=xero_emulator.CLIENT_ID,
             client_secret=xero_emulator.CLIENT_SECRET,
             tenant_id=xero_emulator.TENANT_ID,
-            token_key=local_token_key(),
+            # XERO_TOKEN_KEY when set (the tests set it), else the installation's own key file.
+            token_key=dg.EnvVar("XERO_TOKEN_KEY") if os.environ.get("XERO_TOKEN_KEY") else local_token_key(),
             initial_refresh_token=xero_emulator.INITIAL_REFRESH_TOKEN,
         ),
         "mapping_files": mapping_files(),

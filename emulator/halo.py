@@ -67,10 +67,6 @@ def stamp(day: date, minute_of_day: int) -> str:
     return f"{day.isoformat()}T{minute_of_day // 60:02d}:{minute_of_day % 60:02d}:00"
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
 def _error(status: int, message: str) -> Response:
     return Response(status, {"message": message})
 
@@ -89,6 +85,7 @@ class HaloPSA:
         self.client_secret = CLIENT_SECRET
         self.token_ttl_s = TOKEN_TTL_S
         self.tokens: dict[str, float] = {}  # access token -> time.monotonic() it expires at
+        self._started = time.monotonic()
         self.agents: dict[int, dict[str, Any]] = {}
         self._entries: dict[int, dict[str, Any]] = {}  # id -> TimesheetEvent as served
         self._minutes: dict[int, int] = {}  # id -> whole minutes, the truth behind `timetaken`
@@ -287,7 +284,13 @@ class HaloPSA:
     def approve(self, agent_id: int, day: date, approver_id: int = 1) -> None:
         with self.emulator.lock:
             self._sheet(agent_id, day)["approval"].update(
-                approvalstatus=APPROVED, approvedby=approver_id, approver=self._agent_name(approver_id), submissiondate=now_iso())
+                approvalstatus=APPROVED, approvedby=approver_id, approver=self._agent_name(approver_id), submissiondate=self._now_iso())
+
+    def _now_iso(self) -> str:
+        """The emulated clock, in UTC: the anchor plus the time since the emulator was built. Not the
+        machine's clock, so an approval made now is newer than the seeded ones whatever the anchor."""
+        now = self.emulator.anchor.astimezone(UTC) + timedelta(seconds=time.monotonic() - self._started)
+        return now.strftime("%Y-%m-%dT%H:%M:%S")
 
     def unapprove(self, agent_id: int, day: date) -> None:
         with self.emulator.lock:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import polars as pl
 import sqlalchemy as sa
+from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
 
 from resources.ghl import GoHighLevelResource, parse_contacts
 from resources.http import ProviderError
@@ -225,7 +226,8 @@ def _counts(totals: Counter, *names: str) -> dict[str, int]:
 
 def _future_contacts(conn: sa.Connection) -> list[str]:
     t = contacts_table
-    limit = utcnow() + FUTURE_TOLERANCE
+    # Dagster's clock, not the machine's: the check agrees with the run's clock, frozen in tests.
+    limit = get_current_datetime().replace(tzinfo=None) + FUTURE_TOLERANCE
     return conn.execute(sa.select(t.c.id).where(t.c.date_updated > limit, t.c.deleted_at.is_(None)).order_by(t.c.id)).scalars().all()
 
 
