@@ -1,12 +1,17 @@
 """Fixtures shared by the tests: the provider emulator on a random port, warehouses on SQLite
 and on a fresh PostgreSQL database of the machine's server, and resources bound to both."""
 
+import atexit
 import os
 import secrets
-from datetime import UTC, datetime
+import shutil
+import tempfile
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from dagster._core.test_utils import freeze_time
 
 from emulator import Emulator
 from emulator import employes as employes_emulator, halo as halo_emulator, xero as xero_emulator
@@ -18,9 +23,31 @@ from resources.mappings import MappingFilesResource
 from resources.warehouse import WarehouseResource, engine_for, metadata
 from resources.xero import XeroResource
 
+# Nothing a test does may write into the project's own .local/ (a developer's local install lives
+# there): the local definitions take the warehouse and the Xero token key from these instead of
+# creating .local/warehouse.db and .local/xero_token.key. Set before any test module imports
+# `definitions`, and inherited by the processes tests start.
+_SCRATCH = tempfile.mkdtemp(prefix="workforce-sync-tests-")
+os.environ["WAREHOUSE_URL"] = f"sqlite:///{_SCRATCH}/warehouse.db"
+os.environ["XERO_TOKEN_KEY"] = Fernet.generate_key().decode()
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+
 # The emulator's seeded data ends here; tests make their changes in the hours after it.
 ANCHOR = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+# Dagster's clock in the in-process tests that use ANCHOR's dates (fixture `frozen_clock`): the same
+# day, after the hours the tests change (partitions 13:00 and 14:00 are complete).
+NOW = ANCHOR + timedelta(hours=3)
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def frozen_clock():
+    """Freezes Dagster's clock (what the syncs, sensors and checks take for now) at NOW, so that
+    the fixed dates of the emulator's data agree with it on any day the suite runs. A module opts
+    in with `pytestmark = pytest.mark.usefixtures("frozen_clock")`; tests/test_guard_dates.py
+    asks for it where a test uses a fixed date."""
+    with freeze_time(NOW):
+        yield NOW
 
 
 @pytest.fixture
@@ -39,6 +66,23 @@ def small_emulator():
     emulator.start()
     yield emulator
     emulator.stop()
+
+
+@pytest.fixture
+def emulator_at():
+    """Starts a small emulator (as `small_emulator`) whose data ends at a moment of the test's
+    choosing: for tests that move the clock, the anchor is derived from the frozen now."""
+    started = []
+
+    def start(anchor: datetime) -> Emulator:
+        emulator = Emulator(seed=7, anchor=anchor, contacts=300, agents=3, employees=10, rate_limits=False)
+        emulator.start()
+        started.append(emulator)
+        return emulator
+
+    yield start
+    for emulator in started:
+        emulator.stop()
 
 
 @pytest.fixture(scope="session")
@@ -126,12 +170,3 @@ def xero_resources(emulator: Emulator, warehouse_url: str, token_key: str, **cli
                              client_secret=xero_emulator.CLIENT_SECRET, tenant_id=xero_emulator.TENANT_ID, token_key=token_key,
                              initial_refresh_token=xero_emulator.INITIAL_REFRESH_TOKEN, **options),
     }
-
-
-def warehouse_contacts(url: str, *, live_only: bool = True) -> dict[str, dict]:
-    """Rows of `ghl_contacts`, by id."""
-    query = "SELECT * FROM ghl_contacts" + (" WHERE deleted_at IS NULL" if live_only else "")
-    with engine_for(url).connect() as conn:
-        return {row["id"]: dict(row) for row in conn.execute(sa.text(query)).mappings()}
-
-

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import warehouse_contacts
+
+from helpers import free_port, warehouse_contacts
 
 from resources.settings import PROJECT_ROOT
 from definitions import defs
 
 CLI = str(Path(sys.executable).parent / "workforce-sync")
-UI = "http://127.0.0.1:3000"
 
 
 def run_once(emulator, warehouse_url, tmp_path) -> subprocess.CompletedProcess:
@@ -28,6 +27,7 @@ def run_once(emulator, warehouse_url, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, "run-once"], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a process that syncs everything once
 def test_run_once_syncs_everything_and_prints_a_summary(emulator, sqlite_warehouse_url, tmp_path):
     result = run_once(emulator, sqlite_warehouse_url, tmp_path)
 
@@ -39,6 +39,7 @@ def test_run_once_syncs_everything_and_prints_a_summary(emulator, sqlite_warehou
     assert len(warehouse_contacts(sqlite_warehouse_url)) == 300
 
 
+@pytest.mark.slow  # a process that tries every sync
 def test_run_once_exits_non_zero_and_says_why_when_a_sync_fails(emulator, sqlite_warehouse_url, tmp_path):
     emulator.ghl.token = "revoked"
 
@@ -69,44 +70,48 @@ def test_reconciliation_runs_nightly_at_two_by_default():
     assert defs.resolve_job_def(nightly.job_name).asset_layer.selected_asset_keys == {dg.AssetKey("ghl_contacts_reconciliation")}
 
 
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _graphql(query: str) -> dict:
-    request = urllib.request.Request(f"{UI}/graphql", data=json.dumps({"query": query}).encode(),
+def _graphql(ui: str, query: str) -> dict:
+    request = urllib.request.Request(f"{ui}/graphql", data=json.dumps({"query": query}).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)["data"]
 
 
-def _wait_for_assets(process: subprocess.Popen, deadline: float) -> list[str]:
+def _wait_for_assets(ui: str, process: subprocess.Popen, log: Path, deadline: float) -> list[str]:
+    """Poll the UI until it lists the assets; on giving up, say what it last answered and what the script logged."""
+    last = "no answer yet"
     while time.monotonic() < deadline:
-        assert process.poll() is None, "scripts/start exited early"
+        assert process.poll() is None, f"scripts/start exited early:\n{log.read_text()[-3000:]}"
         try:
-            data = _graphql("{ assetNodes { assetKey { path } } }")
+            data = _graphql(ui, "{ assetNodes { assetKey { path } } }")
             if data.get("assetNodes"):
                 return sorted("/".join(node["assetKey"]["path"]) for node in data["assetNodes"])
-        except (OSError, KeyError, TypeError, ValueError):
-            pass
+            last = repr(data)
+        except (OSError, KeyError, TypeError, ValueError) as error:
+            last = repr(error)
         time.sleep(1)
-    raise AssertionError("the UI did not list the assets within the time allowed")
+    raise AssertionError(f"the UI at {ui} did not list the assets in time; last answer: {last}\n{log.read_text()[-3000:]}")
 
 
-def test_start_script_serves_the_ui_with_the_assets_on_port_3000(tmp_path):
-    if _port_in_use(3000) or _port_in_use(8700):
-        pytest.fail("ports 3000 and 8700 must be free for scripts/start (stop the running local install)")
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "WAREHOUSE_URL": f"sqlite:///{tmp_path / 'w.db'}"}
+@pytest.mark.slow  # installs and starts the emulator and dagster dev
+def test_start_script_serves_the_ui_with_the_assets(tmp_path):
+    # Free ports, not 3000 and 8700: the suite runs while a local install is up.
+    ui_port, emulator_port = free_port(), free_port()
+    ui = f"http://127.0.0.1:{ui_port}"
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "WAREHOUSE_URL": f"sqlite:///{tmp_path / 'w.db'}",
+           "DAGSTER_PORT": str(ui_port), "EMULATOR_URL": f"http://127.0.0.1:{emulator_port}"}
     env.pop("SYNC_ENV", None)
-    log = (tmp_path / "start.log").open("w")
+    log_path = tmp_path / "start.log"
+    log = log_path.open("w")
     process = subprocess.Popen([str(PROJECT_ROOT / "scripts" / "start")], env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     try:
-        assets = _wait_for_assets(process, time.monotonic() + 240)
+        assets = _wait_for_assets(ui, process, log_path, time.monotonic() + 600)
         repository = '(repositorySelector: {repositoryName: "__repository__", repositoryLocationName: "workforce_sync"})'
-        schedules = _graphql(f'{{ schedulesOrError{repository} {{ ... on Schedules {{ results {{ name scheduleState {{ status }} }} }} }} }}')
-        sensors = _graphql(f'{{ sensorsOrError{repository} {{ ... on Sensors {{ results {{ name sensorState {{ status }} }} }} }} }}')
+        schedules = _graphql(ui, f'{{ schedulesOrError{repository} {{ ... on Schedules {{ results {{ name scheduleState {{ status }} }} }} }} }}')
+        sensors = _graphql(ui, f'{{ sensorsOrError{repository} {{ ... on Sensors {{ results {{ name sensorState {{ status }} }} }} }} }}')
+        with urllib.request.urlopen(f"http://127.0.0.1:{emulator_port}/api/authinfo", timeout=10) as answer:
+            emulator_status = answer.status  # the emulator it started listens where EMULATOR_URL says
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -116,6 +121,7 @@ def test_start_script_serves_the_ui_with_the_assets_on_port_3000(tmp_path):
             process.wait()
     assert assets == sorted(key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys())
     assert "ghl_contacts" in assets
+    assert emulator_status == 200
     states = {s["name"]: s["scheduleState"]["status"] for s in schedules["schedulesOrError"]["results"]}
     assert states == {schedule.name: "RUNNING" for schedule in defs.schedules}
     sensor_states = {s["name"]: s["sensorState"]["status"] for s in sensors["sensorsOrError"]["results"]}
@@ -125,7 +131,7 @@ def test_start_script_serves_the_ui_with_the_assets_on_port_3000(tmp_path):
 def test_the_emulator_refuses_to_start_in_production():
     env = {**os.environ, "SYNC_ENV": "production"}
     result = subprocess.run([sys.executable, "-m", "emulator", "--port", "0"], cwd=PROJECT_ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=300)
 
     assert result.returncode == 2
     assert "does not run with SYNC_ENV=production" in result.stderr

@@ -10,7 +10,8 @@ import threading
 import dagster as dg
 import pytest
 from dagster._core.test_utils import freeze_time
-from test_fault_matrix import NOW, SYNCS, YEAR
+from helpers import Lockstep
+from syncs import NOW, SYNCS, YEAR
 
 from sync_assets.fiscal_years import FISCAL_YEARS
 
@@ -20,26 +21,6 @@ PAGES = {
     "halopsa": lambda s: s.path in ("/api/Timesheet", "/api/TimesheetEvent"),
     "employes": lambda s: s.path.endswith(("/employees", "/employments")),
 }
-
-
-class Lockstep:
-    """An emulator observer: a matching request waits (up to `timeout_s`) for the other run's
-    matching request, so the two runs' pages are answered, and then written, together."""
-
-    def __init__(self, matches, timeout_s: float = 5.0):
-        self.matches, self.timeout_s = matches, timeout_s
-        self.barrier = threading.Barrier(2)
-        self.met = 0
-        self.alone = False  # set when one run has finished: the other goes on unheld
-
-    def __call__(self, served) -> None:
-        if self.alone or not self.matches(served):
-            return
-        try:
-            if self.barrier.wait(self.timeout_s) == 0:
-                self.met += 1
-        except threading.BrokenBarrierError:  # the other run is busy writing; go on
-            self.barrier.reset()
 
 
 @pytest.mark.parametrize("provider", PAGES)
@@ -57,16 +38,17 @@ def test_two_runs_of_one_partition_at_once_leave_the_warehouse_exact(provider, s
         try:
             results[n] = syncs[n].run_now()
         finally:
-            lockstep.alone = True
+            lockstep.release()
 
     with freeze_time(NOW):
         threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(120)
+            thread.join(900)  # the runs end on their own (the barrier never waits for a finished run)
 
-    assert all(result is not None and result.success for result in results)
+    assert not any(thread.is_alive() for thread in threads), f"a run has not finished; pages met: {lockstep.met}"
+    assert all(result is not None and result.success for result in results), [r and r.success for r in results]
     assert lockstep.met >= 3, f"the runs overlapped on {lockstep.met} pages only"
     final = syncs[0].compare()
     assert final.compared and final.exact, final

@@ -4,54 +4,67 @@ on their own (short intervals by configuration), the UI's Materialize button (th
 GraphQL API) runs a sync, a headless Chromium shows the asset graph, and afterwards nothing is
 left running."""
 
+import itertools
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import time
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import ANCHOR, POSTGRES_ADMIN_URL
+from conftest import POSTGRES_ADMIN_URL
 from dagster._core.definitions.freshness import FreshnessState
 from dagster_graphql import DagsterGraphQLClient
+from helpers import free_port, wait_until
 from playwright.sync_api import sync_playwright
 
-from emulator import Emulator
+from emulator import Emulator, halo as halo_emulator
 from resources.settings import PROJECT_ROOT
 from sync_assets.xero import MARKER
 
-APPROVED_DAY = date(2026, 11, 19)
+pytestmark = pytest.mark.slow  # minutes: left out of the quick run (scripts/test -m "not slow")
+
 AGENT = 3
-# Not approved yet, and older than the approval sensor's open period: only the test's own runs push it.
-CONTESTED_DAY = date(2026, 11, 16)
-RETRIED_DAY = date(2026, 11, 18)  # inside the sensor's open period (5 days) of the machine's today
+OPEN_PERIOD_DAYS = 5  # XERO_OPEN_PERIOD_DAYS of this deployment
+WAIT_S = 600  # generous: a busy machine is slow, not wrong; a wait that gives up says what it saw
 IN_PROGRESS = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium")
+ASSETS_SHOWN = ("ghl_contacts", "halo_timesheets", "employes_employee_snapshots", "xero_time_entries")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def weekdays_before(day: date):
+    """Weekdays (the emulator seeds time entries on weekdays) before `day`, newest first."""
+    while True:
+        day -= timedelta(days=1)
+        if day.weekday() < 5:
+            yield day
 
 
-def wait_for(what: str, check, seconds: float):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(2)
-    raise AssertionError(f"{what}: not within {seconds:.0f} s")
+class WorkDays:
+    """The work dates the tests approve, derived from the real today: the daemon runs the approval
+    sensor on the real clock, and its open period is counted back from the real today
+    (XERO_OPEN_PERIOD_DAYS, SYNC_TIMEZONE UTC). The emulator is anchored at the same now, so its
+    seeded data ends yesterday."""
+
+    def __init__(self, now: datetime):
+        self.today = now.astimezone(UTC).date()
+        open_from = self.today - timedelta(days=OPEN_PERIOD_DAYS)
+        # Two weekdays inside the open period (four days back hold at least two), one for each sensor test.
+        self.approved, self.retried = list(itertools.takewhile(lambda d: d > open_from, weekdays_before(self.today)))[:2]
+        # Older than the open period, so only the test's own runs push it.
+        self.contested = next(d for d in weekdays_before(open_from))
+
+
+def wait_for(what: str, check, seen):
+    """Poll `check` every 2 s for up to WAIT_S; on giving up, say what `seen` saw."""
+    return wait_until(what, check, WAIT_S, seen=seen, every_s=2)
 
 
 class Deployment:
@@ -65,7 +78,13 @@ class Deployment:
         self.home = tmp / "dagster_home"
         self.home.mkdir()
         shutil.copy(PROJECT_ROOT / "deploy/dagster.yaml", self.home / "dagster.yaml")
-        self.emulator = Emulator(seed=7, anchor=ANCHOR, contacts=200)
+        now = datetime.now(UTC)
+        self.days = WorkDays(now)
+        self.emulator = Emulator(seed=7, anchor=now, contacts=200)
+        # Seeded approvals go up to a week before the anchor: the contested day starts unapproved.
+        for (agent_id, day), sheet in self.emulator.halo.timesheets().items():
+            if day == self.days.contested and sheet["approval"]["approvalstatus"] == halo_emulator.APPROVED:
+                self.emulator.halo.unapprove(agent_id, day)
         self.emulator.start()
         self.web_port = free_port()
         self.log = (tmp / "deploy.log").open("w")
@@ -81,7 +100,7 @@ class Deployment:
             "WAREHOUSE_SCHEMA": "warehouse",
             "GHL_RECONCILE_CRON": "* * * * *",
             "XERO_APPROVAL_POLL_SECONDS": "5",
-            "XERO_OPEN_PERIOD_DAYS": "5",
+            "XERO_OPEN_PERIOD_DAYS": str(OPEN_PERIOD_DAYS),
             "XERO_PUSH_ENABLED": "true",
         }
         self.process = subprocess.Popen([str(PROJECT_ROOT / "deploy/start")], env=self.env, stdout=self.log,
@@ -99,8 +118,8 @@ class Deployment:
             except httpx.HTTPError:
                 return False
 
-        wait_for("the webserver", up, 240)
-        wait_for("the code location", self.location_loaded, 240)
+        wait_for("the webserver", up, seen=self.tail)
+        wait_for("the code location", self.location_loaded, seen=self.tail)
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("DAGSTER_PG_URL", self.pg_url)
             self.instance = dg.DagsterInstance.from_config(str(self.home))
@@ -116,6 +135,20 @@ class Deployment:
 
     def runs(self) -> list[dg.DagsterRun]:
         return list(self.instance.get_runs())
+
+    def seen(self) -> str:
+        """What a wait that gives up reports: the runs, the last ticks of each sensor and schedule, the log's tail."""
+        runs = [f"{r.run_id[:8]} {r.status.value} {dict((k, v) for k, v in r.tags.items() if k.startswith('dagster/'))}"
+                for r in self.runs()]
+        query = """{ repositoryOrError(repositorySelector: {repositoryName: "__repository__", repositoryLocationName: "workforce_sync"}) {
+            ... on Repository { sensors { name sensorState { ticks(limit: 3) { status skipReason error { message } } } }
+                                schedules { name scheduleState { ticks(limit: 3) { status skipReason error { message } } } } } } }"""
+        try:
+            repo = httpx.post(self.url("/graphql"), json={"query": query}, timeout=30).json()["data"]["repositoryOrError"]
+            ticks = [f"{k} {i['name']}: {i[k + 'State']['ticks']}" for k in ("sensor", "schedule") for i in repo[k + "s"]]
+        except (httpx.HTTPError, KeyError, TypeError) as error:
+            ticks = [f"ticks not readable: {error!r}"]
+        return "\n".join([f"today {self.days.today}", "runs:", *runs, "ticks:", *ticks, "log:", self.tail()])
 
     def tail(self) -> str:
         self.log.flush()
@@ -163,13 +196,14 @@ def test_the_ui_button_materializes_through_the_webserver(deployment):
     client = DagsterGraphQLClient("127.0.0.1", port_number=deployment.web_port)
     run_id = client.submit_job_execution("__ASSET_JOB", repository_location_name="workforce_sync",
                                          repository_name="__repository__", asset_selection=[["halo_agents"], ["agent_mappings"]])
-    status = wait_for("the button's run", lambda: (s := client.get_run_status(run_id)) not in IN_PROGRESS and s, 240)
+    status = wait_for("the button's run", lambda: (s := client.get_run_status(run_id)) not in IN_PROGRESS and s, seen=deployment.seen)
     assert status == dg.DagsterRunStatus.SUCCESS, deployment.tail()
     assert warehouse_count(deployment, "agent_mappings") == 22
 
 
 def test_the_scheduler_and_the_approval_sensor_fire_on_their_own(deployment):
-    deployment.emulator.halo.approve(AGENT, APPROVED_DAY)
+    approved_day = deployment.days.approved
+    deployment.emulator.halo.approve(AGENT, approved_day)
 
     def finished(source: str, value: str):
         def check():
@@ -178,14 +212,14 @@ def test_the_scheduler_and_the_approval_sensor_fire_on_their_own(deployment):
             return done[0] if done else None
         return check
 
-    scheduled = wait_for("a scheduled run", finished("dagster/schedule_name", "ghl_contacts_reconciliation_nightly"), 240)
-    pushed = wait_for("a sensor run", finished("dagster/sensor_name", "xero_approvals"), 240)
+    scheduled = wait_for("a scheduled run", finished("dagster/schedule_name", "ghl_contacts_reconciliation_nightly"), seen=deployment.seen)
+    pushed = wait_for("a sensor run", finished("dagster/sensor_name", "xero_approvals"), seen=deployment.seen)
     assert scheduled.status == dg.DagsterRunStatus.SUCCESS, deployment.tail()
     assert pushed.status == dg.DagsterRunStatus.SUCCESS, deployment.tail()
-    assert pushed.tags["dagster/partition"] == APPROVED_DAY.isoformat()
+    assert pushed.tags["dagster/partition"] == approved_day.isoformat()
     assert warehouse_count(deployment, "ghl_contacts") == 200
     day_entries = [e for e in deployment.emulator.halo.entries().values()
-                   if e["agent_id"] == AGENT and e["start_date"][:10] == APPROVED_DAY.isoformat()]
+                   if e["agent_id"] == AGENT and e["start_date"][:10] == approved_day.isoformat()]
     assert len(deployment.emulator.xero.entries()) == len(day_entries) > 0
 
 
@@ -196,7 +230,7 @@ def test_the_freshness_daemon_records_the_health_light(deployment):
         record = deployment.instance.get_freshness_state_records([key]).get(key)
         return record if record and record.freshness_state != FreshnessState.UNKNOWN else None
 
-    assert wait_for("a freshness state", recorded, 120).freshness_state == FreshnessState.PASS
+    assert wait_for("a freshness state", recorded, seen=deployment.seen).freshness_state == FreshnessState.PASS
 
 
 def run_events(deployment, run_id: str, step: str) -> dict[str, float]:
@@ -212,15 +246,15 @@ def run_events(deployment, run_id: str, step: str) -> dict[str, float]:
 
 
 def test_a_second_run_of_the_same_day_waits_for_the_xero_pool(deployment):
-    emulator = deployment.emulator
-    emulator.halo.approve(AGENT, CONTESTED_DAY)
+    emulator, contested_day = deployment.emulator, deployment.days.contested
+    emulator.halo.approve(AGENT, contested_day)
     day_entries = {i for i, e in emulator.halo.entries().items()
-                   if e["agent_id"] == AGENT and e["start_date"][:10] == CONTESTED_DAY.isoformat()}
+                   if e["agent_id"] == AGENT and e["start_date"][:10] == contested_day.isoformat()}
     emulator.inject("xero", "slow", delay_s=2, times=2)  # the first push holds the pool for 4 s or more
     client = DagsterGraphQLClient("127.0.0.1", port_number=deployment.web_port)
     # In-process steps (a launchpad option) spare a process per step and check; pools hold the same.
     run_ids = [client.submit_job_execution("__ASSET_JOB", repository_location_name="workforce_sync", repository_name="__repository__",
-                                           asset_selection=[["xero_time_entries"]], tags={"dagster/partition": CONTESTED_DAY.isoformat()},
+                                           asset_selection=[["xero_time_entries"]], tags={"dagster/partition": contested_day.isoformat()},
                                            run_config={"execution": {"config": {"in_process": {}}}})
                for _ in range(2)]
 
@@ -228,11 +262,12 @@ def test_a_second_run_of_the_same_day_waits_for_the_xero_pool(deployment):
         statuses = [client.get_run_status(run_id) for run_id in run_ids]
         return statuses if not set(statuses) & set(IN_PROGRESS) else None
 
-    assert wait_for("both runs", finished, 120) == [dg.DagsterRunStatus.SUCCESS] * 2, deployment.tail()
+    assert wait_for("both runs", finished, seen=deployment.seen) == [dg.DagsterRunStatus.SUCCESS] * 2, deployment.tail()
     first, second = sorted((run_events(deployment, r, "xero_time_entries") for r in run_ids), key=lambda e: e["STEP_START"])
-    # Both were queued at once; the second was held (in the run queue, or at its step with
-    # "Step blocked by limit for pool xero") until the first run's step gave the pool back.
-    assert abs(first["PIPELINE_ENQUEUED"] - second["PIPELINE_ENQUEUED"]) < 2
+    # The second was queued while the first pushed (however slow the machine), and was held (in the
+    # run queue, or at its step with "Step blocked by limit for pool xero") until the first run's
+    # step gave the pool back.
+    assert second["PIPELINE_ENQUEUED"] < first["STEP_SUCCESS"]  # the second came while the first held the pool
     assert second["STEP_START"] > first["STEP_SUCCESS"]
     assert second["PIPELINE_STARTING"] > first["STEP_SUCCESS"] or "Step blocked by limit for pool xero" in second
     pushed = [MARKER.search(e.get("description") or "") for e in emulator.xero.entries().values()]
@@ -245,22 +280,22 @@ def test_a_second_run_of_the_same_day_waits_for_the_xero_pool(deployment):
 def test_a_failed_push_the_sensor_asked_for_is_retried_by_dagster(deployment):
     # The sensor's cursor has moved past this approval once it asks for the run, so a failed run
     # must be retried (run_retries, and the push job's dagster/max_retries tag).
-    emulator = deployment.emulator
+    emulator, retried_day = deployment.emulator, deployment.days.retried
     emulator.inject("xero", "revoked_token", path="/connect/token")
     emulator.on_request(lambda served: served.fault == "revoked_token" and emulator.clear_faults())  # one refusal only
-    emulator.halo.approve(AGENT, RETRIED_DAY)
+    emulator.halo.approve(AGENT, retried_day)
 
     def day_runs():
-        runs = [r for r in deployment.runs() if r.tags.get("dagster/partition") == RETRIED_DAY.isoformat()]
+        runs = [r for r in deployment.runs() if r.tags.get("dagster/partition") == retried_day.isoformat()]
         return runs if any(r.status == dg.DagsterRunStatus.SUCCESS for r in runs) else None
 
-    runs = wait_for("the retried push", day_runs, 240)
+    runs = wait_for("the retried push", day_runs, seen=deployment.seen)
     failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
     retried = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
     assert len(failed) == 1 and failed[0].tags["dagster/sensor_name"] == "xero_approvals", deployment.tail()
     assert retried[0].tags["dagster/parent_run_id"] == failed[0].run_id
     day_entries = {i for i, e in emulator.halo.entries().items()
-                   if e["agent_id"] == AGENT and e["start_date"][:10] == RETRIED_DAY.isoformat()}
+                   if e["agent_id"] == AGENT and e["start_date"][:10] == retried_day.isoformat()}
     pushed = [MARKER.search(e.get("description") or "") for e in emulator.xero.entries().values()]
     assert sorted(int(m.group(1)) for m in pushed if m and int(m.group(1)) in day_entries) == sorted(day_entries) != []
 
@@ -272,6 +307,7 @@ def test_a_browser_shows_the_asset_graph(deployment):
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         page = browser.new_page(viewport={"width": 1600, "height": 1900})
+        page.set_default_timeout(WAIT_S * 1000 / 5)  # each wait for an element: two minutes, for a busy machine
         page.goto(deployment.url("/asset-groups"))
         page.get_by_text("Global asset lineage").wait_for()
         page.wait_for_timeout(3000)
@@ -280,18 +316,20 @@ def test_a_browser_shows_the_asset_graph(deployment):
             skip.click()
         page.mouse.click(1400, 1800, button="right")
         page.get_by_role("menuitem", name="Expand all groups").click()
-        page.wait_for_timeout(3000)
+        for asset in ASSETS_SHOWN:  # the expanded groups have drawn their assets
+            page.get_by_text(asset, exact=True).first.wait_for()
+        page.wait_for_timeout(1000)  # edges settle, for the screenshot only
         page.screenshot(path=ARTIFACTS / "asset-graph.png")
         text = page.locator("body").inner_text()
         browser.close()
     for lane in ("gohighlevel", "halopsa", "employes", "xero"):
         assert lane in text
-    for asset in ("ghl_contacts", "halo_timesheets", "employes_employee_snapshots", "xero_time_entries"):
+    for asset in ASSETS_SHOWN:
         assert asset in text
 
 
 def test_stopping_leaves_nothing_running(deployment):
-    wait_for("runs to finish", lambda: not [r for r in deployment.runs() if r.status in IN_PROGRESS], 240)
+    wait_for("runs to finish", lambda: not [r for r in deployment.runs() if r.status in IN_PROGRESS], seen=deployment.seen)
     deployment.stop()
     # deploy/start ran in a session of its own: every process it started shares the session id.
     # Zombies (state Z) have exited; only the sandbox's init has not reaped them yet.

@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from conftest import ANCHOR, employes_resources
+from helpers import failure_message
 from dagster._core.test_utils import freeze_time
 
 from definitions import defs
@@ -34,10 +35,6 @@ def sync_day(resources, instance, day: date, selection=assets) -> dg.ExecuteInPr
 def meta(result, name) -> dict:
     (materialization,) = result.asset_materializations_for_node(name)
     return {k: v.value for k, v in materialization.metadata.items()}
-
-
-def failure_message(result) -> str:
-    return next(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
 
 
 def query(url, sql, **params) -> list:
@@ -181,6 +178,7 @@ def test_failure_half_way_through_history_leaves_the_previous_day_and_the_rerun_
     assert changes_of(warehouse_url, DAY_2)[(person, "yearly_wage")][1] == "80000.00"
 
 
+@pytest.mark.slow  # 50 s by design: 253 requests at under five a second
 def test_a_few_hundred_employees_and_their_histories_stay_under_five_requests_a_second(sqlite_warehouse_url, instance):
     emulator = Emulator(anchor=ANCHOR, employees=250)
     emulator.start()
@@ -189,12 +187,16 @@ def test_a_few_hundred_employees_and_their_histories_stay_under_five_requests_a_
         result = sync_day(employes_resources(emulator, sqlite_warehouse_url), instance, DAY_1,
                           selection=[employes_employee_snapshots, employes_employment_history])
         elapsed = time.monotonic() - began
-        statuses = [s.status for s in emulator.requests("employes")]
+        served = emulator.requests("employes")
     finally:
         emulator.stop()
 
+    statuses = [s.status for s in served]
+    asked = {(s.method, s.path, tuple(sorted(s.query.items()))) for s in served}
     assert result.success
-    assert len(statuses) == 3 + 250 and 429 not in statuses
+    # One request per page and per employee; on a busy machine an answer slower than the client's
+    # timeout is asked for again, so count what was asked for, not how often.
+    assert len(asked) == 3 + 250 and 429 not in statuses
     assert elapsed >= (len(statuses) - 5) / 5  # the limiter, not luck, kept it under the limit
 
 

@@ -2,8 +2,8 @@
 nothing duplicated, and a clear message when the run cannot finish. Each transient fault against
 each provider is in test_fault_matrix.py."""
 
-from conftest import ghl_resources, warehouse_contacts
-from test_ghl_sync import assert_warehouse_matches_provider, failure_message, reconcile, run_metadata
+from conftest import ghl_resources
+from helpers import assert_warehouse_matches_provider, failure_message, reconcile, run_metadata, warehouse_contacts
 
 from emulator.server import SlidingWindow
 from sync_assets.ghl import ghl_contacts_reconciliation

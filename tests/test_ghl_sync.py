@@ -3,12 +3,16 @@
 from datetime import timedelta
 
 import dagster as dg
+import pytest
 import sqlalchemy as sa
-from conftest import ANCHOR, ghl_resources, warehouse_contacts
+from conftest import ANCHOR, ghl_resources
+from helpers import assert_warehouse_matches_provider, failure_message, reconcile, run_metadata, warehouse_contacts
 
-from resources.ghl import parse_contacts
 from resources.warehouse import engine_for, sync_rejects
 from sync_assets.ghl import asset_checks, ghl_contacts, ghl_contacts_reconciliation, write_page
+
+# The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW).
+pytestmark = pytest.mark.usefixtures("frozen_clock")
 
 HOUR_1 = ANCHOR + timedelta(hours=1)  # partition 2026-11-20-13:00
 HOUR_2 = ANCHOR + timedelta(hours=2)
@@ -21,29 +25,6 @@ def partition(hour) -> str:
 def sync_hour(resources, hour, instance=None) -> dg.ExecuteInProcessResult:
     return dg.materialize([ghl_contacts, *asset_checks], resources=resources, partition_key=partition(hour),
                           instance=instance, selection=[ghl_contacts], raise_on_error=False)
-
-
-def reconcile(resources, instance=None, max_delete_share=None) -> dg.ExecuteInProcessResult:
-    config = {"ops": {"ghl_contacts_reconciliation": {"config": {"max_delete_share": max_delete_share}}}} if max_delete_share else None
-    return dg.materialize([ghl_contacts_reconciliation], resources=resources, instance=instance, run_config=config, raise_on_error=False)
-
-
-def run_metadata(result, asset) -> dict:
-    (materialization,) = result.asset_materializations_for_node(asset.key.path[-1])
-    return {k: v.value for k, v in materialization.metadata.items()}
-
-
-def failure_message(result) -> str:
-    return next(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
-
-
-def assert_warehouse_matches_provider(emulator, url) -> None:
-    truth = emulator.ghl.truth()
-    stored = warehouse_contacts(url)
-    assert sorted(stored) == sorted(truth)
-    for contact_id, contact in truth.items():
-        assert stored[contact_id]["phone"] == contact["phone"], contact_id
-        assert stored[contact_id]["content_hash"] == parse_contacts([contact])[0]["content_hash"][0]
 
 
 def test_next_hour_writes_exactly_the_contacts_changed_in_it(emulator, warehouse_url):

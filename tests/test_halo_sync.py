@@ -8,11 +8,15 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 from conftest import halo_resources
+from helpers import failure_message
 
 from definitions import defs
 from resources.warehouse import engine_for, halo_agents as agents_table, sync_scope
 from sync_assets.fiscal_years import FISCAL_YEARS
 from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets, mappings_match_agents, no_unmapped_agents
+
+# The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW).
+pytestmark = pytest.mark.usefixtures("frozen_clock")
 
 YEAR = "FY2026"  # 2026-01-01..2026-12-31; the emulator's data runs to 2026-11-19
 AUTUMN = {"start": "2026-09-01", "end": "2026-11-30"}  # three chunks of 31 days: quick runs
@@ -39,10 +43,6 @@ def sync_year(resources, instance, key=YEAR, days=None) -> dg.ExecuteInProcessRe
 def meta(result, name="halo_timesheets") -> dict:
     (materialization,) = result.asset_materializations_for_node(name)
     return {k: v.value for k, v in materialization.metadata.items()}
-
-
-def failure_message(result) -> str:
-    return next(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
 
 
 def stored_entries(url, first=date(2026, 1, 1), last=date(2026, 12, 31)) -> dict[int, tuple]:

@@ -4,6 +4,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from conftest import halo_resources
+from helpers import failure_message
 
 from resources.warehouse import engine_for
 from sync_assets.halo import agent_mappings, halo_agents, mappings_match_agents
@@ -16,10 +17,6 @@ def load(emulator, warehouse_url, tmp_path, text) -> dg.ExecuteInProcessResult:
     path.write_text(text)
     return dg.materialize([halo_agents, agent_mappings, mappings_match_agents], raise_on_error=False,
                           resources=halo_resources(emulator, warehouse_url, mappings_file=str(path)))
-
-
-def failure_message(result) -> str:
-    return next(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
 
 
 def stored_mappings(url) -> dict[int, str]:

@@ -89,6 +89,7 @@ def dump_files(folder: Path) -> str:
     return "\n".join(p.read_bytes().decode(errors="replace") for p in sorted(folder.rglob("*")) if p.is_file())
 
 
+@pytest.mark.slow  # every sync and a failure of each: close to a minute
 def test_no_secret_of_any_sync_reaches_logs_runs_events_errors_alerts_or_the_warehouse(
         emulator, database, tmp_path, monkeypatch, caplog, capfd):
     caplog.set_level(logging.DEBUG)

@@ -60,7 +60,7 @@ def test_green_after_a_sync_red_seven_hours_later(home, emulator, sqlite_warehou
     assert table["ghl_contacts"][1:3] == ["red", f"{synced_at:%Y-%m-%dT%H:%M}Z"]
 
 
-def test_a_failed_run_shows_as_the_last_failure(home, emulator, sqlite_warehouse_url, capsys):
+def test_a_failed_run_shows_as_the_last_failure(home, emulator, sqlite_warehouse_url, capsys, frozen_clock):
     resources = ghl_resources(emulator, sqlite_warehouse_url)
     assert dg.materialize([ghl_contacts], resources=resources, partition_key=PARTITION, instance=home).success
     emulator.ghl.token = "revoked"
@@ -79,7 +79,7 @@ def test_a_failed_run_shows_as_the_last_failure(home, emulator, sqlite_warehouse
 def test_a_configuration_error_exits_2(tmp_path):
     env = {**os.environ, "SYNC_ENV": "staging", "DAGSTER_HOME": str(tmp_path)}
 
-    result = subprocess.run([CLI, "status"], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([CLI, "status"], env=env, capture_output=True, text=True, timeout=600)
 
     assert result.returncode == 2
     assert "SYNC_ENV must be 'local' or 'production', not 'staging'" in result.stderr

@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from conftest import ANCHOR, xero_resources
+from helpers import Lockstep, expected_task, failure_message, xero_by_halo_id
 from cryptography.fernet import Fernet
 from dagster._core.test_utils import freeze_time
 
@@ -17,22 +18,23 @@ from cli import xero_connect
 from definitions import defs
 from emulator import xero as xero_emulator
 from resources.mappings import MappingFilesResource
-from resources.settings import LOCAL_DIR, PROJECT_ROOT
+from resources.settings import PROJECT_ROOT
 from resources.warehouse import engine_for
 from resources.xero import local_token_key
 from sensors.xero import xero_approvals
 from sync_assets.halo import agent_mappings, halo_agents
 from sync_assets.xero import (
-    MARKER,
     xero_entries_pushable,
     xero_no_locked_conflicts,
     xero_reconciliation,
     xero_time_entries,
 )
 
+# The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW).
+pytestmark = pytest.mark.usefixtures("frozen_clock")
+
 DAY = date(2026, 11, 18)  # a weekday the emulator has not approved yet
 AGENT = 3
-CONTRACTS_WITH_THEIR_OWN_TASK = {5012, 5013, 5015, 5017}  # lines of config/xero_projects.csv
 
 
 @pytest.fixture
@@ -67,31 +69,13 @@ def checks(result) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def failure_message(result) -> str:
-    return next(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
-
-
 def halo_day(emulator, agent=AGENT, day=DAY) -> dict[int, dict]:
     return {i: e for i, e in emulator.halo.entries().items() if e["agent_id"] == agent and e["start_date"][:10] == day.isoformat()}
-
-
-def xero_by_halo_id(emulator) -> dict[int, list[dict]]:
-    found: dict[int, list[dict]] = {}
-    for entry in emulator.xero.entries().values():
-        match = MARKER.search(entry.get("description") or "")
-        if match:
-            found.setdefault(int(match.group(1)), []).append(entry)
-    return found
 
 
 def ledger(url) -> dict[int, sa.Row]:
     with engine_for(url).connect() as conn:
         return {r.halo_entry_id: r for r in conn.execute(sa.text("SELECT * FROM xero_ledger"))}
-
-
-def expected_task(entry: dict) -> str:
-    own = entry.get("contract_id") in CONTRACTS_WITH_THEIR_OWN_TASK
-    return xero_emulator.task_id(entry["client_id"], "project" if own else "support")
 
 
 def assert_xero_matches(emulator, entries: dict[int, dict]) -> None:
@@ -288,7 +272,7 @@ url, warehouse, key = sys.argv[1:]
 resource = XeroResource(api_url=url, identity_url=url, client_id=x.CLIENT_ID, client_secret=x.CLIENT_SECRET,
                         tenant_id=x.TENANT_ID, token_key=key, backoff_initial_s=0.01)
 with resource.client(engine_for(warehouse)) as client:
-    client.time_entries(x.project_id(12), date(2026, 11, 18), date(2026, 11, 18))
+    client.time_entries(x.project_id(12), date.today(), date.today())  # any day: the token is what counts
 print("ok")
 """
 
@@ -301,7 +285,7 @@ def test_two_processes_refreshing_at_once_do_not_burn_each_others_token(emulator
     emulator.inject("xero", "slow", path="/connect/token", times=2, delay_s=3.0)  # so the two refreshes overlap
     processes = [subprocess.Popen([sys.executable, "-c", CONCURRENT_REFRESH, emulator.url, postgres_warehouse_url, key],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outcomes = [p.communicate(timeout=120) for p in processes]
+    outcomes = [p.communicate(timeout=600) for p in processes]
     assert [out.strip() for out, _ in outcomes] == ["ok", "ok"], [err[-500:] for _, err in outcomes]
     assert emulator.xero.refreshes == 2
 
@@ -323,9 +307,12 @@ def test_a_revoked_token_stops_the_run_with_how_to_reconnect(emulator, resources
     assert_xero_matches(emulator, halo_day(emulator))
 
 
-def test_the_local_token_key_is_readable_by_its_owner_only():
-    local_token_key()
-    assert (LOCAL_DIR / "xero_token.key").stat().st_mode & 0o777 == 0o600
+def test_the_local_token_key_is_readable_by_its_owner_only(tmp_path, monkeypatch):
+    # The key file a local installation makes in its .local/, made here in the test's own folder.
+    monkeypatch.setattr("resources.xero.LOCAL_DIR", tmp_path / ".local")
+    key = local_token_key()
+    assert (tmp_path / ".local" / "xero_token.key").stat().st_mode & 0o777 == 0o600
+    assert local_token_key() == key  # made once, then read
 
 
 CONCURRENT_PUSH = """
@@ -333,6 +320,7 @@ import sys
 import dagster as dg
 from conftest import xero_resources
 from sync_assets.xero import xero_time_entries
+
 url, warehouse, key, day = sys.argv[1:]
 emulator = type("Remote", (), {"url": url})()
 result = dg.materialize([xero_time_entries], resources=xero_resources(emulator, warehouse, key), partition_key=day,
@@ -347,11 +335,13 @@ def test_two_runs_of_one_day_at_once_push_each_entry_once(emulator, postgres_war
     load_mappings(resources, instance)
     emulator.halo.approve(AGENT, DAY)
     emulator.halo.approve(AGENT + 1, DAY)
-    emulator.inject("xero", "slow", path="/Time", times=100, delay_s=0.4)  # so the two runs overlap
+    # The first POST waits until the other run POSTs too: both runs push the same entries at once,
+    # however long either process takes to start.
+    emulator.on_request(Lockstep(lambda s: s.method == "POST" and s.path.endswith("/Time"), meetings=1))
     runs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_PUSH, emulator.url, postgres_warehouse_url, key, DAY.isoformat()],
                              cwd=PROJECT_ROOT / "tests", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
-    outcomes = [run.communicate(timeout=300) for run in runs]
+    outcomes = [run.communicate(timeout=600) for run in runs]
     assert [out.strip() for out, _ in outcomes] == ["ok", "ok"], [err[-3000:] for _, err in outcomes]
     expected = {**halo_day(emulator, AGENT), **halo_day(emulator, AGENT + 1)}
     assert_xero_matches(emulator, expected)

@@ -1,0 +1,145 @@
+"""What several test modules share: reading a failed run, free ports, patient waits, and the
+hard days on which the date-sensitive tests also run. Fixtures live in conftest.py; this module
+holds plain functions and constants (importable from a child process too)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import sqlalchemy as sa
+
+from emulator import xero as xero_emulator
+from resources.ghl import parse_contacts
+from resources.settings import setting
+from resources.warehouse import engine_for
+from sync_assets.ghl import ghl_contacts_reconciliation
+from sync_assets.xero import MARKER
+
+FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "
+
+
+def failure_message(result) -> str:
+    """The first failed step's message, without the exception's class name."""
+    message = next(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
+    return message.removeprefix(FAILURE_PREFIX)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(what: str, check: Callable, seconds: float, seen: Callable[[], object] | None = None, every_s: float = 0.05):
+    """Poll `check` until it returns something true, and return that. The limit is generous: a busy
+    machine is slow, not wrong. On giving up, say what was awaited and what `seen` (default: the
+    last value `check` returned) saw."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {seconds:.0f} s; saw: {seen() if seen else result!r}")
+        time.sleep(every_s)
+
+
+class Lockstep:
+    """An emulator observer for two runs of the same work: a matching request waits for the other
+    run's matching request, so the two runs' pages are answered (and then written) together, or
+    the two runs' first pushes are made at once (`meetings=1`).
+
+    How long the other run takes to get there (starting a process, or writing the previous page
+    while the database is busy) does not matter: the wait ends when the other run asks too, when it
+    has finished (`release`), or after `timeout_s`, a limit for a run that is stuck. A 5 s wait
+    here once let one run of the concurrent-runs test go on alone while its partner was still
+    writing on a loaded machine; the two fell out of step."""
+
+    def __init__(self, matches, timeout_s: float = 120.0, meetings: int | None = None):
+        self.matches, self.timeout_s, self.meetings = matches, timeout_s, meetings
+        self.barrier = threading.Barrier(2)
+        self.met = 0
+        self.alone = False  # set when one run has finished (or after `meetings`): the other goes on unheld
+
+    def __call__(self, served) -> None:
+        if self.alone or not self.matches(served):
+            return
+        try:
+            if self.barrier.wait(self.timeout_s) == 0:
+                self.met += 1
+                self.alone = self.meetings is not None and self.met >= self.meetings
+        except threading.BrokenBarrierError:  # released: the other run has finished (or is stuck for minutes)
+            pass
+
+    def release(self) -> None:
+        """One run has finished: the other must not wait for it any more."""
+        self.alone = True
+        self.barrier.abort()
+
+
+def hard_instants(zone: str | None = None) -> dict[str, datetime]:
+    """Moments the date-sensitive tests also run at, as wall-clock times in SYNC_TIMEZONE: the turn
+    of the year (calendar and default fiscal year), a leap day, and both daylight-saving changes of
+    Europe/Amsterdam (given in UTC: the first hour after clocks jump forward, and the repeated
+    hour after they go back)."""
+    tz = ZoneInfo(zone or setting("SYNC_TIMEZONE"))
+    return {
+        "new-years-eve-23h30": datetime(2026, 12, 31, 23, 30, tzinfo=tz),
+        "new-years-day-00h30": datetime(2027, 1, 1, 0, 30, tzinfo=tz),
+        "leap-day": datetime(2028, 2, 29, 12, 0, tzinfo=tz),
+        "dst-spring-forward": datetime(2027, 3, 28, 1, 30, tzinfo=UTC).astimezone(tz),  # 03:30 CEST
+        "dst-fall-back": datetime(2026, 10, 25, 1, 30, tzinfo=UTC).astimezone(tz),  # the second 02:30 (CET)
+    }
+
+
+# -- GoHighLevel ---------------------------------------------------------------------------------
+def warehouse_contacts(url: str, *, live_only: bool = True) -> dict[str, dict]:
+    """Rows of `ghl_contacts`, by id."""
+    query = "SELECT * FROM ghl_contacts" + (" WHERE deleted_at IS NULL" if live_only else "")
+    with engine_for(url).connect() as conn:
+        return {row["id"]: dict(row) for row in conn.execute(sa.text(query)).mappings()}
+
+
+def reconcile(resources, instance=None, max_delete_share=None) -> dg.ExecuteInProcessResult:
+    config = {"ops": {"ghl_contacts_reconciliation": {"config": {"max_delete_share": max_delete_share}}}} if max_delete_share else None
+    return dg.materialize([ghl_contacts_reconciliation], resources=resources, instance=instance, run_config=config, raise_on_error=False)
+
+
+def run_metadata(result, asset) -> dict:
+    (materialization,) = result.asset_materializations_for_node(asset.key.path[-1])
+    return {k: v.value for k, v in materialization.metadata.items()}
+
+
+def assert_warehouse_matches_provider(emulator, url) -> None:
+    truth = emulator.ghl.truth()
+    stored = warehouse_contacts(url)
+    assert sorted(stored) == sorted(truth)
+    for contact_id, contact in truth.items():
+        assert stored[contact_id]["phone"] == contact["phone"], contact_id
+        assert stored[contact_id]["content_hash"] == parse_contacts([contact])[0]["content_hash"][0]
+
+
+# -- Xero ----------------------------------------------------------------------------------------
+CONTRACTS_WITH_THEIR_OWN_TASK = {5012, 5013, 5015, 5017}  # lines of config/xero_projects.csv
+
+
+def xero_by_halo_id(emulator) -> dict[int, list[dict]]:
+    """Xero's time entries by the Halo entry id in their description."""
+    found: dict[int, list[dict]] = {}
+    for entry in emulator.xero.entries().values():
+        match = MARKER.search(entry.get("description") or "")
+        if match:
+            found.setdefault(int(match.group(1)), []).append(entry)
+    return found
+
+
+def expected_task(entry: dict) -> str:
+    """The Xero task a Halo entry goes to: its contract's own task, else the client's support task."""
+    own = entry.get("contract_id") in CONTRACTS_WITH_THEIR_OWN_TASK
+    return xero_emulator.task_id(entry["client_id"], "project" if own else "support")
