@@ -343,6 +343,11 @@ class HaloPSA:
         with self.emulator.lock:
             return {entry_id: dict(entry) for entry_id, entry in self._entries.items()}
 
+    def served_entries(self) -> dict[int, dict[str, Any]]:
+        """The entries as the API serves them now (id 0 unless ideal), by the emulator's entry id."""
+        with self.emulator.lock:
+            return {entry_id: self._served(entry) for entry_id, entry in self._entries.items()}
+
     def timesheets(self) -> dict[tuple[int, date], dict[str, Any]]:
         """Every timesheet, by (agent id, day), as served (events and hours included)."""
         with self.emulator.lock:

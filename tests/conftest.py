@@ -13,7 +13,7 @@ from emulator import employes as employes_emulator, halo as halo_emulator, xero 
 from emulator.ghl import LOCATION_ID, TOKEN
 from resources.employes import EmployesResource
 from resources.ghl import GoHighLevelResource
-from resources.halo import HaloPSAResource
+from resources.halo import HaloPSAResource, key_entries
 from resources.mappings import MappingFilesResource
 from resources.warehouse import WarehouseResource, engine_for, metadata
 from resources.xero import XeroResource
@@ -105,6 +105,15 @@ def halo_resources(emulator: Emulator, warehouse_url: str, mappings_file: str = 
         "mapping_files": MappingFilesResource(agent_mappings_file=mappings_file),
         "warehouse": WarehouseResource(url=warehouse_url),
     }
+
+
+def halo_keys(emulator: Emulator) -> dict[int, str]:
+    """Each emulated Halo entry's key as the sync gives it (the entries as served, keyed as one
+    response), by the emulator's own entry id: how tests find the truth in the warehouse and Xero."""
+    served = emulator.halo.served_entries()
+    keyed = key_entries(list(served.values()), "")
+    assert not keyed.rejects
+    return dict(zip(served, (row["entry_key"] for row in keyed.rows), strict=True))
 
 
 def employes_resources(emulator: Emulator, warehouse_url: str, **client_options) -> dict:
