@@ -9,7 +9,7 @@ from datetime import date, timedelta
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from conftest import ANCHOR, xero_resources
+from conftest import ANCHOR, halo_keys, xero_resources
 from cryptography.fernet import Fernet
 from dagster._core.test_utils import freeze_time
 
@@ -75,18 +75,22 @@ def halo_day(emulator, agent=AGENT, day=DAY) -> dict[int, dict]:
     return {i: e for i, e in emulator.halo.entries().items() if e["agent_id"] == agent and e["start_date"][:10] == day.isoformat()}
 
 
-def xero_by_halo_id(emulator) -> dict[int, list[dict]]:
+def xero_by_halo_id(emulator, markers: dict[str, int] | None = None) -> dict[int, list[dict]]:
+    """Xero's entries with our marker, by the emulator's id of the Halo entry the marker names."""
+    markers = markers or {key: i for i, key in halo_keys(emulator).items()}
     found: dict[int, list[dict]] = {}
     for entry in emulator.xero.entries().values():
         match = MARKER.search(entry.get("description") or "")
         if match:
-            found.setdefault(int(match.group(1)), []).append(entry)
+            found.setdefault(markers.get(match.group(1), match.group(1)), []).append(entry)
     return found
 
 
-def ledger(url) -> dict[int, sa.Row]:
+def ledger(url, emulator=None) -> dict:
+    """The ledger's rows by entry key, or (given the emulator) by the emulator's id of their entry."""
+    keys = {key: i for i, key in halo_keys(emulator).items()} if emulator else {}
     with engine_for(url).connect() as conn:
-        return {r.halo_entry_id: r for r in conn.execute(sa.text("SELECT * FROM xero_ledger"))}
+        return {keys.get(r.entry_key, r.entry_key): r for r in conn.execute(sa.text("SELECT * FROM xero_ledger"))}
 
 
 def expected_task(entry: dict) -> str:
@@ -198,7 +202,7 @@ def test_entries_that_cannot_go_are_recorded_with_the_reason_and_the_rest_go(emu
     assert result.success
     unmapped = {i for i, e in entries.items() if e["client_id"] == left_out}
     assert set(xero_by_halo_id(emulator)) == set(entries) - unmapped
-    rows = ledger(sqlite_warehouse_url)
+    rows = ledger(sqlite_warehouse_url, emulator)
     assert all(rows[i].status == "invalid" and f"client {left_out}" in rows[i].last_error for i in unmapped)
     assert checks(result)["xero_entries_pushable"] is False
 
