@@ -135,7 +135,10 @@ def entry_row(record: dict, fiscal_year: str) -> dict:
     the whole response: `key_entries`); raises ValueError naming the problem."""
     if not isinstance(record, dict):
         raise ValueError(f"not an object but {type(record).__name__}")
-    halo_id = _int_or_none(record.get("id")) if not isinstance(record.get("id"), str) else None
+    try:  # kept as sent, never needed: real tenants send 0 (see `key_entries`)
+        halo_id = _int_or_none(record.get("id")) if not isinstance(record.get("id"), str) else None
+    except ValueError:
+        halo_id = None
     try:
         start = _moment(record.get("start_date"))
         end = _moment(record.get("end_date"))
