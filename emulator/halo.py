@@ -100,6 +100,11 @@ class HaloPSA:
     def __init__(self, emulator: Emulator, *, seed: int, agents: int, ideal: bool = False):
         self.emulator = emulator
         self.ideal = ideal  # serve the ideal API (real ids, exact filters) instead of a real tenant's
+        # Days whose entries TimesheetEvent leaves out while their timesheets still count them:
+        # a tenant that mis-filters, for the tests of what the sync notices.
+        self.hidden_days: set[date] = set()
+        # How far past the end asked for TimesheetEvent answers reach (a tenant that mis-reads ranges).
+        self.overreach = timedelta()
         self.random = random.Random(f"halo-{seed}")
         self.client_id = CLIENT_ID
         self.client_secret = CLIENT_SECRET
@@ -316,6 +321,11 @@ class HaloPSA:
             self._sheet(agent_id, day)["approval"].update(
                 approvalstatus=APPROVED, approvedby=approver_id, approver=self._agent_name(approver_id), submissiondate=now_iso())
 
+    def set_approval(self, agent_id: int, day: date, **fields: Any) -> None:
+        """Set approval fields as given, malformed or not (a text `approvedby`, an odd status)."""
+        with self.emulator.lock:
+            self._sheet(agent_id, day)["approval"].update(fields)
+
     def unapprove(self, agent_id: int, day: date) -> None:
         with self.emulator.lock:
             self._sheet(agent_id, day)["approval"].update(approvalstatus=PENDING, approvedby=None, approver=None)
@@ -418,13 +428,14 @@ class HaloPSA:
             return denied
         try:
             start, end = _date_range(request.query, self.ideal)
+            end += self.overreach
             agents = _agent_filter(request.query)
         except _BadRequest as error:
             return _error(400, str(error))
         found = []
         day = start.date()
         while day <= end.date():  # `count` and `page` are ignored: everything in range, every time
-            for agent_id, ids in self._by_day.get(day, {}).items():
+            for agent_id, ids in (self._by_day.get(day, {}) if day not in self.hidden_days else {}).items():
                 if agents is None or agent_id in agents:
                     found.extend(i for i in ids if start <= datetime.fromisoformat(self._entries[i]["start_date"]) <= end)
             day += timedelta(days=1)

@@ -297,11 +297,11 @@ def _is_whole(value: Any) -> bool:
 
 
 def range_params(first: date, last: date) -> dict[str, str]:
-    """[first, last] as Halo is asked for it: ISO date-times from the first day's midnight to the
-    midnight after the last day, in SYNC_TIMEZONE, never bare dates (a date-only end_date drops
-    its day on real tenants), with `utcoffset` in minutes as JavaScript's getTimezoneOffset()
-    gives it (UTC+1 is -60; the sign is unverified)."""
-    start, end = datetime.combine(first, time()), datetime.combine(last + timedelta(days=1), time())
+    """[first, last] as Halo is asked for it: ISO date-times from the first day's 00:00:00 to the
+    last day's 23:59:59 (Halo's times are whole seconds), in SYNC_TIMEZONE, never bare dates (a
+    date-only end_date drops its day on real tenants), with `utcoffset` in minutes as
+    JavaScript's getTimezoneOffset() gives it (UTC+1 is -60; the sign is unverified)."""
+    start, end = datetime.combine(first, time()), datetime.combine(last, time(23, 59, 59))
     offset = ZoneInfo(setting("SYNC_TIMEZONE")).utcoffset(start) or timedelta()
     return {"start_date": start.isoformat(), "end_date": end.isoformat(), "utcoffset": str(-int(offset.total_seconds() // 60))}
 

@@ -202,20 +202,25 @@ class Observed:
         self.approval_problems: list[str] = []
         self.rekeyed = 0
 
-    def see(self, keyed: KeyedEntries, sheet_frame: pl.DataFrame, entry_frame: pl.DataFrame) -> None:
+    def see(self, keyed: KeyedEntries, sheet_frame: pl.DataFrame) -> set[tuple[int, date]]:
+        """Note what the chunk's answers show; returns the agent-days whose timesheet has time
+        but no entries came (their stored entries must not be taken for deleted)."""
         self.kinds.update(keyed.kinds)
         if keyed.rows:
             self.identities.add(keyed.identity)
         self.repeated += keyed.repeated
+        missing = set()
         if not sheet_frame.is_empty():
             ids = sheet_frame["id"].to_list()
             self.repeated_sheets += sorted({str(i) for i in ids if ids.count(i) > 1})
-            with_entries = set(zip(entry_frame["agent_id"].to_list(), entry_frame["work_date"].to_list())) if not entry_frame.is_empty() else set()
+            with_entries = {(r["agent_id"], r["work_date"]) for r in keyed.rows}
             for sheet in sheet_frame.iter_rows(named=True):
                 if sheet["actual_minutes"] and (sheet["agent_id"], sheet["work_date"]) not in with_entries:
+                    missing.add((sheet["agent_id"], sheet["work_date"]))
                     self.missing_time.append(f"agent {sheet['agent_id']} on {sheet['work_date']}: {sheet['actual_minutes']} min on the timesheet")
                 if sheet["approval_problem"]:
                     self.approval_problems.append(f"agent {sheet['agent_id']} on {sheet['work_date']}: {sheet['approval_problem']}")
+        return missing
 
     @property
     def identity(self) -> str:
@@ -321,7 +326,8 @@ def _findings(observed: Observed, previous, received: int, outside_range: int) -
     if observed.repeated_sheets:
         found.append(f"{len(observed.repeated_sheets)} timesheet ids repeated within one response: {some(observed.repeated_sheets)}")
     if observed.missing_time:
-        found.append(f"{len(observed.missing_time)} agent-days have time on their timesheet but no time entries came: {some(observed.missing_time)}")
+        found.append(f"{len(observed.missing_time)} agent-days have time on their timesheet but no time entries came "
+                     f"(their stored entries are kept): {some(observed.missing_time)}")
     if observed.approval_problems:
         found.append(f"{len(observed.approval_problems)} timesheets with an unreadable approval (their day is not pushed to Xero): "
                      f"{some(observed.approval_problems)}")
@@ -343,14 +349,15 @@ def _write_chunk(context, warehouse: WarehouseResource, key: str, first: date, l
     entry_frame = (pl.DataFrame(keyed.rows, orient="row", infer_schema_length=None) if keyed.rows
                    else pl.DataFrame(schema={"entry_key": pl.String, "content_hash": pl.String}))
     sheet_frame, sheet_rejects = _parse(sheets, timesheet_row, "timesheet", key)
-    observed.see(keyed, sheet_frame, entry_frame)
+    # Time on a timesheet but no entries: Halo's answer is wrong somewhere, so those entries stay.
+    missing = [{"agent_day": day} for day in observed.see(keyed, sheet_frame)]
 
     def days(table: sa.Table, rejects: list[dict]) -> sa.ColumnElement[bool]:
         return table.c.work_date.between(first, last) & ~_kept(table, rejects) if rejects else table.c.work_date.between(first, last)
 
     with warehouse.engine.begin() as conn:
         observed.rekeyed += len(rekey(conn, entries_table, keyed.rows, entries_table.c.work_date.between(first, last)))
-        entry_counts, entries_gone = sync_scope(conn, entries_table, entry_frame, days(entries_table, entry_rejects))
+        entry_counts, entries_gone = sync_scope(conn, entries_table, entry_frame, days(entries_table, entry_rejects + missing))
         sheet_counts, sheets_gone = sync_scope(conn, timesheets_table, sheet_frame, days(timesheets_table, sheet_rejects))
         record_rejects(conn, "halopsa", "time entry", entry_rejects, context.run.run_id)
         record_rejects(conn, "halopsa", "timesheet", sheet_rejects, context.run.run_id)
