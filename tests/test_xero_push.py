@@ -207,6 +207,22 @@ def test_entries_that_cannot_go_are_recorded_with_the_reason_and_the_rest_go(emu
     assert checks(result)["xero_entries_pushable"] is False
 
 
+def test_an_unreadable_approval_holds_its_entries_back_and_says_so(emulator, resources, instance, sqlite_warehouse_url):
+    emulator.halo.approve(AGENT, DAY)
+    emulator.halo.set_approval(AGENT, DAY, approvedby="Jane Manager", approver=1)  # text and a number: still approved
+    emulator.halo.set_approval(AGENT + 1, DAY, approvalstatus="yes")
+
+    result = push(resources, instance)
+
+    assert result.success
+    assert_xero_matches(emulator, halo_day(emulator))
+    rows = ledger(sqlite_warehouse_url, emulator)
+    held_back = halo_day(emulator, AGENT + 1)
+    assert held_back and all(rows[i].status == "invalid" and "approval cannot be read" in rows[i].last_error for i in held_back)
+    assert meta(result)["unreadable_approvals"] == 1
+    assert checks(result)["xero_halo_day_as_expected"] is False and checks(result)["xero_entries_pushable"] is False
+
+
 def test_a_dry_run_shows_the_plan_and_writes_nothing(emulator, resources, instance, sqlite_warehouse_url):
     emulator.halo.approve(AGENT, DAY)
     result = dg.materialize([xero_time_entries], resources=resources, instance=instance, partition_key=DAY.isoformat())
