@@ -211,8 +211,7 @@ class Observed:
         self.repeated += keyed.repeated
         missing = set()
         if not sheet_frame.is_empty():
-            ids = sheet_frame["id"].to_list()
-            self.repeated_sheets += sorted({str(i) for i in ids if ids.count(i) > 1})
+            self.repeated_sheets += sorted(str(i) for i, n in Counter(sheet_frame["id"].to_list()).items() if n > 1)
             with_entries = {(r["agent_id"], r["work_date"]) for r in keyed.rows}
             for sheet in sheet_frame.iter_rows(named=True):
                 if sheet["actual_minutes"] and (sheet["agent_id"], sheet["work_date"]) not in with_entries:
@@ -334,6 +333,8 @@ def _findings(observed: Observed, previous, received: int, outside_range: int) -
     if previous is not None and previous.identity != observed.identity and received:
         found.append(f"entries were keyed by {observed.identity}, the last sync of this range by {previous.identity} "
                      f"({observed.rekeyed} stored entries took their new key)")
+    elif observed.rekeyed:  # e.g. the first sync after the upgrade from numeric ids, of a tenant that hides them
+        found.append(f"{observed.rekeyed} stored entries took a new key (keyed by {observed.identity} now)")
     if previous is not None and previous.entries and received < previous.entries * FEWER_SHARE:
         found.append(f"{received} entries received, the last sync of this range received {previous.entries}")
     if outside_range:

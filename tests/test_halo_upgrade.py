@@ -145,6 +145,9 @@ def test_an_old_warehouse_and_xero_are_adopted_without_pushing_anything_twice(
     assert synced.success and pushed.success and forced.success
     counts = meta(synced)
     assert (counts["entries_inserted"], counts["entries_deleted"]) == (0, 0)
+    (said,) = [c for c in synced.get_asset_check_evaluations() if c.check_name == "halo_responses_as_expected"]
+    assert said.passed == (tenant == "shows ids")  # a tenant hiding its ids: every entry took a new key, and we say so
+    assert tenant == "shows ids" or f"{counts['rekeyed']} stored entries took a new key" in said.metadata["details"].value
     writes = [r for r in emulator.requests("xero", "/Time") if r.method in ("POST", "PUT", "DELETE")]
     assert writes == []  # nothing pushed twice, nothing re-marked
     assert {e["timeEntryId"]: e["description"] for e in emulator.xero.entries().values()} == in_xero
