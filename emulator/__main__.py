@@ -7,6 +7,7 @@ one), so the hourly syncs of a local install have something to do.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import signal
 import sys
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contacts", type=int, default=300)
     parser.add_argument("--churn", type=int, default=5, help="contacts edited per minute (0: none)")
     parser.add_argument("--no-rate-limits", action="store_true", help="serve without the providers' limits")
+    parser.add_argument("--halo-ideal", action="store_true", default=os.environ.get("EMULATOR_HALO_IDEAL", "").lower() == "true",
+                        help="HaloPSA as documented (real entry ids, exact date filters) instead of as real tenants behave;"
+                             " also EMULATOR_HALO_IDEAL=true")
     args = parser.parse_args(argv)
     try:
         if sync_env() == "production":
@@ -47,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"emulator: {error}", file=sys.stderr)
         return 2
-    emulator = Emulator(seed=args.seed, contacts=args.contacts, rate_limits=not args.no_rate_limits)
+    emulator = Emulator(seed=args.seed, contacts=args.contacts, rate_limits=not args.no_rate_limits,
+                        halo_ideal=args.halo_ideal)
     # A local warehouse keeps the Xero refresh token of the emulator's previous run.
     emulator.xero.accept_unknown_refresh_tokens = True
     try:

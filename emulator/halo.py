@@ -8,6 +8,20 @@ a year of weekday entries for every enabled agent, ending the day before the anc
 out as Halo sends them, a float (10 minutes is 0.1666666667). Entries are indexed by day and
 agent, so a date-range query touches only the days it asks for. Halo publishes no rate limit,
 so none is applied here (faults can still inject 429s).
+
+By default it behaves as public evidence says real tenants do (`Midtown-Technology-Group/halocli`,
+`src/halocli/resources.py`, the `/TimesheetEvent` resource, probed live on 2026-10-01):
+- every TimesheetEvent is served with `id: 0` (the real event id is never surfaced);
+- `count`/`page` are ignored: each call answers everything in range, as a bare array;
+- a date-only `end_date` is read as midnight at the start of that day, so that whole day is
+  silently dropped (ISO date-times filter as asked);
+- about one entry in twenty is time without a ticket (no `ticket_id`/`action_number`); ticket
+  time carries a unique (`ticket_id`, `action_number`);
+- `GET /api/Timesheet` ignores the agent filter (the swagger documents no query parameters for
+  it) and answers every agent's timesheets in range.
+`HaloPSA(ideal=True)` (`Emulator(halo_ideal=True)`, `python -m emulator --halo-ideal`) serves the
+ideal API instead: real ids, date-only ranges meaning whole days, agent filters honoured. Either
+way `entries()` is the truth, by the emulator's own entry ids.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ APPROVED_BEFORE_DAYS = 7  # days older than this before the anchor are seeded as
 DAY_START_MIN = 8 * 60 + 30  # seeded entries run back to back from 08:30
 ADDED_START_MIN = 17 * 60  # entries added by tests start at 17:00
 MAX_RANGE_DAYS = 366
+NO_TICKET_SHARE = 0.05
 TARGET_HOURS = 8.0
 BREAK_HOURS = 0.5
 
@@ -78,8 +93,14 @@ class _BadRequest(Exception):
 class HaloPSA:
     """Agents, timesheets and entries of one Halo tenant, and the controls tests use to change them."""
 
-    def __init__(self, emulator: Emulator, *, seed: int, agents: int):
+    def __init__(self, emulator: Emulator, *, seed: int, agents: int, ideal: bool = False):
         self.emulator = emulator
+        self.ideal = ideal  # serve the ideal API (real ids, exact filters) instead of a real tenant's
+        # Days whose entries TimesheetEvent leaves out while their timesheets still count them:
+        # a tenant that mis-filters, for the tests of what the sync notices.
+        self.hidden_days: set[date] = set()
+        # How far past the end asked for TimesheetEvent answers reach (a tenant that mis-reads ranges).
+        self.overreach = timedelta()
         self.random = random.Random(f"halo-{seed}")
         self.client_id = CLIENT_ID
         self.client_secret = CLIENT_SECRET
@@ -94,6 +115,7 @@ class HaloPSA:
         self._entry_ids = itertools.count(1)
         self._sheet_ids = itertools.count(1)
         self._approval_ids = itertools.count(1)
+        self._actions: dict[int, int] = {}  # ticket id -> its last action number
         for _ in range(agents):
             self.add_agent()
         for agent_id in (agents - 1, agents):
@@ -147,6 +169,8 @@ class HaloPSA:
         client_id, customer, rate, contract = rng.choice(CLIENTS)
         subject = rng.choice(SUBJECTS)
         iso_day = iso_day or day.isoformat()
+        # About 1 in 20 entries is time without a ticket (halocli's live probe: 10 of 1,567 rows).
+        ticket = rng.randrange(10_000, 20_000) if rng.random() >= NO_TICKET_SHARE else None
         return {
             "id": entry_id,
             "event_type": 0,
@@ -155,8 +179,8 @@ class HaloPSA:
             "end_date": stamp(day, start + minutes),
             "timetaken": hours(minutes),
             "agent_id": agent_id,
-            "ticket_id": rng.randrange(10_000, 20_000),
-            "action_number": rng.randrange(1, 30),
+            "ticket_id": ticket,
+            "action_number": self._next_action(ticket) if ticket is not None else None,
             "note": f"{subject}: worked on it",
             "customer": customer,
             "client_id": client_id,
@@ -167,6 +191,14 @@ class HaloPSA:
             "traveltime": 0,
             "mileage": 0,
         }
+
+    def _next_action(self, ticket: int) -> int:
+        self._actions[ticket] = self._actions.get(ticket, 0) + 1
+        return self._actions[ticket]
+
+    def _served(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """An entry as the API shows it: a real tenant's API view says `id: 0` on every row."""
+        return dict(entry) if self.ideal else {**entry, "id": 0}
 
     def _new_sheet(self, agent_id: int, day: date) -> dict[str, Any]:
         sheet_id = next(self._sheet_ids)
@@ -194,7 +226,7 @@ class HaloPSA:
 
     def _render_sheet(self, sheet: dict[str, Any], day: date) -> dict[str, Any]:
         ids = self._ids_of(sheet["agent_id"], day)
-        events = [dict(self._entries[i]) for i in ids]
+        events = [self._served(self._entries[i]) for i in ids]
         total = sum(self._minutes[i] for i in ids)
         chargeable = sum(self._minutes[i] for i in ids if self._entries[i].get("charge_rate"))
         return {**sheet, "actual_hours": hours(total), "chargeable_hours": hours(chargeable), "work_hours": hours(total),
@@ -292,6 +324,11 @@ class HaloPSA:
         now = self.emulator.anchor.astimezone(UTC) + timedelta(seconds=time.monotonic() - self._started)
         return now.strftime("%Y-%m-%dT%H:%M:%S")
 
+    def set_approval(self, agent_id: int, day: date, **fields: Any) -> None:
+        """Set approval fields as given, malformed or not (a text `approvedby`, an odd status)."""
+        with self.emulator.lock:
+            self._sheet(agent_id, day)["approval"].update(fields)
+
     def unapprove(self, agent_id: int, day: date) -> None:
         with self.emulator.lock:
             self._sheet(agent_id, day)["approval"].update(approvalstatus=PENDING, approvedby=None, approver=None)
@@ -314,9 +351,15 @@ class HaloPSA:
             self.tokens.clear()
 
     def entries(self) -> dict[int, dict[str, Any]]:
-        """The entries Halo holds now, by id, as served."""
+        """The truth: the entries Halo holds now, by the emulator's own entry id (which is also
+        the served `id` when ideal; a real tenant serves 0)."""
         with self.emulator.lock:
             return {entry_id: dict(entry) for entry_id, entry in self._entries.items()}
+
+    def served_entries(self) -> dict[int, dict[str, Any]]:
+        """The entries as the API serves them now (id 0 unless ideal), by the emulator's entry id."""
+        with self.emulator.lock:
+            return {entry_id: self._served(entry) for entry_id, entry in self._entries.items()}
 
     def timesheets(self) -> dict[tuple[int, date], dict[str, Any]]:
         """Every timesheet, by (agent id, day), as served (events and hours included)."""
@@ -368,16 +411,14 @@ class HaloPSA:
         if denied:
             return denied
         try:
-            first, last = _date_range(request.query)
-            agents = _agent_filter(request.query)
+            start, end = _date_range(request.query, self.ideal)
+            agents = _agent_filter(request.query) if self.ideal else None  # undocumented: a real tenant may ignore it
         except _BadRequest as error:
             return _error(400, str(error))
-        if agents is None:
-            return _error(400, "agents or agent_id is required")
         sheets = []
-        day = first
-        while day <= last:
-            for agent_id in sorted(agents):
+        day = start.date() if start.time() == datetime.min.time() else start.date() + timedelta(days=1)
+        while datetime.combine(day, datetime.min.time()) <= end:
+            for agent_id in sorted(agents if agents is not None else self.agents):
                 sheet = self._sheets.get((agent_id, day))
                 if sheet is not None:
                     sheets.append(self._render_sheet(sheet, day))
@@ -389,19 +430,20 @@ class HaloPSA:
         if denied:
             return denied
         try:
-            first, last = _date_range(request.query)
+            start, end = _date_range(request.query, self.ideal)
+            end += self.overreach
             agents = _agent_filter(request.query)
         except _BadRequest as error:
             return _error(400, str(error))
         found = []
-        day = first
-        while day <= last:
-            for agent_id, ids in self._by_day.get(day, {}).items():
+        day = start.date()
+        while day <= end.date():  # `count` and `page` are ignored: everything in range, every time
+            for agent_id, ids in (self._by_day.get(day, {}) if day not in self.hidden_days else {}).items():
                 if agents is None or agent_id in agents:
-                    found.extend(self._entries[i] for i in ids)
+                    found.extend(i for i in ids if start <= datetime.fromisoformat(self._entries[i]["start_date"]) <= end)
             day += timedelta(days=1)
-        found.sort(key=lambda e: (e["start_date"], e["id"]))
-        return Response(200, [dict(e) for e in found])
+        found.sort(key=lambda i: (self._entries[i]["start_date"], i))
+        return Response(200, [self._served(self._entries[i]) for i in found])
 
 
 def _flag(value: str | None, default: bool) -> bool:
@@ -410,21 +452,27 @@ def _flag(value: str | None, default: bool) -> bool:
     return value.strip().lower() in ("true", "1")
 
 
-def _date_range(query: dict[str, str]) -> tuple[date, date]:
-    """[start_date, end_date] as days; full ISO datetimes are cut to their date."""
-    days = []
+def _date_range(query: dict[str, str], ideal: bool) -> tuple[datetime, datetime]:
+    """[start_date, end_date] as moments, both inclusive. A date-only value is midnight at the
+    start of that day, so a date-only end drops its whole day, as on a real tenant; ideal, a
+    date-only end means the end of that day. `utcoffset` is accepted and ignored: the emulator's
+    times are in one zone."""
+    moments = []
     for name in ("start_date", "end_date"):
         value = (query.get(name) or "").strip()
         if not value:
             raise _BadRequest(f"{name} is required")
         try:
-            days.append(date.fromisoformat(value[:10]))
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None)
         except ValueError:
             raise _BadRequest(f"{name} is not a date: {value!r}") from None
-    first, last = days
-    if (last - first).days + 1 > MAX_RANGE_DAYS:
+        if ideal and name == "end_date" and len(value) == 10:
+            moment += timedelta(days=1, microseconds=-1)
+        moments.append(moment)
+    start, end = moments
+    if (end - start).days + 1 > MAX_RANGE_DAYS:
         raise _BadRequest("date range too large")
-    return first, last
+    return start, end
 
 
 def _agent_filter(query: dict[str, str]) -> set[int] | None:

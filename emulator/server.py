@@ -116,7 +116,7 @@ class Emulator:
     """The providers' APIs over one seeded, deterministic data set."""
 
     def __init__(self, *, seed: int = 7, anchor: datetime | None = None, rate_limits: bool = True, contacts: int = 300,
-                 agents: int = 24, employees: int = 40):
+                 agents: int = 24, employees: int = 40, halo_ideal: bool = False):
         from emulator import employes, ghl, halo, webhook, xero  # the provider modules import this one
 
         self.lock = threading.RLock()
@@ -129,7 +129,7 @@ class Emulator:
         self.limit_headers: dict[str, Callable[[int], dict[str, str]]] = {}
         self.observers: list[Callable[[Served], None]] = []
         self.ghl = ghl.GoHighLevel(self, seed=seed, count=contacts)
-        self.halo = halo.HaloPSA(self, seed=seed, agents=agents)
+        self.halo = halo.HaloPSA(self, seed=seed, agents=agents, ideal=halo_ideal)
         self.employes = employes.Employes(self, seed=seed, count=employees)
         self.xero = xero.Xero(self, seed=seed)
         self.webhook = webhook.Webhook(self)  # the alert sensors' Slack-compatible sink

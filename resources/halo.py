@@ -1,28 +1,51 @@
 """HaloPSA: the client resource (client-credentials token, agents, timesheets, time entries)
 and the parsers from Halo's JSON to warehouse rows.
 
-Unverified in public material, so handled defensively: the meaning of `approvalstatus`
-(we take 1 as approved, 0 as not yet, 2 as rejected, and store the raw value too), and
-whether list endpoints answer with a bare array (documented) or an object carrying the list
-and `record_count` (seen elsewhere in Halo's API): both are accepted.
+What real tenants do, and how this module copes (sources in the README's HaloPSA section):
+- `GET /TimesheetEvent` shows `id = 0` on every row, so a time entry is known by its *entry
+  key* (`key_entries`): `#<id>` only when every id in the response is non-zero and unique;
+  otherwise `t<ticket_id>.<action_number>` for ticket time, and for time without a ticket
+  `f<fingerprint>`, a digest of the entry's own fields (FINGERPRINT_FIELDS). Keys that still
+  repeat within one response get `~2`, `~3`, ... and are reported.
+- date-only ranges mis-filter, so every range goes out as ISO date-times (the days' start and
+  the next day's midnight in SYNC_TIMEZONE, with `utcoffset`) and what comes back is filtered
+  again here: records outside the range asked for are dropped and counted (`outside_range`).
+- the meaning of `approvalstatus` is documented nowhere: HALO_APPROVED_STATUSES says which
+  values mean approved (default 1, unverified); the raw value is stored. `approvedby` and
+  `approver` may come as numbers or text; a malformed approval is kept and flagged
+  (`approval_problem`), never read as "not approved" without a word.
+- list endpoints may answer a bare array (seen live) or an object carrying the list and
+  `record_count` (seen elsewhere in Halo's API): both are accepted.
 """
 
 import contextlib
 import hashlib
 import json
+from collections import defaultdict
 from collections.abc import Callable, Iterator
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import httpx
 
 from resources.http import ProviderAuthError, ProviderClient, ProviderError, RefreshingAuth, shared_limiter
+from resources.settings import setting
 from resources.warehouse import text_value
 
-APPROVED = 1
 MAX_INT = 2**31 - 1
+# The fields a ticketless entry is known by. Any edit of one of them makes it a new entry (the
+# old one is deleted, in the warehouse and in Xero): Halo gives such time no other identity.
+FINGERPRINT_FIELDS = ("agent_id", "start_at", "end_at", "minutes", "event_type", "client_id", "subject", "note")
+ID, NATURAL = "id", "ticket+fingerprint"  # the identities a response's entries can be keyed by
+
+
+def approved_statuses() -> frozenset[int]:
+    """HALO_APPROVED_STATUSES as numbers (validated when the code location loads)."""
+    return frozenset(int(v) for v in setting("HALO_APPROVED_STATUSES").split(","))
 
 
 def _records(payload: Any, where: str) -> list[dict]:
@@ -97,10 +120,25 @@ def agent_row(record: dict) -> dict:
     return row
 
 
+def ticket_key(ticket_id: int | None, action_number: int | None) -> str | None:
+    return f"t{ticket_id}.{action_number}" if ticket_id is not None and action_number is not None else None
+
+
+def fingerprint(row: dict) -> str:
+    """The digest of an entry's own fields; the same from a fresh record and a stored row."""
+    values = [row[name] for name in FINGERPRINT_FIELDS]
+    return "f" + hashlib.blake2b(json.dumps(values, default=str).encode(), digest_size=10).hexdigest()
+
+
 def entry_row(record: dict, fiscal_year: str) -> dict:
-    """One TimesheetEvent as a `halo_time_entries` row; raises ValueError naming the problem."""
-    if not isinstance(record, dict) or _int_or_none(record.get("id")) is None or isinstance(record.get("id"), str):
-        raise ValueError("no integer id")
+    """One TimesheetEvent as a `halo_time_entries` row, without its entry key (that depends on
+    the whole response: `key_entries`); raises ValueError naming the problem."""
+    if not isinstance(record, dict):
+        raise ValueError(f"not an object but {type(record).__name__}")
+    try:  # kept as sent, never needed: real tenants send 0 (see `key_entries`)
+        halo_id = _int_or_none(record.get("id")) if not isinstance(record.get("id"), str) else None
+    except ValueError:
+        halo_id = None
     try:
         start = _moment(record.get("start_date"))
         end = _moment(record.get("end_date"))
@@ -112,7 +150,7 @@ def entry_row(record: dict, fiscal_year: str) -> dict:
     if agent_id is None:
         raise ValueError("no agent_id")
     row = {
-        "id": int(record["id"]),
+        "halo_id": halo_id,
         "fiscal_year": fiscal_year,
         "agent_id": agent_id,
         "work_date": start.date(),
@@ -131,12 +169,82 @@ def entry_row(record: dict, fiscal_year: str) -> dict:
         "note": text_value(record.get("note")),
         "charge_rate": text_value(record.get("charge_rate")),
     }
-    row["content_hash"] = content_hash(row)
+    row["ticket_key"] = ticket_key(row["ticket_id"], row["action_number"])
+    row["fingerprint"] = fingerprint(row)
     return row
 
 
-def timesheet_row(record: dict, fiscal_year: str) -> dict:
-    """One agent-day Timesheet as a `halo_timesheets` row; raises ValueError naming the problem."""
+@dataclass
+class KeyedEntries:
+    """One response's entries as rows with their entry keys, and what the keying saw."""
+
+    rows: list[dict] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+    identity: str = NATURAL  # ID when the response's ids were usable
+    kinds: dict[str, int] = field(default_factory=dict)  # entries keyed by id / ticket / fingerprint
+    repeated: list[str] = field(default_factory=list)  # keys seen more than once (then suffixed ~2, ~3, ...)
+
+
+def key_entries(records: list, fiscal_year: str) -> KeyedEntries:
+    """Parse a response's TimesheetEvents and give each its entry key (see the module docstring)."""
+    keyed = KeyedEntries()
+    for position, record in enumerate(records):
+        try:
+            keyed.rows.append(entry_row(record, fiscal_year))
+        except (ValueError, TypeError, KeyError) as error:
+            keyed.rejects.append({"record_id": _record_name(record, position), "reason": str(error), "payload": record,
+                                  "agent_day": _agent_day(record)})
+    ids = [row["halo_id"] for row in keyed.rows]
+    if ids and all(ids) and len(set(ids)) == len(ids):
+        keyed.identity = ID
+    kinds = defaultdict(int)
+    for row in keyed.rows:
+        kind = "id" if keyed.identity == ID else "ticket" if row["ticket_key"] else "fingerprint"
+        row["entry_key"] = {"id": f"#{row['halo_id']}", "ticket": row["ticket_key"], "fingerprint": row["fingerprint"]}[kind]
+        kinds[kind] += 1
+    keyed.kinds = dict(kinds)
+    keyed.repeated = _disambiguate(keyed.rows)
+    for row in keyed.rows:
+        row["content_hash"] = content_hash(row)
+    return keyed
+
+
+def _disambiguate(rows: list[dict]) -> list[str]:
+    """Keys shared by several rows of one response: the first (in content order, so the same
+    rows get the same keys next time) keeps the key, the others get `~2`, `~3`, ... Nothing is lost."""
+    groups = defaultdict(list)
+    for row in rows:
+        groups[row["entry_key"]].append(row)
+    repeated = []
+    for key, group in groups.items():
+        if len(group) > 1:
+            repeated.append(key)
+            for number, row in enumerate(sorted(group, key=content_hash), start=1):
+                row["entry_key"] = key if number == 1 else f"{key}~{number}"
+    return sorted(repeated)
+
+
+def _record_name(record: Any, position: int) -> str:
+    """How a rejected entry is named in logs: its key fields when readable, else its position."""
+    if isinstance(record, dict):
+        for name in ("id", "ticket_id"):
+            if record.get(name) not in (None, 0, ""):
+                return f"{name} {str(record[name])[:40]}" + (f" action {str(record.get('action_number'))[:20]}" if name == "ticket_id" else "")
+    return f"entry item {position}"
+
+
+def _agent_day(record: Any) -> tuple[int, date] | None:
+    """(agent, day) of a record that cannot be read, when that much can be: its stored rows are kept."""
+    try:
+        return int(record["agent_id"]), _day(record["start_date"])
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+def timesheet_row(record: dict, fiscal_year: str, approved: frozenset[int] | None = None) -> dict:
+    """One agent-day Timesheet as a `halo_timesheets` row; raises ValueError naming the problem.
+    An approval that cannot be read does not reject the day: the row keeps what could be read
+    and says what could not in `approval_problem`."""
     if not isinstance(record, dict) or _int_or_none(record.get("id")) is None or isinstance(record.get("id"), str):
         raise ValueError("no integer id")
     try:
@@ -146,10 +254,13 @@ def timesheet_row(record: dict, fiscal_year: str) -> dict:
         raise ValueError(f"no usable date or agent_id ({error})") from None
     if agent_id is None:
         raise ValueError("no agent_id")
-    approval = record.get("approval") or {}
+    approval, problems = record.get("approval") or {}, []
     if not isinstance(approval, dict):
-        raise ValueError(f"approval is not an object but {type(approval).__name__}")
-    status = _int_or_none(approval.get("approvalstatus"))
+        problems.append(f"approval is not an object but {type(approval).__name__}")
+        approval = {}
+    status = _field(approval, "approvalstatus", _int_or_none, problems)
+    approved_by = approval.get("approvedby")
+    by_number = _int_or_none(approved_by) if _is_whole(approved_by) else None
     row = {
         "id": int(record["id"]),
         "fiscal_year": fiscal_year,
@@ -158,19 +269,55 @@ def timesheet_row(record: dict, fiscal_year: str) -> dict:
         "target_minutes": minutes_of(record.get("target_hours") or 0),
         "actual_minutes": minutes_of(record.get("actual_hours") or 0),
         "approval_status": status,
-        "approved": status == APPROVED,
-        "approved_by": _int_or_none(approval.get("approvedby")),
-        "approver": text_value(approval.get("approver")),
-        "submitted_at": _moment(approval.get("submissiondate")),
+        "approved": status in (approved if approved is not None else approved_statuses()),
+        "approved_by": by_number,
+        "approved_by_text": text_value(approved_by) if approved_by not in (None, "") and by_number is None else None,
+        "approver": text_value(approval.get("approver")) if not isinstance(approval.get("approver"), int | float) else str(approval["approver"]),
+        "submitted_at": _field(approval, "submissiondate", _moment, problems),
+        "approval_problem": "; ".join(problems) or None,
     }
     row["content_hash"] = content_hash(row)
     return row
+
+
+def _field(record: dict, name: str, parse: Callable[[Any], Any], problems: list[str]) -> Any:
+    """A field parsed, or None with the problem noted."""
+    try:
+        return parse(record.get(name))
+    except (TypeError, ValueError) as error:
+        problems.append(f"{name} {str(record.get(name))[:40]!r} is unreadable ({error})")
+        return None
+
+
+def _is_whole(value: Any) -> bool:
+    try:
+        return _int_or_none(value) is not None
+    except ValueError:
+        return False
+
+
+def range_params(first: date, last: date) -> dict[str, str]:
+    """[first, last] as Halo is asked for it: ISO date-times from the first day's 00:00:00 to the
+    last day's 23:59:59 (Halo's times are whole seconds), in SYNC_TIMEZONE, never bare dates (a
+    date-only end_date drops its day on real tenants), with `utcoffset` in minutes as
+    JavaScript's getTimezoneOffset() gives it (UTC+1 is -60; the sign is unverified)."""
+    start, end = datetime.combine(first, time()), datetime.combine(last, time(23, 59, 59))
+    offset = ZoneInfo(setting("SYNC_TIMEZONE")).utcoffset(start) or timedelta()
+    return {"start_date": start.isoformat(), "end_date": end.isoformat(), "utcoffset": str(-int(offset.total_seconds() // 60))}
+
+
+def _moment_of(record: Any, name: str) -> datetime | None:
+    try:
+        return _moment(record.get(name)) if isinstance(record, dict) else None
+    except (TypeError, ValueError):
+        return None
 
 
 class HaloClient:
     def __init__(self, http: ProviderClient, token_http: ProviderClient):
         self.http = http
         self.token_http = token_http
+        self.outside_range = 0  # records the server returned outside the range or agents asked for
 
     def stats(self) -> dict[str, Any]:
         api, token = self.http.stats.as_metadata(), self.token_http.stats.as_metadata()
@@ -180,17 +327,34 @@ class HaloClient:
         params = {"includeenabled": "true", "includedisabled": "true", "includeapiagents": "false"}
         return _records(self.http.request_json("GET", "/api/Agent", params=params), "GET /api/Agent")
 
-    def _dated(self, path: str, start: date, end: date, agent_ids: list[int]) -> list[dict]:
-        params = {"start_date": start.isoformat(), "end_date": end.isoformat(), "agents": ",".join(map(str, agent_ids))}
-        return _records(self.http.request_json("GET", path, params=params), f"GET {path}")
-
-    def time_entries(self, start: date, end: date, agent_ids: list[int]) -> list[dict]:
-        """TimesheetEvents whose start falls on a day in [start, end]."""
-        return self._dated("/api/TimesheetEvent", start, end, agent_ids)
+    def time_entries(self, start: date, end: date) -> list[dict]:
+        """TimesheetEvents whose start falls on a day in [start, end], every agent's. One request:
+        Halo ignores `count`/`page` and answers everything in range. Records whose start is
+        outside the range are dropped and counted; unreadable ones are kept for the parser to name."""
+        records = _records(self.http.request_json("GET", "/api/TimesheetEvent", params=range_params(start, end)),
+                           "GET /api/TimesheetEvent")
+        low, high = datetime.combine(start, time()), datetime.combine(end + timedelta(days=1), time())
+        return self._keep(records, lambda r: (m := _moment_of(r, "start_date")) is None or low <= m < high)
 
     def timesheets(self, start: date, end: date, agent_ids: list[int]) -> list[dict]:
-        """Per-agent, per-day timesheets with their approval, for days in [start, end]."""
-        return self._dated("/api/Timesheet", start, end, agent_ids)
+        """Per-agent, per-day timesheets with their approval, for days in [start, end] and these
+        agents. The swagger documents no parameters for /Timesheet: the range and agents are
+        sent (as other clients do) and enforced here whatever the server does with them."""
+        params = {**range_params(start, end), "agents": ",".join(map(str, agent_ids))}
+        records = _records(self.http.request_json("GET", "/api/Timesheet", params=params), "GET /api/Timesheet")
+        agents = set(agent_ids)
+
+        def inside(record: Any) -> bool:
+            day = _moment_of(record, "date")
+            agent = record.get("agent_id") if isinstance(record, dict) else None
+            return (day is None or start <= day.date() <= end) and (not isinstance(agent, int) or agent in agents)
+
+        return self._keep(records, inside)
+
+    def _keep(self, records: list, inside: Callable[[Any], bool]) -> list:
+        kept = [r for r in records if inside(r)]
+        self.outside_range += len(records) - len(kept)
+        return kept
 
 
 class HaloPSAResource(dg.ConfigurableResource):

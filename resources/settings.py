@@ -60,6 +60,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FISCAL_YEAR_START", "halopsa", "01-01", doc="month and day (MM-DD) on which a fiscal year starts", kind="month_day"),
     Setting("FISCAL_YEAR_FIRST", "halopsa", None,
             doc="earliest fiscal year to add as a partition, e.g. `FY2023`; default the current one", kind="fiscal_year"),
+    Setting("HALO_APPROVED_STATUSES", "halopsa", "1",
+            doc="`approvalstatus` values (comma separated) that mean a timesheet is approved; unverified: Halo documents 0/1/2 without meanings",
+            kind="int_list"),
     Setting("AGENT_MAPPINGS_FILE", "halopsa", "config/agent_mappings.csv",
             doc="CSV mapping Halo agents to payroll employee numbers and Xero users (relative to the project)"),
     Setting("EMPLOYES_BASE_URL", "employes", "https://connect.employes.nl/v4", doc="Employes API base URL", kind="url"),
@@ -140,6 +143,7 @@ CHECKS = {
     "fiscal_year": (lambda value: bool(re.fullmatch(r"FY\d{4}", value)), "FY and the four-digit year it starts in, e.g. FY2026"),
     "date": (_date, "a date as YYYY-MM-DD"),
     "bool": (lambda value: value.lower() in ("true", "false"), "true or false"),
+    "int_list": (lambda value: bool(re.fullmatch(r"\s*-?\d+\s*(,\s*-?\d+\s*)*", value)), "whole numbers separated by commas, e.g. 1 or 1,3"),
     "count": (lambda value: value.isdigit() and int(value) >= 1, "a whole number of at least 1"),
 }
 

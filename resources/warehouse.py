@@ -91,10 +91,17 @@ agent_mappings = sa.Table(
     sa.Column("loaded_at", sa.DateTime, nullable=False),
 )
 
+# A time entry's key is what the tenant really provides (resources/halo.py, `key_entries`):
+# `#<id>` where Halo's ids are usable, else `t<ticket>.<action>` or `f<fingerprint>`.
+ENTRY_KEY = sa.String(80)
+
 halo_time_entries = sa.Table(
     "halo_time_entries",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("entry_key", ENTRY_KEY, primary_key=True, comment="#<id>, t<ticket_id>.<action_number> or f<fingerprint>"),
+    sa.Column("halo_id", sa.Integer, comment="the id Halo sent (0 on tenants that hide it)"),
+    sa.Column("ticket_key", sa.String(40), comment="t<ticket_id>.<action_number> for ticket time"),
+    sa.Column("fingerprint", sa.String(32), comment="digest of the entry's own fields (resources/halo.py FINGERPRINT_FIELDS)"),
     sa.Column("fiscal_year", sa.String(16), nullable=False),
     sa.Column("agent_id", sa.Integer, nullable=False),
     sa.Column("work_date", sa.Date, nullable=False),
@@ -115,7 +122,7 @@ halo_time_entries = sa.Table(
     sa.Column("content_hash", sa.String(32), nullable=False),
     sa.Column("synced_at", sa.DateTime, nullable=False),
     sa.Column("deleted_at", sa.DateTime, comment="set when Halo no longer has the entry"),
-    sa.Index("ix_halo_time_entries_work_date", "work_date"),
+    sa.Index("ix_halo_entries_work_date", "work_date"),
 )
 
 halo_timesheets = sa.Table(
@@ -130,12 +137,25 @@ halo_timesheets = sa.Table(
     sa.Column("approval_status", sa.Integer, comment="Halo's approvalstatus as sent (1 is taken as approved)"),
     sa.Column("approved", sa.Boolean, nullable=False),
     sa.Column("approved_by", sa.Integer),
+    sa.Column("approved_by_text", sa.Text, comment="approvedby when Halo sent text, not a number"),
     sa.Column("approver", sa.Text),
     sa.Column("submitted_at", sa.DateTime),
+    sa.Column("approval_problem", sa.Text, comment="what in the approval could not be read (then `approved` is not to be trusted)"),
     sa.Column("content_hash", sa.String(32), nullable=False),
     sa.Column("synced_at", sa.DateTime, nullable=False),
     sa.Column("deleted_at", sa.DateTime),
     sa.Index("ix_halo_timesheets_agent_day", "agent_id", "work_date"),
+)
+
+halo_sync_ranges = sa.Table(
+    "halo_sync_ranges",
+    metadata,
+    sa.Column("fiscal_year", sa.String(16), primary_key=True),
+    sa.Column("range_start", sa.Date, primary_key=True),
+    sa.Column("range_end", sa.Date, primary_key=True),
+    sa.Column("identity", sa.String(32), nullable=False, comment="how the last sync keyed the range's entries"),
+    sa.Column("entries", sa.Integer, nullable=False, comment="entries the last sync of the range received"),
+    sa.Column("synced_at", sa.DateTime, nullable=False),
 )
 
 # Employes. Wages are personal data, stored because salary changes are a feature; IBAN,
@@ -250,7 +270,11 @@ xero_tokens = sa.Table(
 xero_ledger = sa.Table(
     "xero_ledger",
     metadata,
-    sa.Column("halo_entry_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("entry_key", ENTRY_KEY, primary_key=True, comment="the Halo entry's key (halo_time_entries.entry_key)"),
+    sa.Column("halo_entry_id", sa.Integer, comment="the numeric id the row was keyed by before entry keys"),
+    sa.Column("ticket_key", sa.String(40)),
+    sa.Column("fingerprint", sa.String(32)),
+    sa.Column("marker", ENTRY_KEY, comment="the key in the Xero description's [halo <key>] marker"),
     sa.Column("work_date", sa.Date, nullable=False),
     sa.Column("agent_id", sa.Integer),
     sa.Column("status", sa.String(16), nullable=False,
@@ -263,7 +287,7 @@ xero_ledger = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("pushed_at", sa.DateTime),
     sa.Column("updated_at", sa.DateTime, nullable=False),
-    sa.Index("ix_xero_ledger_work_date", "work_date"),
+    sa.Index("ix_xero_ledger_day", "work_date"),
 )
 
 xero_findings = sa.Table(
@@ -271,7 +295,7 @@ xero_findings = sa.Table(
     metadata,
     sa.Column("kind", sa.String(32), primary_key=True),
     sa.Column("xero_time_entry_id", sa.String(64), primary_key=True, comment="empty when Xero has none"),
-    sa.Column("halo_entry_id", sa.Integer, primary_key=True, autoincrement=False, comment="0 when Halo has none"),
+    sa.Column("entry_key", ENTRY_KEY, primary_key=True, comment="empty when Halo has none"),
     sa.Column("work_date", sa.Date),
     sa.Column("detail", sa.Text),
     sa.Column("found_at", sa.DateTime, nullable=False),
@@ -353,6 +377,7 @@ def ensure_schema(engine: sa.Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        retired = _retire_numeric_entry_tables(conn)
         metadata.create_all(conn)
         inspector = sa.inspect(conn)
         for table in metadata.sorted_tables:
@@ -361,7 +386,69 @@ def ensure_schema(engine: sa.Engine) -> None:
                 if column.name not in present:
                     column_type = column.type.compile(dialect=engine.dialect)
                     conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {column_type}'))
+        _copy_numeric_entry_tables(conn, retired)
         conn.commit()
+
+
+# Upgrade from the warehouse of before entry keys, where time entries, the Xero ledger and the
+# findings were keyed by Halo's numeric id. The old tables are renamed `<name>_v1` (kept, for a
+# look back; drop them by hand), the new ones made, and the rows copied under the key `#<id>`
+# with each entry's ticket key and fingerprint, so a tenant that turns out to hide its ids
+# (`id = 0`) finds its entries, and what is already in Xero, under their new keys.
+KEYED_BY_ID = {"halo_time_entries": "id", "xero_ledger": "halo_entry_id", "xero_findings": "halo_entry_id"}
+
+
+def _retire_numeric_entry_tables(conn: sa.Connection) -> list[str]:
+    inspector = sa.inspect(conn)
+    retired = []
+    for name, old_key in KEYED_BY_ID.items():
+        if not inspector.has_table(name):
+            continue
+        columns = {c["name"] for c in inspector.get_columns(name)}
+        if "entry_key" in columns or old_key not in columns:
+            continue
+        for index in inspector.get_indexes(name):  # index names are per schema: free them for the new table
+            conn.execute(sa.text(f'DROP INDEX IF EXISTS "{index["name"]}"'))
+        if name == "xero_findings":  # rebuilt every night: nothing to keep
+            conn.execute(sa.text(f"DROP TABLE {name}"))
+            continue
+        primary = inspector.get_pk_constraint(name).get("name")
+        conn.execute(sa.text(f"ALTER TABLE {name} RENAME TO {name}_v1"))
+        if conn.dialect.name == "postgresql" and primary:  # its key's index name would clash with the new table's
+            conn.execute(sa.text(f'ALTER TABLE {name}_v1 RENAME CONSTRAINT "{primary}" TO "{name}_v1_pkey"'))
+        retired.append(name)
+    return retired
+
+
+def _copy_numeric_entry_tables(conn: sa.Connection, retired: list[str]) -> None:
+    from resources.halo import fingerprint, ticket_key  # the keys are Halo's story; imported here, not at load
+
+    inspector = sa.inspect(conn)
+    for name in retired:
+        table, old_key = metadata.tables[name], KEYED_BY_ID[name]
+        old_columns = {c["name"] for c in inspector.get_columns(f"{name}_v1")}
+        common = [c.name for c in table.columns if c.name in old_columns and c.name not in ("entry_key", old_key)]
+        extra = {"halo_time_entries": ("halo_id",), "xero_ledger": ("halo_entry_id", "marker")}[name]
+        key = f"'#' || CAST({old_key} AS VARCHAR)"
+        values = ", ".join([key, *([old_key] if name == "halo_time_entries" else [old_key, key]), *common])
+        columns = ", ".join(["entry_key", *extra, *common])
+        conn.execute(sa.text(f"INSERT INTO {name} ({columns}) SELECT {values} FROM {name}_v1"))
+    if "halo_time_entries" in retired:
+        rows = conn.execute(sa.select(halo_time_entries)).mappings().all()
+        conn.execute(
+            halo_time_entries.update().where(halo_time_entries.c.entry_key == sa.bindparam("key"))
+            .values(ticket_key=sa.bindparam("ticket"), fingerprint=sa.bindparam("print")),
+            [{"key": r["entry_key"], "ticket": ticket_key(r["ticket_id"], r["action_number"]), "print": fingerprint(r)} for r in rows],
+        ) if rows else None
+    if "xero_ledger" in retired:
+        # A ledger row learns its entry's other keys from the entry as the warehouse holds it.
+        known = {r.halo_id: r for r in conn.execute(sa.select(halo_time_entries.c.halo_id, halo_time_entries.c.ticket_key,
+                                                                halo_time_entries.c.fingerprint))}
+        updates = [{"key": f"#{i}", "ticket": known[i].ticket_key, "print": known[i].fingerprint}
+                   for i in conn.execute(sa.select(xero_ledger.c.halo_entry_id)).scalars() if i in known]
+        if updates:
+            conn.execute(xero_ledger.update().where(xero_ledger.c.entry_key == sa.bindparam("key"))
+                         .values(ticket_key=sa.bindparam("ticket"), fingerprint=sa.bindparam("print")), updates)
 
 
 def upsert(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]], *, newer_or_equal: str | None = None) -> None:
@@ -421,15 +508,16 @@ def lock_for_replace(conn: sa.Connection, *tables: sa.Table) -> None:
 
 
 def sync_scope(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, scope: sa.ColumnElement[bool]) -> tuple[Counter, set]:
-    """Upsert `frame` (rows with `id` and `content_hash`) into `table`: insert new rows, update
-    changed ones, restore returning ones. Returns the counts of each, and the ids of live rows
-    within `scope` that the frame does not have: the caller soft-deletes them with `soft_delete`
-    once it knows they are gone for good (not just moved to another scope)."""
-    frame = frame.unique(subset="id", keep="last", maintain_order=True)  # one merge may touch a key once
-    query = sa.select(table.c.id, table.c.content_hash, table.c.deleted_at).where(scope | table.c.id.in_(frame["id"].to_list()))
+    """Upsert `frame` (rows with the table's key and `content_hash`) into `table`: insert new rows,
+    update changed ones, restore returning ones. Returns the counts of each, and the keys of live
+    rows within `scope` that the frame does not have: the caller soft-deletes them with
+    `soft_delete` once it knows they are gone for good (not just moved to another scope)."""
+    key = key_of(table)
+    frame = frame.unique(subset=key.name, keep="last", maintain_order=True)  # one merge may touch a key once
+    query = sa.select(key, table.c.content_hash, table.c.deleted_at).where(scope | key.in_(frame[key.name].to_list()))
     stored = pl.DataFrame(
         conn.execute(query).all(),
-        schema={"id": frame.schema["id"], "stored_hash": pl.String, "stored_deleted_at": pl.Datetime("us")},
+        schema={key.name: frame.schema[key.name], "stored_hash": pl.String, "stored_deleted_at": pl.Datetime("us")},
         orient="row",
     )
     outcome = (
@@ -439,19 +527,52 @@ def sync_scope(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, scope:
         .when(pl.col("content_hash") != pl.col("stored_hash")).then(pl.lit("updated"))
         .otherwise(pl.lit("unchanged"))
     )
-    joined = frame.join(stored, on="id", how="full", coalesce=True).with_columns(outcome=outcome)
+    joined = frame.join(stored, on=key.name, how="full", coalesce=True).with_columns(outcome=outcome)
     changed = joined.filter(pl.col("outcome").is_in(["inserted", "updated", "restored"])).select(frame.columns)
     bulk_upsert(conn, table, changed.with_columns(synced_at=pl.lit(utcnow()), deleted_at=pl.lit(None, pl.Datetime("us"))))
-    gone = set(joined.filter((pl.col("outcome") == "gone") & pl.col("stored_deleted_at").is_null())["id"].to_list())
+    gone = set(joined.filter((pl.col("outcome") == "gone") & pl.col("stored_deleted_at").is_null())[key.name].to_list())
     return Counter(joined.filter(pl.col("outcome") != "gone")["outcome"].to_list()), gone
+
+
+def key_of(table: sa.Table) -> sa.Column:
+    """The one-column primary key of a synced table (`id`, or `entry_key` for time entries)."""
+    (key,) = table.primary_key.columns
+    return key
 
 
 def soft_delete(conn: sa.Connection, table: sa.Table, ids: Collection) -> int:
     """Mark rows as deleted at the provider (`deleted_at`); returns how many."""
-    ids, now = sorted(ids), utcnow()
+    ids, now, key = sorted(ids), utcnow(), key_of(table)
     for start in range(0, len(ids), 1000):
-        conn.execute(table.update().where(table.c.id.in_(ids[start : start + 1000])).values(deleted_at=now))
+        conn.execute(table.update().where(key.in_(ids[start : start + 1000])).values(deleted_at=now))
     return len(ids)
+
+
+def rekey(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]], scope: sa.ColumnElement[bool]) -> list[tuple[str, str]]:
+    """Rows of `table` (time entries or the Xero ledger) stored within `scope` under another key of
+    the same entry take the key the rows now have: matched by ticket key, else by fingerprint. So
+    an entry keyed `#<id>` yesterday and `t<ticket>.<action>` today (a tenant that stopped showing
+    ids, or a warehouse from before entry keys) is one entry, not a deletion and a new one.
+    Returns the (old, new) keys moved."""
+    incoming = {r["entry_key"] for r in rows}
+    stored = conn.execute(sa.select(table.c.entry_key, table.c.ticket_key, table.c.fingerprint)
+                          .where(scope | table.c.entry_key.in_(sorted(incoming)))).all()
+    present = {s.entry_key for s in stored}
+    spare = [s for s in stored if s.entry_key not in incoming]
+    by_ticket = {s.ticket_key: s.entry_key for s in spare if s.ticket_key}
+    by_print = {s.fingerprint: s.entry_key for s in spare if s.fingerprint}
+    moves, used = [], set()
+    for row in rows:
+        if row["entry_key"] in present:
+            continue
+        old = by_ticket.get(row.get("ticket_key")) if row.get("ticket_key") else None
+        old = old if old and old not in used else by_print.get(row.get("fingerprint"))
+        if old and old not in used:
+            used.add(old)
+            moves.append((old, row["entry_key"]))
+    for old, new in moves:
+        conn.execute(table.update().where(table.c.entry_key == old).values(entry_key=new))
+    return moves
 
 
 def record_rejects(conn: sa.Connection, provider: str, entity: str, rejects: Sequence[dict[str, Any]], run_id: str) -> None:

@@ -22,14 +22,20 @@ xero_push_job = dg.define_asset_job("xero_push_job", selection=[xero_time_entrie
 NEVER = datetime(1, 1, 1)
 
 
-def approvals_after(sheets: list[dict], after: tuple[datetime, int]) -> list[tuple[datetime, int, date]]:
-    """(approved at, timesheet id, work date) of approved timesheets newer than `after`, oldest first."""
+def approvals_after(sheets: list[dict], after: tuple[datetime, int], unreadable: list[str] | None = None
+                    ) -> list[tuple[datetime, int, date]]:
+    """(approved at, timesheet id, work date) of approved timesheets newer than `after`, oldest
+    first. Timesheets whose approval cannot be read are named in `unreadable`."""
     found = []
     for sheet in sheets:
         try:
             row = timesheet_row(sheet, "")
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError) as error:
+            if unreadable is not None:
+                unreadable.append(f"a timesheet without a usable agent or day ({error})")
             continue
+        if row["approval_problem"] and unreadable is not None:
+            unreadable.append(f"agent {row['agent_id']} on {row['work_date']}: {row['approval_problem']}")
         if row["approved"] and (row["submitted_at"] or NEVER, row["id"]) > after:
             found.append((row["submitted_at"] or NEVER, row["id"], row["work_date"]))
     return sorted(found)
@@ -52,12 +58,18 @@ def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource
     """Requests one Xero push per work date with timesheets approved since the last tick."""
     first, last = open_period()
     seen = _cursor(context.cursor)
+    unreadable: list[str] = []
     try:
+        # Per tick: a token when it has expired, the agents, and one request for the open period's timesheets.
         with halopsa.client(log=context.log.info) as halo:
             agent_ids = sorted(int(a["id"]) for a in halo.agents())
-            approvals = approvals_after(halo.timesheets(first, last, agent_ids), seen)
+            approvals = approvals_after(halo.timesheets(first, last, agent_ids), seen, unreadable)
+            requests = halo.stats()["requests"]
     except ProviderError as error:
         return dg.SkipReason(f"could not read approvals from Halo: {error}")
+    for problem in unreadable[:20]:
+        context.log.warning(f"approval cannot be read, that day is not pushed until it can: {problem}")
+    context.log.info(f"{len(approvals)} new approvals, {len(unreadable)} unreadable, in {requests} Halo requests")
     if not approvals:
         return dg.SkipReason(f"no approvals in {first}..{last} since {seen[0]:%Y-%m-%d %H:%M:%S} (timesheet {seen[1]})")
     newest: dict[date, tuple[datetime, int]] = {}

@@ -1,9 +1,13 @@
 """HaloPSA: agents, the agent mappings, and each fiscal year's timesheets and time entries.
 
 `halo_timesheets` walks its fiscal year in bounded date chunks. For each chunk it fetches the
-time entries and the per-day timesheets, and in one transaction makes the warehouse's live
-rows for those days equal to what Halo returned: new and changed rows are upserted, rows
-Halo no longer has are soft-deleted (`deleted_at`). A failed run leaves whole chunks.
+time entries and the per-day timesheets (two requests), and in one transaction makes the
+warehouse's live rows for those days equal to what Halo returned: new and changed rows are
+upserted, rows Halo no longer has are soft-deleted (`deleted_at`). A failed run leaves whole
+chunks. Entries are keyed by their entry key (resources/halo.py); what contradicts the sync's
+assumptions (repeated keys, time on a timesheet but no entries, far fewer entries than last
+time, a change of identity, unreadable approvals) is reported by the check
+`halo_responses_as_expected`, never swallowed.
 """
 
 import time
@@ -14,19 +18,23 @@ import dagster as dg
 import polars as pl
 import sqlalchemy as sa
 
-from resources.halo import MAX_INT, HaloPSAResource, agent_row, entry_row, timesheet_row
+from resources.halo import HaloPSAResource, KeyedEntries, agent_row, key_entries, timesheet_row
 from resources.http import ProviderError
 from resources.mappings import MappingFilesResource, read_agent_mappings
 from resources.warehouse import (
     WarehouseResource,
     agent_mappings as mappings_table,
     halo_agents as agents_table,
+    halo_sync_ranges as ranges_table,
     halo_time_entries as entries_table,
     halo_timesheets as timesheets_table,
+    key_of,
     lock_for_replace,
     record_rejects,
+    rekey,
     soft_delete,
     sync_scope,
+    upsert,
     utcnow,
 )
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey
@@ -35,6 +43,8 @@ from sync_assets.runs import trigger_of
 GROUP = "halopsa"
 LOGGED_REJECTS = 50
 WRITES = ("inserted", "updated", "restored", "deleted")
+FEWER_SHARE = 0.5  # a sync of a range that gets fewer than this share of the last sync's entries warns
+LISTED = 20  # examples named per finding in the check's metadata
 
 
 class TimesheetsConfig(dg.Config):
@@ -167,10 +177,53 @@ def _parse(records: list, parse, kind: str, *args) -> tuple[pl.DataFrame, list[d
     return pl.DataFrame(rows, orient="row", infer_schema_length=None) if rows else pl.DataFrame(schema={"id": pl.Int64, "content_hash": pl.String}), rejects
 
 
-def _kept_ids(rejects: list[dict]) -> list[int]:
-    """Ids of rejected records: a bad new version must not soft-delete the good stored one."""
-    ids = [int(r["record_id"]) for r in rejects if r["record_id"].isascii() and r["record_id"].isdigit()]
-    return [i for i in ids if i <= MAX_INT]
+def _kept(table: sa.Table, rejects: list[dict]) -> sa.ColumnElement[bool]:
+    """Rows a rejected record may be a bad new version of, which must not be soft-deleted: by id
+    (timesheets), or every entry of the rejected entry's agent and day; all of the chunk's
+    entries when not even that can be read."""
+    if table is timesheets_table:
+        ids = [int(r["record_id"]) for r in rejects if r["record_id"].isascii() and r["record_id"].isdigit()]
+        return table.c.id.in_([i for i in ids if i < 2**31])
+    if any(r.get("agent_day") is None for r in rejects):
+        return sa.true()
+    return sa.or_(sa.false(), *[(table.c.agent_id == agent) & (table.c.work_date == day) for agent, day in
+                                {r["agent_day"] for r in rejects}])
+
+
+class Observed:
+    """What a sync saw that contradicts its own assumptions, for the check and the metadata."""
+
+    def __init__(self):
+        self.kinds: Counter = Counter()  # entries keyed by id / ticket / fingerprint
+        self.identities: set[str] = set()
+        self.repeated: list[str] = []  # entry keys repeated within one response
+        self.repeated_sheets: list[str] = []  # timesheet ids repeated within one response
+        self.missing_time: list[str] = []  # agent-days whose timesheet has time but no entries came
+        self.approval_problems: list[str] = []
+        self.rekeyed = 0
+
+    def see(self, keyed: KeyedEntries, sheet_frame: pl.DataFrame) -> set[tuple[int, date]]:
+        """Note what the chunk's answers show; returns the agent-days whose timesheet has time
+        but no entries came (their stored entries must not be taken for deleted)."""
+        self.kinds.update(keyed.kinds)
+        if keyed.rows:
+            self.identities.add(keyed.identity)
+        self.repeated += keyed.repeated
+        missing = set()
+        if not sheet_frame.is_empty():
+            self.repeated_sheets += sorted(str(i) for i, n in Counter(sheet_frame["id"].to_list()).items() if n > 1)
+            with_entries = {(r["agent_id"], r["work_date"]) for r in keyed.rows}
+            for sheet in sheet_frame.iter_rows(named=True):
+                if sheet["actual_minutes"] and (sheet["agent_id"], sheet["work_date"]) not in with_entries:
+                    missing.add((sheet["agent_id"], sheet["work_date"]))
+                    self.missing_time.append(f"agent {sheet['agent_id']} on {sheet['work_date']}: {sheet['actual_minutes']} min on the timesheet")
+                if sheet["approval_problem"]:
+                    self.approval_problems.append(f"agent {sheet['agent_id']} on {sheet['work_date']}: {sheet['approval_problem']}")
+        return missing
+
+    @property
+    def identity(self) -> str:
+        return "/".join(sorted(self.identities)) or "none"
 
 
 @dg.asset(
@@ -180,6 +233,11 @@ def _kept_ids(rejects: list[dict]) -> list[int]:
     kinds={"halopsa", "sql"},
     pool=GROUP,
     tags={"sync/cadence": "hourly"},
+    check_specs=[dg.AssetCheckSpec(
+        "halo_responses_as_expected", asset="halo_timesheets",
+        description="Warns when Halo's answers contradict the sync's assumptions: repeated entry keys or timesheet ids, "
+                    "time on a timesheet without entries, far fewer entries than the last sync of the range, "
+                    "a change of entry identity, unreadable approvals, records outside the range asked for.")],
 )
 def halo_timesheets(
     context: dg.AssetExecutionContext, config: TimesheetsConfig, halopsa: HaloPSAResource, warehouse: WarehouseResource
@@ -188,7 +246,9 @@ def halo_timesheets(
     and per-agent, per-day timesheets with their approval (table `halo_timesheets`, from `/api/Timesheet`).
 
     Reconciled within the year: entries deleted in Halo are soft-deleted here. Time is stored in
-    whole minutes. Entries of agents without a mapping are kept and counted (check `no_unmapped_agents`)."""
+    whole minutes. Entries are keyed by `entry_key` (Halo's id where usable, else ticket and action,
+    else a fingerprint). Entries of agents without a mapping are kept and counted (check
+    `no_unmapped_agents`). Requests: one for agents, then two per chunk of `chunk_days` days."""
     key = context.partition_key
     try:
         first, last = FiscalCalendar.from_settings().range_for(key)
@@ -198,28 +258,38 @@ def halo_timesheets(
     began = time.monotonic()
     totals: Counter = Counter()
     gone: dict[sa.Table, set] = {entries_table: set(), timesheets_table: set()}
+    observed = Observed()
     done_through = None
     with halopsa.client(log=context.log.info) as client:
         try:
             agent_ids = sorted(int(a["id"]) for a in client.agents())
             chunks = date_chunks(start, end, halopsa.chunk_days)
             for number, (chunk_start, chunk_end) in enumerate(chunks, start=1):
-                entries = client.time_entries(chunk_start, chunk_end, agent_ids)
+                entries = client.time_entries(chunk_start, chunk_end)
                 sheets = client.timesheets(chunk_start, chunk_end, agent_ids)
-                counts = _write_chunk(context, warehouse, key, chunk_start, chunk_end, entries, sheets, totals, gone)
+                counts = _write_chunk(context, warehouse, key, chunk_start, chunk_end, entries, sheets, totals, gone, observed)
                 done_through = chunk_end
                 context.log.info(f"{key} chunk {number}/{len(chunks)} {chunk_start}..{chunk_end}: {counts}")
         except ProviderError as error:
             done = f"Days through {done_through} are synced" if done_through else "Nothing was written"
             raise _provider_failure(error, client.stats(), f"{done}, deletions not yet applied; re-run the partition to finish.") from None
         stats = client.stats()
+        outside_range = client.outside_range
     # Only now is a row missing from its days known to be deleted rather than moved to a later chunk.
     with warehouse.engine.begin() as conn:
         totals["entries_deleted"] = soft_delete(conn, entries_table, gone[entries_table])
         totals["days_deleted"] = soft_delete(conn, timesheets_table, gone[timesheets_table])
+        previous = conn.execute(sa.select(ranges_table).where(ranges_table.c.fiscal_year == key, ranges_table.c.range_start == start,
+                                                              ranges_table.c.range_end == end)).first()
+        received = sum(observed.kinds.values())
+        upsert(conn, ranges_table, [{"fiscal_year": key, "range_start": start, "range_end": end, "identity": observed.identity,
+                                     "entries": received, "synced_at": utcnow()}])
     totals["written"] += totals["entries_deleted"] + totals["days_deleted"]
     summary = _year_summary(warehouse, key, start, end)
-    context.log.info(f"{key} {start}..{end}: {summary}, {stats['requests']} requests")
+    findings = _findings(observed, previous, received, outside_range)
+    for finding in findings:
+        context.log.warning(f"{key} {start}..{end}: {finding}")
+    context.log.info(f"{key} {start}..{end}: {summary}, identity {observed.identity}, {stats['requests']} requests")
     return dg.MaterializeResult(
         metadata={
             "fiscal_year": key,
@@ -227,24 +297,68 @@ def halo_timesheets(
             **summary,
             **{k: int(totals[k]) for k in ("entries_inserted", "entries_updated", "entries_restored", "entries_deleted",
                                            "days_inserted", "days_updated", "days_deleted", "rejected", "fetched", "written")},
+            "identity": observed.identity,
+            **{f"keyed_by_{k}": observed.kinds[k] for k in ("id", "ticket", "fingerprint")},
+            "rekeyed": observed.rekeyed,
+            "outside_range": outside_range,
+            "repeated_keys": len(observed.repeated),
+            "days_with_time_but_no_entries": len(observed.missing_time),
+            "malformed_approvals": len(observed.approval_problems),
             **stats,
             "duration_s": round(time.monotonic() - began, 3),
             "triggered_by": trigger_of(context),
-        }
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name="halo_responses_as_expected", passed=not findings, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"findings": len(findings), "details": "\n".join(findings) or "none"})],
     )
 
 
+def _findings(observed: Observed, previous, received: int, outside_range: int) -> list[str]:
+    """What this sync saw that it did not expect, each named with examples."""
+    def some(items: list[str]) -> str:
+        return "; ".join(items[:LISTED]) + (f"; and {len(items) - LISTED} more" if len(items) > LISTED else "")
+
+    found = []
+    if observed.repeated:
+        found.append(f"{len(observed.repeated)} entry keys repeated within one response (kept apart as key~2, ...): {some(observed.repeated)}")
+    if observed.repeated_sheets:
+        found.append(f"{len(observed.repeated_sheets)} timesheet ids repeated within one response: {some(observed.repeated_sheets)}")
+    if observed.missing_time:
+        found.append(f"{len(observed.missing_time)} agent-days have time on their timesheet but no time entries came "
+                     f"(their stored entries are kept): {some(observed.missing_time)}")
+    if observed.approval_problems:
+        found.append(f"{len(observed.approval_problems)} timesheets with an unreadable approval (their day is not pushed to Xero): "
+                     f"{some(observed.approval_problems)}")
+    if previous is not None and previous.identity != observed.identity and received:
+        found.append(f"entries were keyed by {observed.identity}, the last sync of this range by {previous.identity} "
+                     f"({observed.rekeyed} stored entries took their new key)")
+    elif observed.rekeyed:  # e.g. the first sync after the upgrade from numeric ids, of a tenant that hides them
+        found.append(f"{observed.rekeyed} stored entries took a new key (keyed by {observed.identity} now)")
+    if previous is not None and previous.entries and received < previous.entries * FEWER_SHARE:
+        found.append(f"{received} entries received, the last sync of this range received {previous.entries}")
+    if outside_range:
+        found.append(f"Halo returned {outside_range} records outside the dates or agents asked for (dropped)")
+    return found
+
+
 def _write_chunk(context, warehouse: WarehouseResource, key: str, first: date, last: date,
-                 entries: list, sheets: list, totals: Counter, gone: dict[sa.Table, set]) -> dict:
-    """Upsert one chunk in one transaction; collects the ids its days no longer have into `gone`."""
-    entry_frame, entry_rejects = _parse(entries, entry_row, "entry", key)
+                 entries: list, sheets: list, totals: Counter, gone: dict[sa.Table, set], observed: Observed) -> dict:
+    """Upsert one chunk in one transaction; collects the keys its days no longer have into `gone`."""
+    keyed = key_entries(entries, key)
+    entry_rejects = keyed.rejects
+    entry_frame = (pl.DataFrame(keyed.rows, orient="row", infer_schema_length=None) if keyed.rows
+                   else pl.DataFrame(schema={"entry_key": pl.String, "content_hash": pl.String}))
     sheet_frame, sheet_rejects = _parse(sheets, timesheet_row, "timesheet", key)
+    # Time on a timesheet but no entries: Halo's answer is wrong somewhere, so those entries stay.
+    missing = [{"agent_day": day} for day in observed.see(keyed, sheet_frame)]
 
     def days(table: sa.Table, rejects: list[dict]) -> sa.ColumnElement[bool]:
-        return table.c.work_date.between(first, last) & table.c.id.not_in(_kept_ids(rejects))
+        return table.c.work_date.between(first, last) & ~_kept(table, rejects) if rejects else table.c.work_date.between(first, last)
 
     with warehouse.engine.begin() as conn:
-        entry_counts, entries_gone = sync_scope(conn, entries_table, entry_frame, days(entries_table, entry_rejects))
+        observed.rekeyed += len(rekey(conn, entries_table, keyed.rows, entries_table.c.work_date.between(first, last)))
+        entry_counts, entries_gone = sync_scope(conn, entries_table, entry_frame, days(entries_table, entry_rejects + missing))
         sheet_counts, sheets_gone = sync_scope(conn, timesheets_table, sheet_frame, days(timesheets_table, sheet_rejects))
         record_rejects(conn, "halopsa", "time entry", entry_rejects, context.run.run_id)
         record_rejects(conn, "halopsa", "timesheet", sheet_rejects, context.run.run_id)
@@ -253,7 +367,7 @@ def _write_chunk(context, warehouse: WarehouseResource, key: str, first: date, l
             context.log.warning(f"skipped Halo record {reject['record_id']}: {reject['reason']}")
         totals["rejected"] += 1
     for table, frame, now_gone in ((entries_table, entry_frame, entries_gone), (timesheets_table, sheet_frame, sheets_gone)):
-        gone[table] = (gone[table] | now_gone) - set(frame["id"].to_list())
+        gone[table] = (gone[table] | now_gone) - set(frame[key_of(table).name].to_list())
     for name, counts in (("entries", entry_counts), ("days", sheet_counts)):
         totals.update({f"{name}_{k}": v for k, v in counts.items()})
         totals["written"] += sum(counts[k] for k in WRITES)

@@ -10,8 +10,13 @@ Exactly once:
 - Before a POST the ledger row is committed as `pending` with the Idempotency-Key; a retried
   POST with the same key gets the same entry back from Xero.
 - A run that finds `pending` rows (an earlier run died between the POST and the ledger write)
-  first lists the day in Xero and adopts what it made, known by the `[halo #id]` marker that
+  first lists the day in Xero and adopts what it made, known by the `[halo <key>]` marker that
   ends each description.
+
+Entries are known by their entry key (resources/halo.py `key_entries`): `#<id>` where Halo's
+ids are usable, else `t<ticket>.<action>` or `f<fingerprint>`. A ledger row made under another
+key of the same entry (before entry keys, or when the tenant's identity changed) is re-keyed,
+and the marker already in Xero's description is kept, so nothing is pushed twice.
 - `force` lists the day for every mapped project and repairs drift: vanished entries are made
   again, entries changed by hand are put back, duplicates we made are deleted. Entries made by
   hand (no marker) are reported, never touched.
@@ -29,7 +34,7 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
-from resources.halo import HaloPSAResource, content_hash, entry_row, timesheet_row
+from resources.halo import HaloPSAResource, KeyedEntries, content_hash, key_entries, timesheet_row
 from resources.http import ProviderAuthError, ProviderError, RequestRejected
 from resources.mappings import MappingFilesResource, ProjectMappings, read_project_mappings
 from resources.settings import setting
@@ -37,6 +42,7 @@ from resources.warehouse import (
     WarehouseResource,
     agent_mappings as mappings_table,
     lock_for_replace,
+    rekey,
     upsert,
     utcnow,
     xero_findings as findings_table,
@@ -47,7 +53,8 @@ from sync_assets.halo import agent_mappings, date_chunks
 from sync_assets.runs import today, trigger_of
 
 GROUP = "xero"
-MARKER = re.compile(r"\[halo #(\d+)\]$")
+# `[halo #123]` (an id, as before entry keys), `[halo t12345.7]`, `[halo f0a1b2...]`
+MARKER = re.compile(r"\[halo ([^\]\s]+)\]$")
 LOCKED = ("LOCKED", "INVOICED")
 PLAN_ROWS = 200
 
@@ -71,10 +78,16 @@ class PushConfig(dg.Config):
 class Wanted:
     """What one approved Halo entry should be in Xero."""
 
-    entry_id: int
+    entry_id: str  # the entry key
     agent_id: int
     project_id: str
     payload: dict[str, Any]
+    other_keys: tuple[str, ...] = ()  # the entry's ticket key and fingerprint
+
+    def marked(self, marker: str) -> "Wanted":
+        """The same entry, its description ending in another marker (the one Xero already has)."""
+        text = MARKER.sub(f"[halo {marker}]", self.payload["description"])
+        return Wanted(self.entry_id, self.agent_id, self.project_id, {**self.payload, "description": text}, self.other_keys)
 
     @property
     def hash(self) -> str:
@@ -92,12 +105,13 @@ class Held:
     attempts: int = 0
     work_date: date | None = None
     xero_status: str | None = None  # ACTIVE, LOCKED or INVOICED, when the day was listed
+    marker: str | None = None  # the key in the description's [halo <key>] marker in Xero
 
 
 @dataclass
 class Action:
     kind: str  # create | update | delete | unchanged | invalid | conflict
-    entry_id: int
+    entry_id: str
     reason: str = ""
     wanted: Wanted | None = None
     held: Held | None = None
@@ -107,7 +121,7 @@ class Action:
 class Listing:
     """The day as Xero holds it, when it was listed."""
 
-    ours: dict[int, dict] = field(default_factory=dict)
+    ours: dict[str, dict] = field(default_factory=dict)  # by entry key
     duplicates: list[dict] = field(default_factory=list)
     by_hand: list[dict] = field(default_factory=list)
 
@@ -115,7 +129,7 @@ class Listing:
 def describe(row: dict) -> str:
     text = row.get("subject") or row.get("note") or "Time"
     ticket = f"Ticket {row['ticket_id']}: " if row.get("ticket_id") else ""
-    return f"{ticket}{text}"[:400] + f" [halo #{row['id']}]"
+    return f"{ticket}{text}"[:400] + f" [halo {row['entry_key']}]"
 
 
 def xero_content(entry: dict) -> dict[str, Any]:
@@ -126,26 +140,55 @@ def xero_content(entry: dict) -> dict[str, Any]:
             "dateUtc": utc_stamp(moment), "duration": entry.get("duration"), "description": entry.get("description")}
 
 
-def wanted_entries(entries: list[dict], sheets: list[dict], users: dict[int, str], projects: ProjectMappings
-                   ) -> tuple[dict[int, Wanted], dict[int, str]]:
-    """The approved entries as Xero entries, and the approved ones that cannot go, with why."""
-    approved = set()
+@dataclass
+class HaloDay:
+    """What Halo said about some days, read for a push or a reconciliation."""
+
+    keyed: KeyedEntries
+    approved: set[tuple[int, date]] = field(default_factory=set)  # (agent, day) of approved timesheets
+    unreadable: dict[tuple[int, date], str] = field(default_factory=dict)  # approvals that cannot be read
+    missing_time: list[str] = field(default_factory=list)  # approved agent-days with time but no entries
+    outside_range: int = 0
+
+    def findings(self) -> list[str]:
+        found = [f"approval of agent {a} on {d} cannot be read ({why}); that day's entries are held back"
+                 for (a, d), why in sorted(self.unreadable.items())]
+        found += [f"entry key {k} repeated within Halo's answer (kept apart as {k}~2, ...)" for k in self.keyed.repeated]
+        found += [f"{m}: approved with time on the timesheet, but Halo returned no entries" for m in self.missing_time]
+        found += [f"Halo returned {self.outside_range} records outside the dates asked for (dropped)"] if self.outside_range else []
+        found += [f"unreadable entry {r['record_id']}: {r['reason']}" for r in self.keyed.rejects]
+        return found
+
+
+def read_halo(entries: list, sheets: list, outside_range: int = 0) -> HaloDay:
+    """Entries with their keys, and the approvals of their days, as a push needs them."""
+    halo = HaloDay(key_entries(entries, ""), outside_range=outside_range)
+    with_entries = {(r["agent_id"], r["work_date"]) for r in halo.keyed.rows}
     for sheet in sheets:
         try:
             row = timesheet_row(sheet, "")
         except (ValueError, TypeError, KeyError):
-            continue  # an unreadable timesheet approves nothing; halo_timesheets records it
-        if row["approved"]:
-            approved.add((row["agent_id"], row["work_date"]))
+            continue  # no usable agent or day: it approves nothing, and halo_timesheets records it
+        day = (row["agent_id"], row["work_date"])
+        if row["approval_problem"]:
+            halo.unreadable[day] = row["approval_problem"]
+        elif row["approved"]:
+            halo.approved.add(day)
+            if row["actual_minutes"] and day not in with_entries:
+                halo.missing_time.append(f"agent {day[0]} on {day[1]}")
+    return halo
+
+
+def wanted_entries(halo: HaloDay, users: dict[int, str], projects: ProjectMappings) -> tuple[dict[str, Wanted], dict[str, str]]:
+    """The approved entries as Xero entries, and the approved ones that cannot go, with why. An
+    entry whose day's approval cannot be read cannot go either: it is held back and named."""
     wanted, invalid = {}, {}
-    for record in entries:
-        try:
-            row = entry_row(record, "")
-        except (ValueError, TypeError, KeyError) as error:
-            if isinstance(record, dict) and isinstance(record.get("id"), int):
-                invalid[record["id"]] = f"unreadable in Halo ({error})"
+    for row in halo.keyed.rows:
+        day = (row["agent_id"], row["work_date"])
+        if day in halo.unreadable:
+            invalid[row["entry_key"]] = f"the timesheet's approval cannot be read: {halo.unreadable[day]}"
             continue
-        if (row["agent_id"], row["work_date"]) not in approved:
+        if day not in halo.approved:
             continue
         problem, mapping = None, projects.find(row["client_id"], row["contract_id"], row["ticket_id"])
         if row["agent_id"] not in users:
@@ -156,15 +199,16 @@ def wanted_entries(entries: list[dict], sheets: list[dict], users: dict[int, str
         elif not 1 <= row["minutes"] <= MAX_DURATION_MIN:
             problem = f"duration {row['minutes']} min is outside Xero's 1..{MAX_DURATION_MIN}"
         if problem:
-            invalid[row["id"]] = problem
+            invalid[row["entry_key"]] = problem
             continue
-        wanted[row["id"]] = Wanted(row["id"], row["agent_id"], mapping.xero_project_id, {
+        wanted[row["entry_key"]] = Wanted(row["entry_key"], row["agent_id"], mapping.xero_project_id, {
             "userId": users[row["agent_id"]], "taskId": mapping.xero_task_id, "dateUtc": utc_stamp(row["start_at"]),
-            "duration": row["minutes"], "description": describe(row)})
+            "duration": row["minutes"], "description": describe(row)},
+            tuple(k for k in (row["ticket_key"], row["fingerprint"]) if k))
     return wanted, invalid
 
 
-def plan(wanted: dict[int, Wanted], invalid: dict[int, str], held: dict[int, Held], force: bool) -> list[Action]:
+def plan(wanted: dict[str, Wanted], invalid: dict[str, str], held: dict[str, Held], force: bool) -> list[Action]:
     """What to do for each entry: the difference between what should be and what Xero holds."""
     actions = []
     for entry_id, want in sorted(wanted.items()):
@@ -189,29 +233,45 @@ def plan(wanted: dict[int, Wanted], invalid: dict[int, str], held: dict[int, Hel
     return actions
 
 
-def idempotency_key(action: str, entry_id: int, content: str, attempt: int) -> str:
+def idempotency_key(action: str, entry_id: str, content: str, attempt: int) -> str:
     """Retries of one request share a key; the next attempt (a re-creation after a delete, or
     after a listing showed the last POST never arrived) gets a new one."""
     digest = hashlib.sha256(f"{action}:{entry_id}:{content}:{attempt}".encode()).hexdigest()[:40]
-    return f"halo-{entry_id}-{action}-{digest}"
+    return f"halo-{re.sub(r'[^A-Za-z0-9.]', '', entry_id)[:40]}-{action}-{digest}"
 
 
-def read_held(conn: sa.Connection, day: date, entry_ids: list[int]) -> dict[int, Held]:
-    rows = conn.execute(sa.select(ledger).where((ledger.c.work_date == day) | ledger.c.halo_entry_id.in_(entry_ids))).all()
-    return {r.halo_entry_id: Held(r.status, r.xero_time_entry_id, r.xero_project_id, r.content_hash, r.attempts, r.work_date)
-            for r in rows}
+def read_held(conn: sa.Connection, day: date, rows: list[dict]) -> tuple[dict[str, Held], list[tuple[str, str]]]:
+    """The ledger's rows for the day and for these entries, by entry key, after re-keying rows
+    made under another key of the same entry (see `rekey`); and the keys moved. The caller
+    commits the move, or (a dry run) does not."""
+    moved = rekey(conn, ledger, rows, ledger.c.work_date == day)
+    keys = sorted(r["entry_key"] for r in rows)
+    found = conn.execute(sa.select(ledger).where((ledger.c.work_date == day) | ledger.c.entry_key.in_(keys))).all()
+    return {r.entry_key: Held(r.status, r.xero_time_entry_id, r.xero_project_id, r.content_hash, r.attempts, r.work_date,
+                              marker=r.marker) for r in found}, moved
 
 
-def list_day(client: XeroClient, project_ids: set[str], day: date, held: dict[int, Held]) -> Listing:
+def keep_markers(wanted: dict[str, Wanted], held: dict[str, Held]) -> dict[str, Wanted]:
+    """Entries already in Xero under another marker (an old `#id`) keep it: re-marking them
+    would be an update of every such entry, and a conflict where Xero has them locked."""
+    def kept(key: str) -> str | None:
+        have = held.get(key)
+        return have.marker if have and have.xero_id and have.marker not in (None, key) else None
+
+    return {k: w.marked(kept(k)) if kept(k) else w for k, w in wanted.items()}
+
+
+def list_day(client: XeroClient, project_ids: set[str], day: date, held: dict[str, Held]) -> Listing:
     """The day's entries in Xero for these projects, split into ours (by marker), our duplicates and hand-made."""
     listing = Listing()
+    by_marker = {have.marker or key: key for key, have in held.items()}
     for project_id in sorted(project_ids):
         for entry in client.time_entries(project_id, day, day):
             match = MARKER.search(entry.get("description") or "")
             if not match:
                 listing.by_hand.append(entry)
                 continue
-            entry_id = int(match.group(1))
+            entry_id = by_marker.get(match.group(1), match.group(1))
             kept = listing.ours.get(entry_id)
             known = held.get(entry_id)
             if kept is None:
@@ -224,10 +284,11 @@ def list_day(client: XeroClient, project_ids: set[str], day: date, held: dict[in
     return listing
 
 
-def adopt(held: dict[int, Held], listing: Listing, listed_projects: set[str], day: date) -> None:
+def adopt(held: dict[str, Held], listing: Listing, listed_projects: set[str], day: date) -> None:
     """Make `held` say what the listing saw: Xero's truth wins over the ledger's memory."""
     for entry_id, entry in listing.ours.items():
         have = held.setdefault(entry_id, Held("pushed", work_date=day))
+        have.marker = MARKER.search(entry["description"]).group(1)
         have.xero_id, have.project_id = entry["timeEntryId"], entry.get("projectId")
         have.hash, have.xero_status = content_hash(xero_content(entry)), entry.get("status")
         have.status = "pushed" if have.status in ("pending", "failed", "deleted", "postponed", "invalid") else have.status
@@ -242,25 +303,27 @@ def adopt(held: dict[int, Held], listing: Listing, listed_projects: set[str], da
 class Ledger:
     """Writes to `xero_ledger`, one committed row at a time so a crash loses at most one step."""
 
-    def __init__(self, warehouse: WarehouseResource, day: date, agents: dict[int, int]):
+    def __init__(self, warehouse: WarehouseResource, day: date, entries: dict[str, dict]):
         self.engine = warehouse.engine
         self.day = day
-        self.agents = agents
+        self.entries = entries  # entry key -> the entry's row, for its agent and other keys
 
-    def write(self, entry_id: int, status: str, **values: Any) -> None:
-        row = {"halo_entry_id": entry_id, "work_date": self.day, "agent_id": self.agents.get(entry_id), "status": status,
-               "updated_at": utcnow(), **values}
+    def write(self, entry_id: str, status: str, **values: Any) -> None:
+        entry = self.entries.get(entry_id, {})
+        row = {"entry_key": entry_id, "work_date": self.day, "status": status, "updated_at": utcnow(), **values}
+        if entry:
+            row |= {"agent_id": entry["agent_id"], "ticket_key": entry["ticket_key"], "fingerprint": entry["fingerprint"]}
         with self.engine.begin() as conn:
-            exists = conn.execute(sa.select(ledger.c.attempts).where(ledger.c.halo_entry_id == entry_id)).first()
+            exists = conn.execute(sa.select(ledger.c.attempts).where(ledger.c.entry_key == entry_id)).first()
             if exists:
-                conn.execute(ledger.update().where(ledger.c.halo_entry_id == entry_id).values(**row))
+                conn.execute(ledger.update().where(ledger.c.entry_key == entry_id).values(**row))
             else:
-                upsert(conn, ledger, [{"attempts": 0, **row}])
+                upsert(conn, ledger, [{"attempts": 0, "marker": entry_id, **row}])
 
-    def adopt(self, held: dict[int, Held]) -> None:
+    def adopt(self, held: dict[str, Held]) -> None:
         for entry_id, have in held.items():
             self.write(entry_id, have.status, xero_time_entry_id=have.xero_id, xero_project_id=have.project_id,
-                       content_hash=have.hash)
+                       content_hash=have.hash, marker=have.marker or entry_id)
 
 
 def apply(context: dg.AssetExecutionContext, client: XeroClient, book: Ledger, actions: list[Action], listing: Listing,
@@ -307,7 +370,7 @@ def _call(client: XeroClient, book: Ledger, action: Action) -> None:
     if action.kind == "create":
         key = idempotency_key("create", action.entry_id, want.hash, attempts)
         book.write(action.entry_id, "pending", xero_project_id=want.project_id, idempotency_key=key, attempts=attempts,
-                   last_error=None)
+                   last_error=None, marker=MARKER.search(want.payload["description"]).group(1))
         entry = client.create(want.project_id, want.payload, key)
         book.write(action.entry_id, "pushed", xero_time_entry_id=entry["timeEntryId"], content_hash=want.hash, pushed_at=utcnow())
     elif action.kind == "update":
@@ -330,10 +393,12 @@ def plan_table(actions: list[Action]) -> str:
     return "\n".join(lines) if shown else "nothing to change"
 
 
-def _read_day(halopsa: HaloPSAResource, context, day: date) -> tuple[list, list, dict]:
+def _read_day(halopsa: HaloPSAResource, context, day: date) -> tuple[HaloDay, dict]:
+    """The day from Halo: three requests (agents, entries, timesheets) and the token."""
     with halopsa.client(log=context.log.info) as halo:
         agent_ids = sorted(int(a["id"]) for a in halo.agents())
-        return halo.time_entries(day, day, agent_ids), halo.timesheets(day, day, agent_ids), halo.stats()
+        entries, sheets = halo.time_entries(day, day), halo.timesheets(day, day, agent_ids)
+        return read_halo(entries, sheets, halo.outside_range), halo.stats()
 
 
 @dg.asset(
@@ -342,6 +407,10 @@ def _read_day(halopsa: HaloPSAResource, context, day: date) -> tuple[list, list,
     group_name=GROUP,
     kinds={"xero", "halopsa", "sql"},
     pool=GROUP,
+    check_specs=[dg.AssetCheckSpec(
+        "xero_halo_day_as_expected", asset="xero_time_entries",
+        description="Warns when Halo's answer for the day contradicts the push's assumptions: unreadable approvals "
+                    "(those entries are held back), repeated entry keys, approved time without entries, records outside the day.")],
 )
 def xero_time_entries(
     context: dg.AssetExecutionContext,
@@ -365,17 +434,21 @@ def xero_time_entries(
         raise dg.Failure(description=f"{mapping_files.project_mappings_path().name}: nothing pushed:\n" + "\n".join(problems),
                          allow_retries=False)
     try:
-        entries, sheets, halo_stats = _read_day(halopsa, context, day)
+        halo, halo_stats = _read_day(halopsa, context, day)
     except ProviderError as error:
         raise dg.Failure(description=f"{error}. Nothing was pushed.") from None
+    surprises = halo.findings()
+    for surprise in surprises:
+        context.log.warning(f"{day}: {surprise}")
     with warehouse.engine.connect() as conn:
         users = dict(conn.execute(sa.select(mappings_table.c.halo_agent_id, mappings_table.c.xero_user_id)
                                   .where(mappings_table.c.xero_user_id.is_not(None))).all())
-    wanted, invalid = wanted_entries(entries, sheets, users, projects)
-    agents = {e["id"]: e.get("agent_id") for e in entries if isinstance(e, dict) and "id" in e}
-    with warehouse.engine.connect() as conn:
-        held = read_held(conn, day, sorted(agents))
-    book = Ledger(warehouse, day, agents)
+        held, moved = read_held(conn, day, halo.keyed.rows)
+        if not dry_run:
+            conn.commit()
+    wanted, invalid = wanted_entries(halo, users, projects)
+    wanted = keep_markers(wanted, held)
+    book = Ledger(warehouse, day, {r["entry_key"]: r for r in halo.keyed.rows})
     listing, done = Listing(), Counter()
     pending = {h.project_id for h in held.values() if h.status == "pending" and h.project_id}
     # A dry run with nothing to list needs no Xero connection (a new installation has none yet).
@@ -412,6 +485,11 @@ def xero_time_entries(
         **{f"planned_{k}": kinds[k] for k in ("create", "update", "delete", "unchanged", "invalid", "conflict")},
         **{k: done[k] for k in ("created", "updated", "deleted", "failed", "conflicts", "postponed", "duplicates_deleted")},
         "made_by_hand_in_xero": len(listing.by_hand),
+        "identity": halo.keyed.identity if halo.keyed.rows else "none",
+        "ledger_rekeyed": len(moved),
+        "outside_range": halo.outside_range,
+        "unreadable_approvals": len(halo.unreadable),
+        "repeated_keys": len(halo.keyed.repeated),
         "plan": dg.MetadataValue.md(plan_table(actions)),
         "xero_requests": stats["requests"],
         "day_limit_remaining": stats.get("day_limit_remaining"),
@@ -419,16 +497,18 @@ def xero_time_entries(
         "halo_requests": halo_stats["requests"],
         "duration_s": round(time.monotonic() - began, 3),
         "triggered_by": trigger_of(context),
-    })
+    }, check_results=[dg.AssetCheckResult(
+        check_name="xero_halo_day_as_expected", passed=not surprises, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"findings": len(surprises), "details": "\n".join(surprises[:PLAN_ROWS]) or "none"})])
 
 
 def _ledger_problems(statuses: tuple[str, ...], warehouse: WarehouseResource) -> list[sa.Row]:
     with warehouse.engine.connect() as conn:
-        return conn.execute(sa.select(ledger).where(ledger.c.status.in_(statuses)).order_by(ledger.c.work_date, ledger.c.halo_entry_id)).all()
+        return conn.execute(sa.select(ledger).where(ledger.c.status.in_(statuses)).order_by(ledger.c.work_date, ledger.c.entry_key)).all()
 
 
 def _listed(rows: list[sa.Row]) -> str:
-    return "\n".join(f"{r.work_date} Halo entry {r.halo_entry_id} ({r.status}): {r.last_error}" for r in rows[:PLAN_ROWS]) or "none"
+    return "\n".join(f"{r.work_date} Halo entry {r.entry_key} ({r.status}): {r.last_error}" for r in rows[:PLAN_ROWS]) or "none"
 
 
 @dg.asset_check(asset=xero_time_entries, name="xero_entries_pushable")
@@ -462,17 +542,17 @@ def open_period() -> tuple[date, date]:
     return max(first, date.fromisoformat(setting("XERO_FIRST_DAY"))), last
 
 
-def _read_period(halopsa: HaloPSAResource, context, first: date, last: date) -> tuple[list, list]:
+def _read_period(halopsa: HaloPSAResource, context, first: date, last: date) -> HaloDay:
     entries, sheets = [], []
     with halopsa.client(log=context.log.info) as halo:
         agent_ids = sorted(int(a["id"]) for a in halo.agents())
         for start, end in date_chunks(first, last, halopsa.chunk_days):
-            entries += halo.time_entries(start, end, agent_ids)
+            entries += halo.time_entries(start, end)
             sheets += halo.timesheets(start, end, agent_ids)
-    return entries, sheets
+        return read_halo(entries, sheets, halo.outside_range)
 
 
-def findings(wanted: dict[int, Wanted], rows: list[sa.Row], xero_entries: list[dict]) -> list[dict]:
+def findings(wanted: dict[str, Wanted], rows: list[sa.Row], xero_entries: list[dict]) -> list[dict]:
     """The three-way differences between Halo (wanted), the ledger (rows) and Xero (entries)."""
     found = []
     by_id = {e["timeEntryId"]: e for e in xero_entries}
@@ -481,26 +561,28 @@ def findings(wanted: dict[int, Wanted], rows: list[sa.Row], xero_entries: list[d
         match = MARKER.search(entry.get("description") or "")
         day = date.fromisoformat(str(entry.get("dateUtc"))[:10])
         if not match:
-            found.append({"kind": "made_by_hand", "xero_time_entry_id": entry["timeEntryId"], "halo_entry_id": 0,
+            found.append({"kind": "made_by_hand", "xero_time_entry_id": entry["timeEntryId"], "entry_key": "",
                           "work_date": day, "detail": f"{entry.get('duration')} min: {entry.get('description')}"})
         elif entry["timeEntryId"] not in ledger_ids:
             found.append({"kind": "unknown_to_ledger", "xero_time_entry_id": entry["timeEntryId"],
-                          "halo_entry_id": int(match.group(1)), "work_date": day, "detail": "carries our marker; a force run adopts it"})
+                          "entry_key": match.group(1), "work_date": day, "detail": "carries our marker; a force run adopts it"})
     for row in rows:
         if row.status not in ("pushed", "conflict") or not row.xero_time_entry_id:
             continue
         entry = by_id.get(row.xero_time_entry_id)
         if entry is None:
             found.append({"kind": "vanished_from_xero", "xero_time_entry_id": row.xero_time_entry_id,
-                          "halo_entry_id": row.halo_entry_id, "work_date": row.work_date, "detail": "a force run makes it again"})
+                          "entry_key": row.entry_key, "work_date": row.work_date, "detail": "a force run makes it again"})
         elif content_hash(xero_content(entry)) != row.content_hash:
             found.append({"kind": "changed_in_xero", "xero_time_entry_id": row.xero_time_entry_id,
-                          "halo_entry_id": row.halo_entry_id, "work_date": row.work_date,
+                          "entry_key": row.entry_key, "work_date": row.work_date,
                           "detail": f"Xero status {entry.get('status')}; a force run puts Halo's version back unless locked"})
-    pushed = {r.halo_entry_id for r in rows if r.status in ("pushed", "conflict") and r.xero_time_entry_id}
+    pushed = {r.entry_key for r in rows if r.status in ("pushed", "conflict") and r.xero_time_entry_id}
+    pushed |= {r.ticket_key for r in rows if r.status in ("pushed", "conflict") and r.xero_time_entry_id and r.ticket_key}
+    pushed |= {r.fingerprint for r in rows if r.status in ("pushed", "conflict") and r.xero_time_entry_id and r.fingerprint}
     for entry_id, want in sorted(wanted.items()):
-        if entry_id not in pushed:
-            found.append({"kind": "approved_not_in_xero", "xero_time_entry_id": "", "halo_entry_id": entry_id,
+        if entry_id not in pushed and not set(want.other_keys) & pushed:
+            found.append({"kind": "approved_not_in_xero", "xero_time_entry_id": "", "entry_key": entry_id,
                           "work_date": date.fromisoformat(want.payload["dateUtc"][:10]), "detail": "the next push of that date sends it"})
     return found
 
@@ -530,12 +612,12 @@ def xero_reconciliation(
         raise dg.Failure(description=f"{mapping_files.project_mappings_path().name}:\n" + "\n".join(problems), allow_retries=False)
     token_age = xero.token_store(warehouse.engine).age()
     try:
-        entries, sheets = _read_period(halopsa, context, first, last)
+        halo = _read_period(halopsa, context, first, last)
         with warehouse.engine.connect() as conn:
             users = dict(conn.execute(sa.select(mappings_table.c.halo_agent_id, mappings_table.c.xero_user_id)
                                       .where(mappings_table.c.xero_user_id.is_not(None))).all())
             rows = conn.execute(sa.select(ledger).where(ledger.c.work_date.between(first, last))).all()
-        wanted, _ = wanted_entries(entries, sheets, users, projects)
+        wanted, _ = wanted_entries(halo, users, projects)
         with xero.client(warehouse.engine, log=context.log.info) as client:
             xero_entries = [e for p in sorted(projects.project_ids() | {r.xero_project_id for r in rows if r.xero_project_id})
                             for e in client.time_entries(p, first, last)]
@@ -554,7 +636,7 @@ def xero_reconciliation(
     context.log.info(f"{first}..{last}: {dict(kinds) or 'Halo, ledger and Xero agree'}; Xero requests {stats['requests']}")
 
     def listed(*names: str) -> str:
-        lines = [f"{f['kind']}: {f['work_date']} Halo {f['halo_entry_id']} Xero {f['xero_time_entry_id']} {f['detail']}"
+        lines = [f"{f['kind']}: {f['work_date']} Halo {f['entry_key'] or '-'} Xero {f['xero_time_entry_id']} {f['detail']}"
                  for f in found if f["kind"] in names]
         return "\n".join(lines[:PLAN_ROWS]) or "none"
 
@@ -575,7 +657,7 @@ def xero_reconciliation(
                             metadata={"days_since_rotation_before_this_run": round(token_age.total_seconds() / 86400, 1) if token_age else None}),
     ]
     return dg.MaterializeResult(
-        metadata={"period": f"{first}..{last}", "halo_entries": len(entries), "approved_pushable": len(wanted),
+        metadata={"period": f"{first}..{last}", "halo_entries": len(halo.keyed.rows), "outside_range": halo.outside_range, "approved_pushable": len(wanted),
                   "ledger_rows": len(rows), "xero_entries": len(xero_entries), **{k: kinds[k] for k in sorted(kinds)},
                   "xero_requests": stats["requests"], "duration_s": round(time.monotonic() - began, 3)},
         check_results=checks,

@@ -151,6 +151,8 @@ def halo_resources(emulator: Emulator, warehouse_url: str, mappings_file: str = 
     }
 
 
+
+
 def employes_resources(emulator: Emulator, warehouse_url: str, **client_options) -> dict:
     """Resources as the local definitions build them, pointed at the test emulator."""
     options = {"backoff_initial_s": 0.01, **client_options}

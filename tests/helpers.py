@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -16,9 +16,11 @@ import sqlalchemy as sa
 
 from emulator import xero as xero_emulator
 from resources.ghl import parse_contacts
+from resources.halo import key_entries
 from resources.settings import setting
 from resources.warehouse import engine_for
 from sync_assets.ghl import ghl_contacts_reconciliation
+from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets, mappings_match_agents, no_unmapped_agents
 from sync_assets.xero import MARKER
 
 FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "
@@ -129,13 +131,23 @@ def assert_warehouse_matches_provider(emulator, url) -> None:
 CONTRACTS_WITH_THEIR_OWN_TASK = {5012, 5013, 5015, 5017}  # lines of config/xero_projects.csv
 
 
-def xero_by_halo_id(emulator) -> dict[int, list[dict]]:
-    """Xero's time entries by the Halo entry id in their description."""
+def halo_keys(emulator) -> dict[int, str]:
+    """Each emulated Halo entry's key as the sync gives it (the entries as served, keyed as one
+    response), by the emulator's own entry id: how tests find the truth in the warehouse and Xero."""
+    served = emulator.halo.served_entries()
+    keyed = key_entries(list(served.values()), "")
+    assert not keyed.rejects
+    return dict(zip(served, (row["entry_key"] for row in keyed.rows), strict=True))
+
+
+def xero_by_halo_id(emulator, markers: dict[str, int] | None = None) -> dict[int, list[dict]]:
+    """Xero's entries with our marker, by the emulator's id of the Halo entry the marker names."""
+    markers = markers or {key: i for i, key in halo_keys(emulator).items()}
     found: dict[int, list[dict]] = {}
     for entry in emulator.xero.entries().values():
         match = MARKER.search(entry.get("description") or "")
         if match:
-            found.setdefault(int(match.group(1)), []).append(entry)
+            found.setdefault(markers.get(match.group(1), match.group(1)), []).append(entry)
     return found
 
 
@@ -143,3 +155,54 @@ def expected_task(entry: dict) -> str:
     """The Xero task a Halo entry goes to: its contract's own task, else the client's support task."""
     own = entry.get("contract_id") in CONTRACTS_WITH_THEIR_OWN_TASK
     return xero_emulator.task_id(entry["client_id"], "project" if own else "support")
+
+
+# -- HaloPSA and the Xero push ---------------------------------------------------------------------
+# The emulator's data has fixed dates; tests using these freeze Dagster's clock (conftest.NOW).
+YEAR = "FY2026"  # 2026-01-01..2026-12-31; the emulator's data runs to 2026-11-19
+AUTUMN = {"start": "2026-09-01", "end": "2026-11-30"}  # three chunks of 31 days: quick runs
+DAY = date(2026, 11, 18)  # a weekday the emulator has not approved yet
+AGENT = 3
+
+
+def sync_reference(resources, instance) -> dg.ExecuteInProcessResult:
+    return dg.materialize([halo_agents, agent_mappings, mappings_match_agents], resources=resources, instance=instance,
+                          raise_on_error=False)
+
+
+def sync_year(resources, instance, key=YEAR, days=None) -> dg.ExecuteInProcessResult:
+    config = {"ops": {"halo_timesheets": {"config": days}}} if days else None
+    return dg.materialize([halo_timesheets, no_unmapped_agents], resources=resources, instance=instance,
+                          partition_key=key, run_config=config, raise_on_error=False)
+
+
+def meta(result, name="halo_timesheets") -> dict:
+    (materialization,) = result.asset_materializations_for_node(name)
+    return {k: v.value for k, v in materialization.metadata.items()}
+
+
+def stored_entries(url, first=date(2026, 1, 1), last=date(2026, 12, 31)) -> dict[str, tuple]:
+    query = sa.text("SELECT entry_key, agent_id, work_date, minutes FROM halo_time_entries "
+                    "WHERE deleted_at IS NULL AND work_date BETWEEN :first AND :last")
+    with engine_for(url).connect() as conn:
+        return {r.entry_key: (r.agent_id, r.work_date if isinstance(r.work_date, date) else date.fromisoformat(r.work_date), r.minutes)
+                for r in conn.execute(query, {"first": first, "last": last})}
+
+
+def halo_entries(emulator, first=date(2026, 1, 1), last=date(2026, 12, 31)) -> dict[str, tuple]:
+    """The emulator's truth in the range, by the key the sync should give each entry."""
+    halo, keys = emulator.halo, halo_keys(emulator)
+    truth = {}
+    for entry_id, entry in halo.entries().items():
+        day = date.fromisoformat(entry["start_date"][:10])
+        if first <= day <= last:
+            truth[keys[entry_id]] = (entry["agent_id"], day, halo.minutes(entry_id))
+    return truth
+
+
+def check_results(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def halo_day(emulator, agent=AGENT, day=DAY) -> dict[int, dict]:
+    return {i: e for i, e in emulator.halo.entries().items() if e["agent_id"] == agent and e["start_date"][:10] == day.isoformat()}

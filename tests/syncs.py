@@ -18,14 +18,14 @@ import sqlalchemy as sa
 from conftest import ANCHOR, employes_resources, ghl_resources, halo_resources, xero_resources
 from cryptography.fernet import Fernet
 from dagster._core.test_utils import freeze_time
-from helpers import expected_task
+from helpers import expected_task, halo_keys
 
 from cli import xero_connect
 from emulator import Emulator, employes as employes_emulator, halo as halo_emulator, xero as xero_emulator
 from emulator.ghl import TOKEN as GHL_TOKEN
 from resources.employes import employment_rows, snapshot_row
 from resources.ghl import parse_contacts
-from resources.halo import entry_row, timesheet_row
+from resources.halo import key_entries, timesheet_row
 from resources.warehouse import engine_for
 from sync_assets.employes import PERIOD_TABLES, assets as employes_assets
 from sync_assets.ghl import ghl_contacts_reconciliation
@@ -182,12 +182,12 @@ class HaloPSA(Sync):
     def compare(self):
         halo = self.emulator.halo
         in_year = lambda day: YEAR_FIRST <= day <= YEAR_LAST  # noqa: E731
-        entries = {i: entry_row(e, YEAR)["content_hash"] for i, e in halo.entries().items()
-                   if in_year(date.fromisoformat(e["start_date"][:10]))}
+        served = [e for e in halo.served_entries().values() if in_year(date.fromisoformat(e["start_date"][:10]))]
+        entries = {r["entry_key"]: r["content_hash"] for r in key_entries(served, YEAR).rows}
         sheets = {s["id"]: timesheet_row(s, YEAR)["content_hash"] for (_, day), s in halo.timesheets().items() if in_year(day)}
-        live = "SELECT id, content_hash FROM {} WHERE deleted_at IS NULL AND fiscal_year = :year"
-        return (tally(entries, [tuple(r) for r in rows(self.url, live.format("halo_time_entries"), year=YEAR)])
-                + tally(sheets, [tuple(r) for r in rows(self.url, live.format("halo_timesheets"), year=YEAR)]))
+        live = "SELECT {} , content_hash FROM {} WHERE deleted_at IS NULL AND fiscal_year = :year"
+        return (tally(entries, [tuple(r) for r in rows(self.url, live.format("entry_key", "halo_time_entries"), year=YEAR)])
+                + tally(sheets, [tuple(r) for r in rows(self.url, live.format("id", "halo_timesheets"), year=YEAR)]))
 
     def change_while_paging(self):
         halo = self.emulator.halo
@@ -286,19 +286,20 @@ class Xero(Sync):
         halo = self.emulator.halo
         approved = {agent for (agent, day), s in halo.timesheets().items()
                     if day == WORK_DATE and s["approval"]["approvalstatus"] == halo_emulator.APPROVED}
-        truth = {i: self._expected(i, e) for i, e in halo.entries().items()
+        keys = halo_keys(self.emulator)
+        truth = {keys[i]: self._expected(i, e, keys[i]) for i, e in halo.entries().items()
                  if e["start_date"].startswith(WORK_DATE.isoformat()) and e["agent_id"] in approved}
-        in_xero = [(int(MARKER.search(e["description"]).group(1)), e) for e in self.emulator.xero.entries().values()
+        in_xero = [(MARKER.search(e["description"]).group(1), e) for e in self.emulator.xero.entries().values()
                    if MARKER.search(e.get("description") or "")]
-        pushed = {r.halo_entry_id: r.xero_time_entry_id for r in rows(self.url, "SELECT * FROM xero_ledger WHERE status = 'pushed'")}
+        pushed = {r.entry_key: r.xero_time_entry_id for r in rows(self.url, "SELECT * FROM xero_ledger WHERE status = 'pushed'")}
         # An entry counts as held when Xero has it as Halo says and the ledger knows it by its Xero id.
         held = [(i, self._held(e) if pushed.get(i) == e["timeEntryId"] else None) for i, e in in_xero]
         return tally(truth, held)
 
-    def _expected(self, entry_id: int, entry: dict) -> tuple:
+    def _expected(self, entry_id: int, entry: dict, key: str) -> tuple:
+        ticket = f"Ticket {entry['ticket_id']}: " if entry["ticket_id"] else ""
         return (xero_emulator.user_id(entry["agent_id"]), xero_emulator.project_id(entry["client_id"]), expected_task(entry),
-                entry["start_date"][:19], self.emulator.halo.minutes(entry_id),
-                f"Ticket {entry['ticket_id']}: {entry['subject']} [halo #{entry_id}]")
+                entry["start_date"][:19], self.emulator.halo.minutes(entry_id), f"{ticket}{entry['subject']} [halo {key}]")
 
     @staticmethod
     def _held(entry: dict) -> tuple:

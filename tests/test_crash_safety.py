@@ -44,7 +44,7 @@ import sqlalchemy as sa
 from conftest import ANCHOR, NOW, POSTGRES_ADMIN_URL, employes_resources, ghl_resources, halo_resources, xero_resources
 from cryptography.fernet import Fernet
 from dagster._core.test_utils import freeze_time
-from helpers import expected_task, xero_by_halo_id
+from helpers import expected_task, halo_keys, xero_by_halo_id
 
 from emulator import Emulator, xero as xero_emulator
 from resources.ghl import parse_contacts
@@ -313,13 +313,14 @@ def test_ghl_hour_survives_kills_at_seeded_points(forkserver, emulator, home, sq
 
 def halo_compare(emulator: Emulator, url: str):
     halo = emulator.halo
-    truth = {i: (e["agent_id"], e["start_date"][:10], halo.minutes(i)) for i, e in halo.entries().items()
+    keys = halo_keys(emulator)
+    truth = {keys[i]: (e["agent_id"], e["start_date"][:10], halo.minutes(i)) for i, e in halo.entries().items()
              if e["start_date"].startswith("2026-")}
     days = {(a, d.isoformat()): s["approval"]["approvalstatus"] == 1 for (a, d), s in halo.timesheets().items() if d.year == 2026}
     with engine_for(url).connect() as conn:
-        rows = conn.execute(sa.text("SELECT id, agent_id, work_date, minutes FROM halo_time_entries WHERE deleted_at IS NULL")).all()
+        rows = conn.execute(sa.text("SELECT entry_key, agent_id, work_date, minutes FROM halo_time_entries WHERE deleted_at IS NULL")).all()
         sheets = conn.execute(sa.text("SELECT agent_id, work_date, approved FROM halo_timesheets WHERE deleted_at IS NULL")).all()
-    stored = {r.id: (r.agent_id, str(r.work_date)[:10], r.minutes) for r in rows}
+    stored = {r.entry_key: (r.agent_id, str(r.work_date)[:10], r.minutes) for r in rows}
     stored_days = {(r.agent_id, str(r.work_date)[:10]): bool(r.approved) for r in sheets}
     lost = sum(stored.get(i) != v for i, v in truth.items()) + len(set(stored) - set(truth))
     lost += sum(stored_days.get(k) != v for k, v in days.items()) + len(set(stored_days) - set(days))

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from conftest import POSTGRES_ADMIN_URL
 from dagster._core.definitions.freshness import FreshnessState
 from dagster_graphql import DagsterGraphQLClient
-from helpers import free_port, wait_until
+from helpers import free_port, halo_keys, wait_until
 from playwright.sync_api import sync_playwright
 
 from emulator import Emulator, halo as halo_emulator
@@ -248,7 +248,8 @@ def run_events(deployment, run_id: str, step: str) -> dict[str, float]:
 def test_a_second_run_of_the_same_day_waits_for_the_xero_pool(deployment):
     emulator, contested_day = deployment.emulator, deployment.days.contested
     emulator.halo.approve(AGENT, contested_day)
-    day_entries = {i for i, e in emulator.halo.entries().items()
+    keys = halo_keys(emulator)
+    day_entries = {keys[i] for i, e in emulator.halo.entries().items()
                    if e["agent_id"] == AGENT and e["start_date"][:10] == contested_day.isoformat()}
     emulator.inject("xero", "slow", delay_s=2, times=2)  # the first push holds the pool for 4 s or more
     client = DagsterGraphQLClient("127.0.0.1", port_number=deployment.web_port)
@@ -271,9 +272,9 @@ def test_a_second_run_of_the_same_day_waits_for_the_xero_pool(deployment):
     assert second["STEP_START"] > first["STEP_SUCCESS"]
     assert second["PIPELINE_STARTING"] > first["STEP_SUCCESS"] or "Step blocked by limit for pool xero" in second
     pushed = [MARKER.search(e.get("description") or "") for e in emulator.xero.entries().values()]
-    assert sorted(int(m.group(1)) for m in pushed if m and int(m.group(1)) in day_entries) == sorted(day_entries)
+    assert sorted(m.group(1) for m in pushed if m and m.group(1) in day_entries) == sorted(day_entries)
     posts = [r for r in emulator.requests("xero", "/Time") if r.method == "POST" and r.body.get("description", "").endswith(
-        tuple(f"[halo #{i}]" for i in day_entries))]
+        tuple(f"[halo {k}]" for k in day_entries))]
     assert len(posts) == len(day_entries) > 0
 
 
@@ -294,10 +295,11 @@ def test_a_failed_push_the_sensor_asked_for_is_retried_by_dagster(deployment):
     retried = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
     assert len(failed) == 1 and failed[0].tags["dagster/sensor_name"] == "xero_approvals", deployment.tail()
     assert retried[0].tags["dagster/parent_run_id"] == failed[0].run_id
-    day_entries = {i for i, e in emulator.halo.entries().items()
+    keys = halo_keys(emulator)
+    day_entries = {keys[i] for i, e in emulator.halo.entries().items()
                    if e["agent_id"] == AGENT and e["start_date"][:10] == retried_day.isoformat()}
     pushed = [MARKER.search(e.get("description") or "") for e in emulator.xero.entries().values()]
-    assert sorted(int(m.group(1)) for m in pushed if m and int(m.group(1)) in day_entries) == sorted(day_entries) != []
+    assert sorted(m.group(1) for m in pushed if m and m.group(1) in day_entries) == sorted(day_entries) != []
 
 
 def test_a_browser_shows_the_asset_graph(deployment):

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from resources.employes import employment_rows, snapshot_row
 from resources.ghl import parse_contacts
-from resources.halo import agent_row, entry_row, timesheet_row
+from resources.halo import agent_row, entry_row, key_entries, timesheet_row
 from resources.mappings import ProjectMappings, read_agent_mappings, read_project_mappings
-from sync_assets.xero import wanted_entries
+from sync_assets.xero import read_halo, wanted_entries
 
 # What the assets catch around each parser (sync_assets/halo.py `_parse`, sync_assets/employes.py).
 HALO_REJECTS = (ValueError, TypeError, KeyError)
@@ -82,7 +82,16 @@ def rejected_or_parsed(parse, record, *args, rejects=HALO_REJECTS):
 def test_any_halo_time_entry_becomes_a_row_or_a_reason(record):
     row = rejected_or_parsed(entry_row, record, "FY2026")
     if row is not None:
-        assert row["id"] == record["id"] and 0 <= row["minutes"] <= 60 * 24 * 31
+        assert 0 <= row["minutes"] <= 60 * 24 * 31 and (row["halo_id"] is None or row["halo_id"] == record["id"])
+
+
+@relaxed
+@given(st.lists(variants(HALO_ENTRY), max_size=6))
+def test_every_halo_entry_of_a_response_gets_its_own_key_or_a_reason(batch):
+    keyed = key_entries(batch, "FY2026")
+    assert len(keyed.rows) + len(keyed.rejects) == len(batch)
+    keys = [r["entry_key"] for r in keyed.rows]
+    assert len(set(keys)) == len(keys) and all(len(k) <= 80 for k in keys)
 
 
 @relaxed
@@ -122,7 +131,7 @@ def test_any_employment_history_becomes_rows_or_a_reason(items):
 @relaxed
 @given(st.lists(variants(HALO_ENTRY), max_size=4), st.lists(variants(HALO_SHEET), max_size=4))
 def test_building_xero_entries_never_raises(entries, sheets):
-    wanted, invalid = wanted_entries(entries, sheets, {1: "user-1"}, ProjectMappings({}))
+    wanted, invalid = wanted_entries(read_halo(entries, sheets), {1: "user-1"}, ProjectMappings({}))
     assert not set(wanted) & set(invalid)
 
 

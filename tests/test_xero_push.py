@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from conftest import ANCHOR, xero_resources
-from helpers import Lockstep, expected_task, failure_message, xero_by_halo_id
+from helpers import AGENT, DAY, Lockstep, check_results as checks, expected_task, failure_message, halo_day, halo_keys, xero_by_halo_id
 from cryptography.fernet import Fernet
 from dagster._core.test_utils import freeze_time
 
@@ -33,8 +33,6 @@ from sync_assets.xero import (
 # The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW).
 pytestmark = pytest.mark.usefixtures("frozen_clock")
 
-DAY = date(2026, 11, 18)  # a weekday the emulator has not approved yet
-AGENT = 3
 
 
 @pytest.fixture
@@ -65,17 +63,11 @@ def meta(result, name="xero_time_entries") -> dict:
     return {k: v.value for k, v in materialization.metadata.items()}
 
 
-def checks(result) -> dict[str, bool]:
-    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-
-
-def halo_day(emulator, agent=AGENT, day=DAY) -> dict[int, dict]:
-    return {i: e for i, e in emulator.halo.entries().items() if e["agent_id"] == agent and e["start_date"][:10] == day.isoformat()}
-
-
-def ledger(url) -> dict[int, sa.Row]:
+def ledger(url, emulator=None) -> dict:
+    """The ledger's rows by entry key, or (given the emulator) by the emulator's id of their entry."""
+    keys = {key: i for i, key in halo_keys(emulator).items()} if emulator else {}
     with engine_for(url).connect() as conn:
-        return {r.halo_entry_id: r for r in conn.execute(sa.text("SELECT * FROM xero_ledger"))}
+        return {keys.get(r.entry_key, r.entry_key): r for r in conn.execute(sa.text("SELECT * FROM xero_ledger"))}
 
 
 def assert_xero_matches(emulator, entries: dict[int, dict]) -> None:
@@ -182,9 +174,25 @@ def test_entries_that_cannot_go_are_recorded_with_the_reason_and_the_rest_go(emu
     assert result.success
     unmapped = {i for i, e in entries.items() if e["client_id"] == left_out}
     assert set(xero_by_halo_id(emulator)) == set(entries) - unmapped
-    rows = ledger(sqlite_warehouse_url)
+    rows = ledger(sqlite_warehouse_url, emulator)
     assert all(rows[i].status == "invalid" and f"client {left_out}" in rows[i].last_error for i in unmapped)
     assert checks(result)["xero_entries_pushable"] is False
+
+
+def test_an_unreadable_approval_holds_its_entries_back_and_says_so(emulator, resources, instance, sqlite_warehouse_url):
+    emulator.halo.approve(AGENT, DAY)
+    emulator.halo.set_approval(AGENT, DAY, approvedby="Jane Manager", approver=1)  # text and a number: still approved
+    emulator.halo.set_approval(AGENT + 1, DAY, approvalstatus="yes")
+
+    result = push(resources, instance)
+
+    assert result.success
+    assert_xero_matches(emulator, halo_day(emulator))
+    rows = ledger(sqlite_warehouse_url, emulator)
+    held_back = halo_day(emulator, AGENT + 1)
+    assert held_back and all(rows[i].status == "invalid" and "approval cannot be read" in rows[i].last_error for i in held_back)
+    assert meta(result)["unreadable_approvals"] == 1
+    assert checks(result)["xero_halo_day_as_expected"] is False and checks(result)["xero_entries_pushable"] is False
 
 
 def test_a_dry_run_shows_the_plan_and_writes_nothing(emulator, resources, instance, sqlite_warehouse_url):
