@@ -86,6 +86,20 @@ class Served:
     at: float
 
 
+@dataclass
+class Exchange:
+    """One request as the emulator received it and the answer as it went out (status, headers,
+    body bytes), for observers that check both, such as the tests' OpenAPI checks. Handed to
+    observers only, never kept: a page of contacts is large."""
+
+    provider: str
+    request: Request
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    fault: str | None
+
+
 class SlidingWindow:
     """The provider side of a rate limit: at most `limit` requests in any `period` seconds."""
 
@@ -128,6 +142,7 @@ class Emulator:
         self.limits: dict[str, SlidingWindow] = {}
         self.limit_headers: dict[str, Callable[[int], dict[str, str]]] = {}
         self.observers: list[Callable[[Served], None]] = []
+        self.exchange_observers: list[Callable[[Exchange], None]] = []
         self.ghl = ghl.GoHighLevel(self, seed=seed, count=contacts)
         self.halo = halo.HaloPSA(self, seed=seed, agents=agents)
         self.employes = employes.Employes(self, seed=seed, count=employees)
@@ -155,6 +170,17 @@ class Emulator:
         sent: tests change data between pages or kill a client at a chosen request."""
         with self.lock:
             self.observers.append(observer)
+
+    def on_exchange(self, observer: Callable[[Exchange], None]) -> None:
+        """Call `observer` with each request and its answer as sent (after faults are applied)."""
+        with self.lock:
+            self.exchange_observers.append(observer)
+
+    def exchanged(self, exchange: Exchange) -> None:
+        with self.lock:
+            observers = list(self.exchange_observers)
+        for observer in observers:
+            observer(exchange)
 
     def clear_faults(self) -> None:
         with self.lock:
@@ -285,6 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
         payload = response.encoded()
         if fault == "malformed":
             payload = payload[: max(len(payload) // 2, 1)] + b"<html>"
+        emulator.exchanged(Exchange(provider, request, response.status, dict(response.headers), payload, fault))
         self.send_response(response.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))

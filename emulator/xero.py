@@ -397,6 +397,8 @@ class Xero:
         if invalid:
             return invalid
         entry.update(fields)
+        if entry["description"] is None:
+            del entry["description"]  # omitted, it is cleared (and Xero leaves an absent value out)
         return Response(204)
 
     def delete_time(self, request: Request) -> Response:
@@ -415,6 +417,8 @@ class Xero:
                                    "taskId": fields["taskId"], "dateUtc": fields["dateUtc"],
                                    "dateEnteredUtc": utc_stamp(datetime.now(UTC)), "duration": fields["duration"],
                                    "description": fields["description"], "status": "ACTIVE"}
+        if fields["description"] is None:
+            del self._entries[entry_id]["description"]  # Xero leaves an absent value out
         return entry_id
 
     def _entry_of(self, request: Request, *, change: bool = False) -> tuple[dict[str, Any] | None, Response | None]:

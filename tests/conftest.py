@@ -3,10 +3,12 @@ and on a fresh PostgreSQL database of the machine's server, and resources bound 
 
 import os
 import secrets
+import warnings
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from openapi_contract import Contract, specs_missing
 
 from emulator import Emulator
 from emulator import employes as employes_emulator, halo as halo_emulator, xero as xero_emulator
@@ -24,21 +26,33 @@ POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://
 
 
 @pytest.fixture
-def emulator():
-    emulator = Emulator(seed=7, anchor=ANCHOR, contacts=300)
-    emulator.start()
-    yield emulator
-    emulator.stop()
+def emulator(request):
+    yield from _serving(request, Emulator(seed=7, anchor=ANCHOR, contacts=300))
 
 
 @pytest.fixture
-def small_emulator():
+def small_emulator(request):
     """Small data and no provider-side limits, for tests that make many runs (the rate limits
     have tests of their own)."""
-    emulator = Emulator(seed=7, anchor=ANCHOR, contacts=300, agents=3, employees=10, rate_limits=False)
+    yield from _serving(request, Emulator(seed=7, anchor=ANCHOR, contacts=300, agents=3, employees=10, rate_limits=False))
+
+
+def _serving(request, emulator: Emulator):
+    """Serve `emulator` for one test. In tests marked `openapi`, every GoHighLevel and Xero
+    exchange is checked against the providers' published descriptions at the end."""
+    contract = None
+    if request.node.get_closest_marker("openapi"):
+        missing = specs_missing()
+        if missing:
+            warnings.warn(f"{missing}: this test's requests and answers were not checked against them", stacklevel=1)
+        else:
+            contract = Contract().watch(emulator)
     emulator.start()
     yield emulator
     emulator.stop()
+    if contract is not None:
+        violations = contract.violations()
+        assert not violations, f"{len(violations)} exchanges break the published API descriptions:\n" + "\n".join(violations[:20])
 
 
 @pytest.fixture(scope="session")

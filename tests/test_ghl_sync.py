@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import dagster as dg
 import httpx
+import pytest
 import sqlalchemy as sa
 from conftest import ANCHOR, ghl_resources, warehouse_contacts
 
@@ -13,6 +14,8 @@ from emulator.ghl import LOCATION_ID
 from resources.ghl import parse_contacts
 from resources.warehouse import WarehouseResource, engine_for, ghl_contacts as ghl_contacts_table, sync_rejects
 from sync_assets.ghl import asset_checks, ghl_contacts, ghl_contacts_reconciliation, write_page
+
+pytestmark = pytest.mark.openapi  # every GoHighLevel and Xero exchange is checked against the published descriptions
 
 HOUR_1 = ANCHOR + timedelta(hours=1)  # partition 2026-11-20-13:00
 HOUR_2 = ANCHOR + timedelta(hours=2)

@@ -30,6 +30,8 @@ from sync_assets.xero import (
     xero_time_entries,
 )
 
+pytestmark = pytest.mark.openapi  # every GoHighLevel and Xero exchange is checked against the published descriptions
+
 DAY = date(2026, 11, 18)  # a weekday the emulator has not approved yet
 AGENT = 3
 CONTRACTS_WITH_THEIR_OWN_TASK = {5012, 5013, 5015, 5017}  # lines of config/xero_projects.csv
