@@ -136,6 +136,12 @@ def _basic(header: str) -> tuple[str, str] | None:
     return client_id, secret
 
 
+def _id_token(client_id: str) -> str:
+    """An OpenID Connect id_token's shape (header.payload.signature, base64url); unsigned: nothing here reads it."""
+    part = lambda value: base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()  # noqa: E731
+    return ".".join([part({"alg": "none", "typ": "JWT"}), part({"aud": client_id, "iss": "https://identity.xero.com"}), "local"])
+
+
 class _Window:
     """Calls admitted in the last `period` seconds; only admitted calls are recorded."""
 
@@ -171,6 +177,7 @@ class Xero:
         self.idempotency_ttl_s = 360.0
         self.accept_unknown_refresh_tokens = False  # a restarted standalone emulator takes its own old tokens
         self.refreshes = 0
+        self.token_extras: dict[str, Any] = {}  # fields a test adds to the token answer
         self.current_refresh_token = INITIAL_REFRESH_TOKEN
         self.day_used = 0
         self._day = datetime.now(UTC).date()
@@ -200,7 +207,8 @@ class Xero:
         route = lambda method, pattern, handler: emulator.route("xero", method, pattern, handler)  # noqa: E731
         time_path = BASE + r"/Projects/(?P<project>[^/]+)/Time"
         route("POST", r"/connect/token", self.token)
-        route("GET", r"/connections", self._guarded(lambda r: Response(200, [dict(self.connection)]), tenant=False))
+        # /connections in Xero's docs, /Connections in its OpenAPI description and SDK.
+        route("GET", r"/(?i:connections)", self._guarded(lambda r: Response(200, [dict(self.connection)]), tenant=False))
         route("GET", BASE + r"/Projects", self._guarded(lambda r: _page(list(self.projects.values()), r.query)))
         route("GET", BASE + r"/ProjectsUsers", self._guarded(lambda r: _page(list(self.users.values()), r.query)))
         route("GET", BASE + r"/Projects/(?P<project>[^/]+)/Tasks", self._guarded(self.list_tasks))
@@ -254,9 +262,12 @@ class Xero:
 
     # -- tokens -----------------------------------------------------------------------------
     def token(self, request: Request) -> Response:
-        if _basic(request.headers.get("authorization", "")) != (self.client_id, self.client_secret):
-            return Response(400, {"error": "invalid_client"})
         form = {k: v[-1] for k, v in parse_qs(request.body.decode(errors="replace")).items()}
+        # The client authenticates in HTTP Basic (Xero's docs) or in the form (Xero's own SDK,
+        # xero-python's TokenApi, sends client_id and client_secret there).
+        client = _basic(request.headers.get("authorization", "")) or (form.get("client_id"), form.get("client_secret"))
+        if client != (self.client_id, self.client_secret):
+            return Response(400, {"error": "invalid_client"})
         if form.get("grant_type") != "refresh_token":
             return Response(400, {"error": "unsupported_grant_type"})
         presented = form.get("refresh_token", "")
@@ -277,8 +288,10 @@ class Xero:
         self._access[access_token] = now + self.access_ttl_s
         self.refreshes += 1
         self.current_refresh_token = refresh_token
-        return Response(200, {"access_token": access_token, "expires_in": int(self.access_ttl_s), "token_type": "Bearer",
-                              "refresh_token": refresh_token, "scope": SCOPE})
+        # The fields of Xero's answer as the SDK's recorded refresh_token cassette shows them.
+        return Response(200, {"id_token": _id_token(self.client_id), "access_token": access_token,
+                              "expires_in": int(self.access_ttl_s), "token_type": "Bearer", "refresh_token": refresh_token,
+                              "scope": SCOPE, **self.token_extras})
 
     # -- what every API call goes through -------------------------------------------------------
     def _guarded(self, handler: Callable[[Request], Response], *, tenant: bool = True) -> Callable[[Request], Response]:
