@@ -68,6 +68,8 @@ class Fault:
     path: str = ""
     retry_after: float | None = None
     delay_s: float = 0.0
+    method: str = ""  # only requests of this method, when set
+    headers: dict[str, str] = field(default_factory=dict)  # added to an injected error's answer
 
     def __post_init__(self):
         if self.kind not in FAULT_KINDS:
@@ -228,11 +230,12 @@ class Emulator:
             limited = self._limit(provider)
             if limited:
                 return limited, provider, "rate_limit"
-            fault = self._take_fault(provider, request.path)
+            fault = self._take_fault(provider, request.path, request.method)
         if fault and fault.kind == "slow":
             time.sleep(fault.delay_s)
         elif fault and fault.kind in ("429", "500", "502", "503"):
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            headers.update(fault.headers)
             return Response(int(fault.kind), {"message": f"injected {fault.kind}"}, headers), provider, fault.kind
         elif fault and fault.kind in ("expired_token", "revoked_token"):
             reason = "expired" if fault.kind == "expired_token" else "revoked"
@@ -257,9 +260,9 @@ class Emulator:
         window = self.limits[provider]
         return max(window.limit - len(window.seen), 0)
 
-    def _take_fault(self, provider: str, path: str) -> Fault | None:
+    def _take_fault(self, provider: str, path: str, method: str) -> Fault | None:
         for fault in self.faults:
-            if fault.provider == provider and fault.path in path:
+            if fault.provider == provider and fault.path in path and fault.method in ("", method):
                 if fault.after > 0:
                     fault.after -= 1
                     return None

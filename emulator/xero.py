@@ -79,6 +79,12 @@ def utc_stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def precise_stamp(moment: datetime) -> str:
+    """Like `utc_stamp`, with milliseconds when there are any (an entry made in Xero's UI late in a day)."""
+    stamp = utc_stamp(moment)
+    return stamp[:-1] + f".{moment.microsecond // 1000:03d}Z" if moment.microsecond else stamp
+
+
 def parse_utc(value: Any) -> datetime | None:
     """An ISO 8601 date-time as an aware UTC datetime (zone-less means UTC); None if it is not one."""
     if not isinstance(value, str) or not value.strip():
@@ -178,6 +184,8 @@ class Xero:
         self.accept_unknown_refresh_tokens = False  # a restarted standalone emulator takes its own old tokens
         self.refreshes = 0
         self.token_extras: dict[str, Any] = {}  # fields a test adds to the token answer
+        # The answer to a PUT or DELETE of an entry that is gone: unpublished, 404 or 400.
+        self.gone_status = 404
         self.current_refresh_token = INITIAL_REFRESH_TOKEN
         self.day_used = 0
         self._day = datetime.now(UTC).date()
@@ -237,7 +245,7 @@ class Xero:
         if moment is None:
             raise ValueError(f"not an ISO date-time: {date_utc!r}")
         with self.emulator.lock:
-            return self._add(project_id, {"userId": user_id, "taskId": task_id, "dateUtc": utc_stamp(moment),
+            return self._add(project_id, {"userId": user_id, "taskId": task_id, "dateUtc": precise_stamp(moment),
                                           "duration": duration, "description": description})
 
     def delete_entry_by_hand(self, time_entry_id: str) -> None:
@@ -381,11 +389,12 @@ class Xero:
                 moment = parse_utc(query[name])
                 if moment is None:
                     return _message(400, f"{name} is not an ISO 8601 date-time: {query[name]!r}")
-                bounds[name] = utc_stamp(moment)  # normalised stamps compare as strings
+                bounds[name] = moment
         user, task = (query.get("userId") or "").lower(), (query.get("taskId") or "").lower()
+        after, before = bounds.get("dateAfterUtc", datetime.min.replace(tzinfo=UTC)), bounds.get("dateBeforeUtc", datetime.max.replace(tzinfo=UTC))
         found = [e for e in self._entries.values() if e["projectId"] == pid
                  and (not user or e["userId"] == user) and (not task or e["taskId"] == task)
-                 and e["dateUtc"] >= bounds.get("dateAfterUtc", "") and e["dateUtc"] <= bounds.get("dateBeforeUtc", "~")]
+                 and after <= parse_utc(e["dateUtc"]) <= before]
         found.sort(key=lambda e: (e["dateUtc"], e["timeEntryId"]))
         return _page(found, query)
 
@@ -435,15 +444,17 @@ class Xero:
         return entry_id
 
     def _entry_of(self, request: Request, *, change: bool = False) -> tuple[dict[str, Any] | None, Response | None]:
-        """(the entry the path names, None) or (None, 404; or 400 when `change` and it is LOCKED or INVOICED)."""
+        """(the entry the path names, None) or (None, 404, or `gone_status` when `change`; or 400 when
+        `change` and it is LOCKED or INVOICED)."""
         pid, entry_id = request.params["project"].lower(), request.params["entry"].lower()
         if pid not in self.projects:
             return None, _not_found(pid)
         entry = self._entries.get(entry_id)
         if entry is None or entry["projectId"] != pid:
-            return None, _message(404, f"Time entry {entry_id} not found")
+            return None, _message(self.gone_status if change else 404, f"Time entry {entry_id} not found")
         if change and entry["status"] != "ACTIVE":
-            return None, _message(400, f"Time entry {entry_id} is {entry['status']} and cannot be changed")
+            # Xero publishes no wording for this refusal; clients must read the entry's status.
+            return None, _message(400, f"Time entry {entry_id} cannot be changed")
         return entry, None
 
     def _validated(self, pid: str, request: Request) -> tuple[dict[str, Any] | None, Response | None]:
