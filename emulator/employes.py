@@ -4,6 +4,12 @@ Serves `GET /companies`, `GET /{companyId}/employees` (page/per_page paging with
 `GET /{companyId}/employees/{id}` (the current employment embedded) and
 `GET /{companyId}/employees/{id}/employments` (salary, hours and contract periods), behind a
 bearer token and the published limit of 5 requests per second.
+
+Employes publishes no description of these answers. The employee and employments answers come
+wrapped as `{data: ...}` by default: the system this project replaces found that the employments
+answer is "`{data: [...]}`, not a direct array" (`artyomx33/teddykids-lms`, a fix plan in its
+docs) and reads both with `data.data || data` (`employes-history-collector/index.ts`,
+`employes-snapshot-collector/index.ts`). `envelope = False` serves them bare, the other shape.
 """
 
 from __future__ import annotations
@@ -111,6 +117,7 @@ class Employes:
         self._anchor = emulator.anchor.replace(tzinfo=None, microsecond=0)
         self._started = time.monotonic()
         self.people: dict[str, dict[str, Any]] = {}
+        self.envelope = True  # {data: ...} around an employee and its employments; False: bare
         self.history: dict[str, list[dict[str, Any]]] = {}
         for number in range(1001, 1001 + count):
             self._seed_one(number)
@@ -410,7 +417,8 @@ class Employes:
             return denied
         if request.params["id"] not in self.people:
             return Response(404, {"message": "Employee not found"})
-        return Response(200, {"data": self._served(request.params["id"])})
+        record = self._served(request.params["id"])
+        return Response(200, {"data": record} if self.envelope else record)
 
     def get_employments(self, request: Request) -> Response:
         denied = self._denied(request)
@@ -418,4 +426,5 @@ class Employes:
             return denied
         if request.params["id"] not in self.people:
             return Response(404, {"message": "Employee not found"})
-        return Response(200, {"data": copy.deepcopy(self.history[request.params["id"]])})
+        employments = copy.deepcopy(self.history[request.params["id"]])
+        return Response(200, {"data": employments} if self.envelope else employments)

@@ -192,6 +192,7 @@ employes_employee_snapshots = sa.Table(
     sa.Column("snapshot_date", sa.Date, primary_key=True),
     sa.Column("employee_id", sa.String(64), primary_key=True),
     *employee_fields(),
+    sa.Column("raw", RawJSON, comment="GET /employees/{id} as sent, without the personal fields never stored"),
     sa.Column("content_hash", sa.String(32), nullable=False),
     sa.Column("fetched_at", sa.DateTime, nullable=False),
 )

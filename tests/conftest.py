@@ -27,17 +27,17 @@ POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://
 
 @pytest.fixture
 def emulator(request):
-    yield from _serving(request, Emulator(seed=7, anchor=ANCHOR, contacts=300))
+    yield from serving(request, Emulator(seed=7, anchor=ANCHOR, contacts=300))
 
 
 @pytest.fixture
 def small_emulator(request):
     """Small data and no provider-side limits, for tests that make many runs (the rate limits
     have tests of their own)."""
-    yield from _serving(request, Emulator(seed=7, anchor=ANCHOR, contacts=300, agents=3, employees=10, rate_limits=False))
+    yield from serving(request, Emulator(seed=7, anchor=ANCHOR, contacts=300, agents=3, employees=10, rate_limits=False))
 
 
-def _serving(request, emulator: Emulator):
+def serving(request, emulator: Emulator):
     """Serve `emulator` for one test. In tests marked `openapi`, every GoHighLevel and Xero
     exchange is checked against the providers' published descriptions at the end."""
     contract = None
