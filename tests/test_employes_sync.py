@@ -256,9 +256,9 @@ def test_the_snapshot_comes_from_each_employees_own_record_kept_whole_but_person
     assert not {"iban", "date_of_birth", "email", "phone_number", "street", "gender"} & set(kept[someone])
 
 
-@pytest.mark.parametrize("envelope", [True, False], ids=["{data: ...}", "bare"])
-def test_both_shapes_of_the_employee_and_employments_answers_are_read(emulator, sqlite_warehouse_url, instance, envelope):
-    emulator.employes.envelope = envelope
+@pytest.mark.parametrize("wrapped", [(False, True), (True, False)], ids=["as met: record bare, employments in data", "the other shapes"])
+def test_both_shapes_of_the_employee_and_employments_answers_are_read(emulator, sqlite_warehouse_url, instance, wrapped):
+    emulator.employes.employee_wrapped, emulator.employes.employments_wrapped = wrapped
 
     result = sync_day(employes_resources(emulator, sqlite_warehouse_url), instance, DAY_1,
                       selection=[employes_employee_snapshots, employes_employment_history])
