@@ -1,9 +1,13 @@
 """Xero's OAuth2 identity server and Projects time-entry API, as Xero's developer docs describe them.
 
-Serves `POST /connect/token` (refresh-token grant, client in HTTP Basic auth): every refresh
+Held to Xero's published descriptions (`XeroAPI/Xero-OpenAPI`, `xero-projects.yaml`,
+`xero-identity.yaml`) and to its official SDK (`xero-python`), which the tests use to drive it.
+
+Serves `POST /connect/token` (refresh-token grant, client in HTTP Basic auth or, as the SDK
+sends it, in the form; the answer carries `id_token` as Xero's does): every refresh
 rotates the refresh token, the previous one stays usable for a grace period (30 minutes) in case
 the answer was lost, a token unused for 60 days expires, and revoked ones answer `invalid_grant`;
-access tokens live 30 minutes. Behind a bearer token, `GET /connections`, and behind a bearer
+access tokens live 30 minutes. Behind a bearer token, `GET /connections` (any letter case), and behind a bearer
 token plus `Xero-Tenant-Id` the Projects API under `/projects.xro/2.0`: `Projects`,
 `ProjectsUsers`, a project's `Tasks`, and its `Time` entries (list with user, task and
 inclusive date filters in pages of up to 500, get, create, replace, delete; LOCKED and INVOICED
