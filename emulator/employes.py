@@ -4,6 +4,14 @@ Serves `GET /companies`, `GET /{companyId}/employees` (page/per_page paging with
 `GET /{companyId}/employees/{id}` (the current employment embedded) and
 `GET /{companyId}/employees/{id}/employments` (salary, hours and contract periods), behind a
 bearer token and the published limit of 5 requests per second.
+
+Employes publishes no description of these answers. By default they take the shapes the system
+this project replaces met (`artyomx33/teddykids-lms`): the employments wrapped, `{data: [...]}`
+("not a direct array", a fix plan in its docs; `employes-simple-sync/index.ts` reads
+`employmentsData?.data || employmentsData`), and the employee's own record bare
+(`employes-simple-sync/index.ts` reads `first_name` and `employment.salary.hour_wage` off the
+answer's top level, while `employes-snapshot-collector/index.ts` unwraps `data` when present).
+`employee_wrapped` and `employments_wrapped` switch each to the other shape.
 """
 
 from __future__ import annotations
@@ -111,6 +119,8 @@ class Employes:
         self._anchor = emulator.anchor.replace(tzinfo=None, microsecond=0)
         self._started = time.monotonic()
         self.people: dict[str, dict[str, Any]] = {}
+        self.employee_wrapped = False  # GET /employees/{id}: the bare record; True: {data: record}
+        self.employments_wrapped = True  # GET .../employments: {data: [...]}; False: the bare array
         self.history: dict[str, list[dict[str, Any]]] = {}
         for number in range(1001, 1001 + count):
             self._seed_one(number)
@@ -410,7 +420,8 @@ class Employes:
             return denied
         if request.params["id"] not in self.people:
             return Response(404, {"message": "Employee not found"})
-        return Response(200, {"data": self._served(request.params["id"])})
+        record = self._served(request.params["id"])
+        return Response(200, {"data": record} if self.employee_wrapped else record)
 
     def get_employments(self, request: Request) -> Response:
         denied = self._denied(request)
@@ -418,4 +429,5 @@ class Employes:
             return denied
         if request.params["id"] not in self.people:
             return Response(404, {"message": "Employee not found"})
-        return Response(200, {"data": copy.deepcopy(self.history[request.params["id"]])})
+        employments = copy.deepcopy(self.history[request.params["id"]])
+        return Response(200, {"data": employments} if self.employments_wrapped else employments)

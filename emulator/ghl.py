@@ -1,4 +1,13 @@
-"""GoHighLevel API v2 contacts, as `provider-apis.md` describes them.
+"""GoHighLevel API v2 contacts, as GoHighLevel's published description says.
+
+Each contact is stored in the shape `POST /contacts/search` answers: the search `Contact` of
+`GoHighLevel/highlevel-api-docs`, `apps/contacts.json` (version of 2025-08-26, response schema
+`SearchContactSuccessResponseDto`), with absent values left out rather than sent as null (the
+description types them as plain strings). `GET /contacts/{id}` answers its own, different
+shape (`GetContectByIdSchema`: `name`, `address1`, `timezone`, `website`, ...), derived from the
+stored record. Fields a test adds that neither schema names are served by search as stored.
+A location's day budget (200,000 requests) is counted and served as
+`X-RateLimit-Daily-Remaining`; once spent, every call answers 429.
 
 Serves `POST /contacts/search` (range/eq/exists filters, dateUpdated sort, `searchAfter` and
 page paging with the 10,000-record page ceiling, `pageLimit` <= 500) and `GET /contacts/{id}`,
@@ -74,6 +83,7 @@ class GoHighLevel:
         # Stored key -> the contact as served in a search (with searchAfter), JSON-encoded.
         self.wire: dict[str, bytes] = {}
         self.daily_used = 0
+        self.daily_limit = DAILY_LIMIT  # tests lower it to reach the end of the day's budget
         self._raw_ids = itertools.count(1)
         anchor = emulator.anchor
         for _ in range(count):
@@ -99,42 +109,52 @@ class GoHighLevel:
         return contact["id"]
 
     def _generate(self, *, at: datetime, **fields: Any) -> dict[str, Any]:
+        """A contact in the search answer's shape; fields override the generated ones, and a
+        field given as None is left out (as the service leaves out what a contact lacks)."""
         first, last = self.random.choice(FIRST), self.random.choice(LAST)
         contact_id = fields.pop("id", None) or self.new_id()
+        company = self.random.choice(COMPANIES)
+        dnd = self.random.random() < 0.05
         contact = {
             "id": contact_id,
             "locationId": LOCATION_ID,
             "firstName": first,
             "lastName": last,
-            "name": f"{first} {last}",
+            "firstNameLowerCase": first.lower(),
+            "lastNameLowerCase": last.lower(),
             "email": f"{first}.{last}.{contact_id[:5]}@example.com".lower().replace(" ", "").replace("'", ""),
             "phone": f"+316{self.random.randrange(10**7, 10**8)}",
-            "companyName": self.random.choice(COMPANIES),
-            "timezone": "Europe/Amsterdam",
-            "dnd": self.random.random() < 0.05,
+            "phoneLabel": "Mobile",
+            "companyName": company,
+            "businessName": company,
+            "dnd": dnd,
+            "dndSettings": {"Email": {"status": "active" if dnd else "inactive", "message": "", "code": ""}},
             "type": self.random.choice(["lead", "customer"]),
             "source": self.random.choice(SOURCES),
-            "assignedTo": None,
-            "address1": f"Keizersgracht {self.random.randrange(1, 700)}",
+            "address": f"Keizersgracht {self.random.randrange(1, 700)}",
             "city": "Amsterdam",
-            "state": None,
             "country": "NL",
             "postalCode": f"10{self.random.randrange(10, 99)} AB",
-            "website": None,
             "tags": sorted(self.random.sample(TAGS, self.random.randrange(0, 3))),
-            "dateOfBirth": None,
             "dateAdded": iso(at),
             "customFields": [{"id": "cfSegment", "value": self.random.choice(["smb", "mid", "enterprise"])}],
+            "additionalEmails": [],
+            "additionalPhones": [],
+            "followers": [],
+            "opportunities": [],
+            "validEmail": True,
         }
         contact.update(fields)
         contact["dateUpdated"] = iso(at)
-        return contact
+        return {k: v for k, v in contact.items() if v is not None}
 
     def update(self, contact_id: str, *, at: datetime | None = None, **fields: Any) -> None:
         """Change fields of a contact; its dateUpdated moves to `at` (default now)."""
         contact = self.contacts[contact_id]
         self._unindex(contact)
         contact.update(fields)
+        for name in [k for k, v in fields.items() if v is None]:
+            del contact[name]  # absent, as the search answer leaves out what a contact lacks
         self._store(contact, at or datetime.now(UTC))
 
     def delete(self, contact_id: str) -> None:
@@ -181,16 +201,21 @@ class GoHighLevel:
 
     # -- API --------------------------------------------------------------------------------
     def _limit_headers(self, remaining: int) -> dict[str, str]:
-        self.daily_used += 1
         return {
             "X-RateLimit-Max": str(RATE_LIMIT[0]),
             "X-RateLimit-Remaining": str(remaining),
             "X-RateLimit-Interval-Milliseconds": str(int(RATE_LIMIT[1] * 1000)),
-            "X-RateLimit-Limit-Daily": str(DAILY_LIMIT),
-            "X-RateLimit-Daily-Remaining": str(max(DAILY_LIMIT - self.daily_used, 0)),
+            "X-RateLimit-Limit-Daily": str(self.daily_limit),
+            "X-RateLimit-Daily-Remaining": str(max(self.daily_limit - self.daily_used, 0)),
         }
 
     def _denied(self, request: Request) -> Response | None:
+        # The day's budget is counted for every call that reaches the API (the burst limit's
+        # 429s are not counted; the provider's exact rule is unpublished).
+        if self.emulator.rate_limits:
+            if self.daily_used >= self.daily_limit:
+                return Response(429, {"statusCode": 429, "message": "Daily rate limit exceeded"}, {"Retry-After": "3600"})
+            self.daily_used += 1
         if request.headers.get("authorization") != f"Bearer {self.token}":
             return _error(401, "Invalid token: access token is invalid", "Unauthorized")
         if not request.headers.get("version"):
@@ -204,7 +229,7 @@ class GoHighLevel:
         contact = self.contacts.get(request.params["id"])
         if contact is None or "_key" in contact:
             return _error(400, f"Contact with id {request.params['id']} not found")
-        return Response(200, {"contact": contact})
+        return Response(200, {"contact": by_id_shape(contact)})
 
     def search(self, request: Request) -> Response:
         denied = self._denied(request)
@@ -285,6 +310,24 @@ class GoHighLevel:
             record["searchAfter"] = list(self._key(contact))
             encoded = self.wire[key] = json.dumps(record).encode()
         return encoded
+
+
+# GetContectByIdSchema's fields that have the same name in the search Contact.
+BY_ID_SAME = ("id", "locationId", "firstName", "lastName", "email", "companyName", "phone", "dnd", "dndSettings", "type",
+              "source", "assignedTo", "city", "state", "country", "postalCode", "tags", "dateOfBirth", "dateAdded",
+              "dateUpdated", "firstNameLowerCase", "lastNameLowerCase", "customFields", "businessId")
+
+
+def by_id_shape(contact: dict[str, Any]) -> dict[str, Any]:
+    """A stored (search-shaped) contact as `GET /contacts/{id}` answers it (GetContectByIdSchema)."""
+    record = {k: contact[k] for k in BY_ID_SAME if k in contact}
+    name = " ".join(p for p in (contact.get("firstName"), contact.get("lastName")) if p)
+    record.update({"name": name, "fullNameLowerCase": name.lower(), "timezone": "Europe/Amsterdam"})
+    if "address" in contact:
+        record["address1"] = contact["address"]
+    if "email" in contact:
+        record["emailLowerCase"] = str(contact["email"]).lower()
+    return record
 
 
 def _matches(contact: dict[str, Any], item: dict[str, Any]) -> bool:

@@ -68,6 +68,8 @@ class Fault:
     path: str = ""
     retry_after: float | None = None
     delay_s: float = 0.0
+    method: str = ""  # only requests of this method, when set
+    headers: dict[str, str] = field(default_factory=dict)  # added to an injected error's answer
 
     def __post_init__(self):
         if self.kind not in FAULT_KINDS:
@@ -84,6 +86,20 @@ class Served:
     status: int
     fault: str | None
     at: float
+
+
+@dataclass
+class Exchange:
+    """One request as the emulator received it and the answer as it went out (status, headers,
+    body bytes), for observers that check both, such as the tests' OpenAPI checks. Handed to
+    observers only, never kept: a page of contacts is large."""
+
+    provider: str
+    request: Request
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    fault: str | None
 
 
 class SlidingWindow:
@@ -128,6 +144,7 @@ class Emulator:
         self.limits: dict[str, SlidingWindow] = {}
         self.limit_headers: dict[str, Callable[[int], dict[str, str]]] = {}
         self.observers: list[Callable[[Served], None]] = []
+        self.exchange_observers: list[Callable[[Exchange], None]] = []
         self.ghl = ghl.GoHighLevel(self, seed=seed, count=contacts)
         self.halo = halo.HaloPSA(self, seed=seed, agents=agents, ideal=halo_ideal)
         self.employes = employes.Employes(self, seed=seed, count=employees)
@@ -155,6 +172,17 @@ class Emulator:
         sent: tests change data between pages or kill a client at a chosen request."""
         with self.lock:
             self.observers.append(observer)
+
+    def on_exchange(self, observer: Callable[[Exchange], None]) -> None:
+        """Call `observer` with each request and its answer as sent (after faults are applied)."""
+        with self.lock:
+            self.exchange_observers.append(observer)
+
+    def exchanged(self, exchange: Exchange) -> None:
+        with self.lock:
+            observers = list(self.exchange_observers)
+        for observer in observers:
+            observer(exchange)
 
     def clear_faults(self) -> None:
         with self.lock:
@@ -202,11 +230,12 @@ class Emulator:
             limited = self._limit(provider)
             if limited:
                 return limited, provider, "rate_limit"
-            fault = self._take_fault(provider, request.path)
+            fault = self._take_fault(provider, request.path, request.method)
         if fault and fault.kind == "slow":
             time.sleep(fault.delay_s)
         elif fault and fault.kind in ("429", "500", "502", "503"):
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            headers.update(fault.headers)
             return Response(int(fault.kind), {"message": f"injected {fault.kind}"}, headers), provider, fault.kind
         elif fault and fault.kind in ("expired_token", "revoked_token"):
             reason = "expired" if fault.kind == "expired_token" else "revoked"
@@ -231,9 +260,9 @@ class Emulator:
         window = self.limits[provider]
         return max(window.limit - len(window.seen), 0)
 
-    def _take_fault(self, provider: str, path: str) -> Fault | None:
+    def _take_fault(self, provider: str, path: str, method: str) -> Fault | None:
         for fault in self.faults:
-            if fault.provider == provider and fault.path in path:
+            if fault.provider == provider and fault.path in path and fault.method in ("", method):
                 if fault.after > 0:
                     fault.after -= 1
                     return None
@@ -285,6 +314,7 @@ class _Handler(BaseHTTPRequestHandler):
         payload = response.encoded()
         if fault == "malformed":
             payload = payload[: max(len(payload) // 2, 1)] + b"<html>"
+        emulator.exchanged(Exchange(provider, request, response.status, dict(response.headers), payload, fault))
         self.send_response(response.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))

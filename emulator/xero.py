@@ -1,9 +1,13 @@
 """Xero's OAuth2 identity server and Projects time-entry API, as Xero's developer docs describe them.
 
-Serves `POST /connect/token` (refresh-token grant, client in HTTP Basic auth): every refresh
+Held to Xero's published descriptions (`XeroAPI/Xero-OpenAPI`, `xero-projects.yaml`,
+`xero-identity.yaml`) and to its official SDK (`xero-python`), which the tests use to drive it.
+
+Serves `POST /connect/token` (refresh-token grant, client in HTTP Basic auth or, as the SDK
+sends it, in the form; the answer carries `id_token` as Xero's does): every refresh
 rotates the refresh token, the previous one stays usable for a grace period (30 minutes) in case
 the answer was lost, a token unused for 60 days expires, and revoked ones answer `invalid_grant`;
-access tokens live 30 minutes. Behind a bearer token, `GET /connections`, and behind a bearer
+access tokens live 30 minutes. Behind a bearer token, `GET /connections` (any letter case), and behind a bearer
 token plus `Xero-Tenant-Id` the Projects API under `/projects.xro/2.0`: `Projects`,
 `ProjectsUsers`, a project's `Tasks`, and its `Time` entries (list with user, task and
 inclusive date filters in pages of up to 500, get, create, replace, delete; LOCKED and INVOICED
@@ -79,6 +83,12 @@ def utc_stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def precise_stamp(moment: datetime) -> str:
+    """Like `utc_stamp`, with milliseconds when there are any (an entry made in Xero's UI late in a day)."""
+    stamp = utc_stamp(moment)
+    return stamp[:-1] + f".{moment.microsecond // 1000:03d}Z" if moment.microsecond else stamp
+
+
 def parse_utc(value: Any) -> datetime | None:
     """An ISO 8601 date-time as an aware UTC datetime (zone-less means UTC); None if it is not one."""
     if not isinstance(value, str) or not value.strip():
@@ -136,6 +146,12 @@ def _basic(header: str) -> tuple[str, str] | None:
     return client_id, secret
 
 
+def _id_token(client_id: str) -> str:
+    """An OpenID Connect id_token's shape (header.payload.signature, base64url); unsigned: nothing here reads it."""
+    part = lambda value: base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()  # noqa: E731
+    return ".".join([part({"alg": "none", "typ": "JWT"}), part({"aud": client_id, "iss": "https://identity.xero.com"}), "local"])
+
+
 class _Window:
     """Calls admitted in the last `period` seconds; only admitted calls are recorded."""
 
@@ -171,6 +187,9 @@ class Xero:
         self.idempotency_ttl_s = 360.0
         self.accept_unknown_refresh_tokens = False  # a restarted standalone emulator takes its own old tokens
         self.refreshes = 0
+        self.token_extras: dict[str, Any] = {}  # fields a test adds to the token answer
+        # The answer to a PUT or DELETE of an entry that is gone: unpublished, 404 or 400.
+        self.gone_status = 404
         self.current_refresh_token = INITIAL_REFRESH_TOKEN
         self.day_used = 0
         self._day = datetime.now(UTC).date()
@@ -200,7 +219,8 @@ class Xero:
         route = lambda method, pattern, handler: emulator.route("xero", method, pattern, handler)  # noqa: E731
         time_path = BASE + r"/Projects/(?P<project>[^/]+)/Time"
         route("POST", r"/connect/token", self.token)
-        route("GET", r"/connections", self._guarded(lambda r: Response(200, [dict(self.connection)]), tenant=False))
+        # /connections in Xero's docs, /Connections in its OpenAPI description and SDK.
+        route("GET", r"/(?i:connections)", self._guarded(lambda r: Response(200, [dict(self.connection)]), tenant=False))
         route("GET", BASE + r"/Projects", self._guarded(lambda r: _page(list(self.projects.values()), r.query)))
         route("GET", BASE + r"/ProjectsUsers", self._guarded(lambda r: _page(list(self.users.values()), r.query)))
         route("GET", BASE + r"/Projects/(?P<project>[^/]+)/Tasks", self._guarded(self.list_tasks))
@@ -229,7 +249,7 @@ class Xero:
         if moment is None:
             raise ValueError(f"not an ISO date-time: {date_utc!r}")
         with self.emulator.lock:
-            return self._add(project_id, {"userId": user_id, "taskId": task_id, "dateUtc": utc_stamp(moment),
+            return self._add(project_id, {"userId": user_id, "taskId": task_id, "dateUtc": precise_stamp(moment),
                                           "duration": duration, "description": description})
 
     def delete_entry_by_hand(self, time_entry_id: str) -> None:
@@ -254,9 +274,12 @@ class Xero:
 
     # -- tokens -----------------------------------------------------------------------------
     def token(self, request: Request) -> Response:
-        if _basic(request.headers.get("authorization", "")) != (self.client_id, self.client_secret):
-            return Response(400, {"error": "invalid_client"})
         form = {k: v[-1] for k, v in parse_qs(request.body.decode(errors="replace")).items()}
+        # The client authenticates in HTTP Basic (Xero's docs) or in the form (Xero's own SDK,
+        # xero-python's TokenApi, sends client_id and client_secret there).
+        client = _basic(request.headers.get("authorization", "")) or (form.get("client_id"), form.get("client_secret"))
+        if client != (self.client_id, self.client_secret):
+            return Response(400, {"error": "invalid_client"})
         if form.get("grant_type") != "refresh_token":
             return Response(400, {"error": "unsupported_grant_type"})
         presented = form.get("refresh_token", "")
@@ -277,8 +300,10 @@ class Xero:
         self._access[access_token] = now + self.access_ttl_s
         self.refreshes += 1
         self.current_refresh_token = refresh_token
-        return Response(200, {"access_token": access_token, "expires_in": int(self.access_ttl_s), "token_type": "Bearer",
-                              "refresh_token": refresh_token, "scope": SCOPE})
+        # The fields of Xero's answer as the SDK's recorded refresh_token cassette shows them.
+        return Response(200, {"id_token": _id_token(self.client_id), "access_token": access_token,
+                              "expires_in": int(self.access_ttl_s), "token_type": "Bearer", "refresh_token": refresh_token,
+                              "scope": SCOPE, **self.token_extras})
 
     # -- what every API call goes through -------------------------------------------------------
     def _guarded(self, handler: Callable[[Request], Response], *, tenant: bool = True) -> Callable[[Request], Response]:
@@ -368,11 +393,12 @@ class Xero:
                 moment = parse_utc(query[name])
                 if moment is None:
                     return _message(400, f"{name} is not an ISO 8601 date-time: {query[name]!r}")
-                bounds[name] = utc_stamp(moment)  # normalised stamps compare as strings
+                bounds[name] = moment
         user, task = (query.get("userId") or "").lower(), (query.get("taskId") or "").lower()
+        after, before = bounds.get("dateAfterUtc", datetime.min.replace(tzinfo=UTC)), bounds.get("dateBeforeUtc", datetime.max.replace(tzinfo=UTC))
         found = [e for e in self._entries.values() if e["projectId"] == pid
                  and (not user or e["userId"] == user) and (not task or e["taskId"] == task)
-                 and e["dateUtc"] >= bounds.get("dateAfterUtc", "") and e["dateUtc"] <= bounds.get("dateBeforeUtc", "~")]
+                 and after <= parse_utc(e["dateUtc"]) <= before]
         found.sort(key=lambda e: (e["dateUtc"], e["timeEntryId"]))
         return _page(found, query)
 
@@ -397,6 +423,8 @@ class Xero:
         if invalid:
             return invalid
         entry.update(fields)
+        if entry["description"] is None:
+            del entry["description"]  # omitted, it is cleared (and Xero leaves an absent value out)
         return Response(204)
 
     def delete_time(self, request: Request) -> Response:
@@ -415,18 +443,22 @@ class Xero:
                                    "taskId": fields["taskId"], "dateUtc": fields["dateUtc"],
                                    "dateEnteredUtc": utc_stamp(datetime.now(UTC)), "duration": fields["duration"],
                                    "description": fields["description"], "status": "ACTIVE"}
+        if fields["description"] is None:
+            del self._entries[entry_id]["description"]  # Xero leaves an absent value out
         return entry_id
 
     def _entry_of(self, request: Request, *, change: bool = False) -> tuple[dict[str, Any] | None, Response | None]:
-        """(the entry the path names, None) or (None, 404; or 400 when `change` and it is LOCKED or INVOICED)."""
+        """(the entry the path names, None) or (None, 404, or `gone_status` when `change`; or 400 when
+        `change` and it is LOCKED or INVOICED)."""
         pid, entry_id = request.params["project"].lower(), request.params["entry"].lower()
         if pid not in self.projects:
             return None, _not_found(pid)
         entry = self._entries.get(entry_id)
         if entry is None or entry["projectId"] != pid:
-            return None, _message(404, f"Time entry {entry_id} not found")
+            return None, _message(self.gone_status if change else 404, f"Time entry {entry_id} not found")
         if change and entry["status"] != "ACTIVE":
-            return None, _message(400, f"Time entry {entry_id} is {entry['status']} and cannot be changed")
+            # Xero publishes no wording for this refusal; clients must read the entry's status.
+            return None, _message(400, f"Time entry {entry_id} cannot be changed")
         return entry, None
 
     def _validated(self, pid: str, request: Request) -> tuple[dict[str, Any] | None, Response | None]:

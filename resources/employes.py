@@ -1,9 +1,16 @@
 """Employes (Dutch payroll): the client resource and the parsers from its JSON to warehouse rows.
 
-Public documentation is thin (see `provider-apis.md`), so the parsers are tolerant: fields
-may be missing, `0001-01-01T00:00:00` means "no date", and `department` / `function` may be a
-string or an object with a `name`. Personal data the features do not need (IBAN, birth date,
-address, phone, e-mail, gender) is never copied out of the API response.
+Employes publishes no machine-readable description. The best public record is the code of the
+system this project replaces, which ran against the real API (`artyomx33/teddykids-lms`,
+`supabase/functions/employes-snapshot-collector/index.ts`, `employes-history-collector/index.ts`):
+it lists `GET /{company}/employees?page&per_page` (`{data, pages, total}`) for the ids only, takes
+each employee's record from `GET /{company}/employees/{id}` (unwrapping `data` when present), and
+reads `GET /{company}/employees/{id}/employments` as `{data: [...]}` or a bare array. We do the same.
+
+The parsers are tolerant: fields may be missing, `0001-01-01T00:00:00` means "no date", and
+`department` / `function` may be a string or an object with a `name`. Personal data the features
+do not need (IBAN, birth date, address, phone, e-mail, gender, citizen service number) is never
+copied out of the API response, not even into the kept record (`kept_record`).
 """
 
 import contextlib
@@ -17,7 +24,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from resources.http import BearerAuth, ProviderClient, ProviderError, shared_limiter
+from resources.http import BearerAuth, ProviderClient, ProviderError, RequestRejected, shared_limiter
 from resources.warehouse import text_value
 
 MAX_PER_PAGE = 100
@@ -31,6 +38,26 @@ TRACKED = (
     "employment_start", "employment_end", "hours_per_week", "days_per_week", "employee_type",
     "hour_wage", "month_wage", "yearly_wage",
 )
+
+
+# Fields of an employee record that are never stored, wherever they appear in it (the kept
+# record is the record as sent without these). Unknown fields are kept: a new personal field
+# Employes adds would be kept too until it is named here.
+PERSONAL_FIELDS = frozenset({
+    "iban", "bic", "date_of_birth", "birth_date", "birthdate", "gender", "email", "private_email", "phone_number",
+    "phone", "mobile", "mobile_number", "street", "housenumber", "housenumber_addition", "house_number", "zipcode",
+    "postal_code", "city", "address", "bsn", "citizen_service_number", "social_security_number", "nationality",
+    "emergency_contact", "id_document", "passport",
+})
+
+
+def kept_record(record: Any) -> Any:
+    """The employee's record as sent, without the personal fields the project never stores."""
+    if isinstance(record, dict):
+        return {k: kept_record(v) for k, v in record.items() if k not in PERSONAL_FIELDS}
+    if isinstance(record, list):
+        return [kept_record(v) for v in record]
+    return record
 
 
 def employes_date(value: Any) -> date | None:
@@ -189,11 +216,27 @@ class EmployesClient:
                 return found, shapes
             page += 1
 
+    def employee(self, employee_id: str) -> dict | None:
+        """The employee's own record (`{data: {...}}` or the bare object), or None when Employes no
+        longer has them (404: removed since the list was read)."""
+        try:
+            body = self.http.request_json("GET", f"/{self.company_id}/employees/{employee_id}")
+        except RequestRejected as error:
+            if error.status == 404:
+                return None
+            raise
+        record = body.get("data") if isinstance(body, dict) and isinstance(body.get("data"), dict) else body
+        if not isinstance(record, dict):
+            raise ProviderError(f"employes GET employee {employee_id}: the answer is not an employee record")
+        return record
+
     def employments(self, employee_id: str) -> list[dict]:
+        """The employee's employments, sent as `{data: [...]}` or as a bare array."""
         body = self.http.request_json("GET", f"/{self.company_id}/employees/{employee_id}/employments")
-        data = body.get("data") if isinstance(body, dict) else None
+        data = body.get("data") if isinstance(body, dict) else body
         if not isinstance(data, list):
-            raise ProviderError(f"employes GET employments of {employee_id}: no 'data' list in the answer")
+            got = sorted(body) if isinstance(body, dict) else type(body).__name__
+            raise ProviderError(f"employes GET employments of {employee_id}: neither a 'data' list nor a list (got {got})")
         return data
 
 

@@ -8,6 +8,11 @@ Unverified in public material, so handled defensively: the `searchAfter` value o
 returned contact (seen in community clients, not in the official spec; when absent we build
 `[dateUpdated epoch ms, id]` ourselves) and the range operators besides `gt` (we send
 `gte`/`lt` for a half-open window).
+
+The day's budget (200,000 requests per location) is read from `X-RateLimit-Daily-Remaining` on
+every answer; before asking for another page the client stops with `DailyBudgetSpent` once the
+remainder is down to `daily_reserve`, and a 429 with the remainder at 0 stops it too (its
+Retry-After runs to the end of GoHighLevel's day, which no run should wait out).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
+import httpx
 import polars as pl
 
 from resources.http import BearerAuth, ProviderClient, ProviderError, shared_limiter
@@ -28,37 +34,53 @@ from resources.warehouse import text_value
 API_VERSION = "2021-07-28"
 MAX_PAGE_SIZE = 500
 
-# API field -> warehouse column, for the plain text fields.
+# The search answer's Contact (GoHighLevel/highlevel-api-docs, apps/contacts.json of 2025-08-26,
+# SearchContactSuccessResponseDto) -> warehouse column, for the plain text fields. `name`,
+# `address1`, `timezone` and `website` are fields of GET /contacts/{id}, which search does not send.
 TEXT_FIELDS = {
     "locationId": "location_id",
     "firstName": "first_name",
     "lastName": "last_name",
-    "name": "name",
     "email": "email",
     "phone": "phone",
+    "phoneLabel": "phone_label",
     "companyName": "company_name",
-    "timezone": "timezone",
+    "businessName": "business_name",
+    "businessId": "business_id",
     "type": "type",
     "source": "source",
     "assignedTo": "assigned_to",
-    "address1": "address1",
+    "address": "address",
     "city": "city",
     "state": "state",
     "country": "country",
     "postalCode": "postal_code",
-    "website": "website",
     "dateOfBirth": "date_of_birth",
+}
+# List and object fields, kept as JSON text.
+JSON_FIELDS = {
+    "additionalEmails": "additional_emails",
+    "additionalPhones": "additional_phones",
+    "followers": "followers",
+    "tags": "tags",
+    "dndSettings": "dnd_settings",
 }
 CONTACT_SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String,
     **{column: pl.String for column in TEXT_FIELDS.values()},
+    **{column: pl.String for column in JSON_FIELDS.values()},
     "dnd": pl.Boolean,
-    "tags": pl.String,
+    "valid_email": pl.Boolean,
     "custom_fields": pl.String,
     "date_added": pl.Datetime("us"),
     "date_updated": pl.Datetime("us"),
+    "raw": pl.String,
     "content_hash": pl.String,
 }
+
+
+def _flag(value: Any) -> bool | None:
+    return None if value is None else bool(value)
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -104,24 +126,63 @@ def _contact_row(record: Any) -> dict[str, Any]:
         raise ValueError(f"unparsable date ({error})") from None
     if date_updated is None:
         raise ValueError("no dateUpdated")
+    # The hash covers the whole record, so a change to any field (mapped or not) is an update;
+    # searchAfter is a paging cursor derived from dateUpdated and id, not content.
     canonical = json.dumps({k: v for k, v in record.items() if k != "searchAfter"}, sort_keys=True, default=str)
     return {
         "id": contact_id,
         **{column: text_value(record.get(field)) for field, column in TEXT_FIELDS.items()},
-        "dnd": bool(record.get("dnd")) if record.get("dnd") is not None else None,
-        "tags": json.dumps(record.get("tags") or []),
+        **{column: _json_or_none(record.get(field)) for field, column in JSON_FIELDS.items()},
+        "dnd": _flag(record.get("dnd")),
+        "valid_email": _flag(record.get("validEmail")),
         "custom_fields": json.dumps(record.get("customFields") or record.get("customField") or []),
         "date_added": date_added,
         "date_updated": date_updated,
+        "raw": json.dumps(record, default=str),
         "content_hash": hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest(),
     }
 
 
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str)
+
+
+class DailyBudgetSpent(ProviderError):
+    """The location's day budget is used up (or down to the reserve): stop, go on after it resets."""
+
+
+class DailyBudget:
+    """What GoHighLevel's X-RateLimit-Daily-Remaining last said, and the reserve we leave."""
+
+    def __init__(self, reserve: int):
+        self.reserve = reserve
+        self.remaining: int | None = None
+
+    def read(self, response: httpx.Response) -> None:
+        value = response.headers.get("X-RateLimit-Daily-Remaining", "")
+        if value.strip().isdigit():
+            self.remaining = int(value)
+        if response.status_code == 429 and self.remaining == 0:
+            raise DailyBudgetSpent(f"gohighlevel {response.request.method} {response.request.url.path}: "
+                                   "the location's daily request limit is used up")
+
+    def check(self) -> None:
+        """Raise before a request that would eat into the reserve."""
+        if self.remaining is not None and self.remaining <= self.reserve:
+            raise DailyBudgetSpent(f"gohighlevel: the location's daily request budget is down to {self.remaining} "
+                                   f"(reserve {self.reserve})")
+
+
 class GoHighLevelClient:
-    def __init__(self, http: ProviderClient, location_id: str, page_size: int):
+    def __init__(self, http: ProviderClient, location_id: str, page_size: int, budget: DailyBudget | None = None):
         self.http = http
         self.location_id = location_id
         self.page_size = page_size
+        self.budget = budget or DailyBudget(0)
+
+    def stats(self) -> dict[str, Any]:
+        """Run metadata: the requests made and the day's budget left after them."""
+        return {**self.http.stats.as_metadata(), "daily_limit_remaining": self.budget.remaining}
 
     def search_contacts(self, updated_from: datetime | None = None, updated_before: datetime | None = None, *,
                         trust_total: bool = False) -> Iterator[list[dict]]:
@@ -145,6 +206,7 @@ class GoHighLevelClient:
             body["filters"] = [{"field": "dateUpdated", "operator": "range", "value": bounds}]
         seen: set = set()
         while True:
+            self.budget.check()
             page = self.http.request_json("POST", "/contacts/search", json=body)
             contacts = page.get("contacts") if isinstance(page, dict) else None
             if not isinstance(contacts, list):
@@ -182,11 +244,15 @@ class GoHighLevelResource(dg.ConfigurableResource):
     timeout_s: float = 30.0
     max_attempts: int = 6
     backoff_initial_s: float = 0.5
+    # Calls of the location's 200,000 a day left for others (the UI, other apps on the same
+    # location): a sync stops before it eats into them.
+    daily_reserve: int = 1000
 
     @contextlib.contextmanager
     def client(self, log: Callable[[str], None] | None = None) -> Iterator[GoHighLevelClient]:
         if not 1 <= self.page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"GoHighLevel page_size must be 1..{MAX_PAGE_SIZE}, not {self.page_size}")
+        budget = DailyBudget(self.daily_reserve)
         http = ProviderClient(
             "gohighlevel",
             self.base_url,
@@ -199,6 +265,7 @@ class GoHighLevelResource(dg.ConfigurableResource):
             max_attempts=self.max_attempts,
             backoff_initial_s=self.backoff_initial_s,
             log=log,
+            on_response=budget.read,
         )
         with http:
-            yield GoHighLevelClient(http, self.location_id, self.page_size)
+            yield GoHighLevelClient(http, self.location_id, self.page_size, budget)

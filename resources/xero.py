@@ -25,7 +25,16 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.dialects import postgresql, sqlite
 
-from resources.http import ProviderAuthError, ProviderClient, ProviderError, RefreshingAuth, RequestRejected, shared_limiter
+from resources.http import (
+    MAX_RETRY_AFTER_S,
+    ProviderAuthError,
+    ProviderClient,
+    ProviderError,
+    RefreshingAuth,
+    RequestRejected,
+    parse_retry_after,
+    shared_limiter,
+)
 from resources.settings import LOCAL_DIR, ConfigError
 from resources.warehouse import utcnow, xero_tokens
 
@@ -42,8 +51,19 @@ class XeroDisconnected(ProviderAuthError):
     """The stored refresh token was refused: only an operator reconnecting can fix it."""
 
 
-class DayBudgetSpent(ProviderError):
+class Postpone(ProviderError):
+    """Xero asks us to stop for longer than a run should wait: stop clean, the next run goes on."""
+
+
+class DayBudgetSpent(Postpone):
     """The tenant's daily call budget is used up (or down to the reserve): stop, resume tomorrow."""
+
+
+class EntryLocked(RequestRejected):
+    """Xero refused to change a time entry that it lists as LOCKED or INVOICED."""
+
+
+LOCKED_STATUSES = ("LOCKED", "INVOICED")
 
 
 def local_token_key() -> str:
@@ -147,9 +167,12 @@ class XeroClient:
         return self.budget.day_remaining is not None and self.budget.day_remaining <= self.day_reserve
 
     def time_entries(self, project_id: str, first: date, last: date) -> list[dict]:
-        """Every time entry of the project dated in [first, last] (UTC days), all pages."""
-        params = {"dateAfterUtc": f"{first.isoformat()}T00:00:00Z", "dateBeforeUtc": f"{last.isoformat()}T23:59:59Z",
-                  "pageSize": MAX_PAGE_SIZE}
+        """Every time entry of the project dated in [first, last] (UTC days), all pages.
+
+        Asks up to the next midnight, inclusive (the description says "on or before"), and keeps
+        only the days asked for: a bound of 23:59:59 would miss an entry in the day's last second."""
+        params = {"dateAfterUtc": f"{first.isoformat()}T00:00:00Z",
+                  "dateBeforeUtc": f"{(last + timedelta(days=1)).isoformat()}T00:00:00Z", "pageSize": MAX_PAGE_SIZE}
         entries, page = [], 1
         while True:
             body = self.http.request_json("GET", f"{PROJECTS}/{project_id}/Time", params={**params, "page": page})
@@ -167,16 +190,45 @@ class XeroClient:
             raise ProviderError(f"xero POST time entry in project {project_id}: the answer has no timeEntryId")
         return entry
 
-    def update(self, project_id: str, entry_id: str, payload: dict, idempotency_key: str) -> None:
-        self.http.request_json("PUT", f"{PROJECTS}/{project_id}/Time/{entry_id}", json=payload,
-                               headers={"Idempotency-Key": idempotency_key})
+    def update(self, project_id: str, entry_id: str, payload: dict, idempotency_key: str, day: date | None = None) -> None:
+        try:
+            self.http.request_json("PUT", f"{PROJECTS}/{project_id}/Time/{entry_id}", json=payload,
+                                   headers={"Idempotency-Key": idempotency_key})
+        except RequestRejected as error:
+            raise self._refusal(error, project_id, entry_id, day) from None
 
-    def delete(self, project_id: str, entry_id: str) -> None:
+    def delete(self, project_id: str, entry_id: str, day: date | None = None) -> None:
+        """Delete the entry; one already gone is what we wanted. Xero's answer for a gone entry is
+        not published (404 or 400), so a refusal is confirmed by looking the entry up."""
         try:
             self.http.request_json("DELETE", f"{PROJECTS}/{project_id}/Time/{entry_id}")
         except RequestRejected as error:
-            if error.status != 404:  # already gone is what we wanted
-                raise
+            if error.status not in (400, 404) or self.status_of(project_id, entry_id, day) is not None:
+                raise self._refusal(error, project_id, entry_id, day) from None
+
+    def status_of(self, project_id: str, entry_id: str, day: date | None = None) -> str | None:
+        """The entry's listed status (ACTIVE, LOCKED, INVOICED), or None when Xero no longer has it.
+        With `day` (the entry's UTC date, as the push lists it), read from the day's listing, which
+        answers for a gone entry without an error; else from the entry's own GET (404: gone)."""
+        if day is not None:
+            found = [e for e in self.time_entries(project_id, day, day) if str(e.get("timeEntryId")).lower() == entry_id.lower()]
+            return str(found[0].get("status")) if found else None
+        try:
+            entry = self.http.request_json("GET", f"{PROJECTS}/{project_id}/Time/{entry_id}")
+        except RequestRejected as error:
+            if error.status == 404:
+                return None
+            raise
+        return str(entry.get("status")) if isinstance(entry, dict) else None
+
+    def _refusal(self, error: RequestRejected, project_id: str, entry_id: str, day: date | None) -> RequestRejected:
+        """A 400 to a change is a lock when Xero lists the entry as LOCKED or INVOICED: its message's
+        wording is not published, its status is."""
+        if error.status == 400:
+            status = self.status_of(project_id, entry_id, day)
+            if status in LOCKED_STATUSES:
+                return EntryLocked(f"{error} (Xero lists the entry as {status})", error.status, f"Xero has it {status}: {error.detail}")
+        return error
 
 
 class XeroResource(dg.ConfigurableResource):
@@ -252,10 +304,20 @@ class XeroResource(dg.ConfigurableResource):
 
 
 def _read_budget(response: httpx.Response, budget: Budget) -> None:
+    """Note the remaining calls; stop on a 429 that no retry within the run can outlast: the day's
+    limit (`X-Rate-Limit-Problem: day` in any case, or `X-DayLimit-Remaining: 0`), or any
+    `Retry-After` longer than a run should wait."""
     for header, name in (("X-MinLimit-Remaining", "minute_remaining"), ("X-DayLimit-Remaining", "day_remaining")):
-        value = response.headers.get(header)
-        if value is not None and value.isdigit():
+        value = response.headers.get(header)  # httpx reads header names in any case
+        if value is not None and value.strip().isdigit():
             setattr(budget, name, int(value))
-    if response.status_code == 429 and response.headers.get("X-Rate-Limit-Problem", "").lower() == "day":
+    if response.status_code != 429:
+        return
+    where = f"xero {response.request.method} {response.request.url.path}"
+    problem = response.headers.get("X-Rate-Limit-Problem", "").strip().lower()
+    if problem == "day" or response.headers.get("X-DayLimit-Remaining", "").strip() == "0":
         budget.day_remaining = 0
-        raise DayBudgetSpent(f"xero {response.request.method} {response.request.url.path}: the tenant's daily call limit is used up")
+        raise DayBudgetSpent(f"{where}: the tenant's daily call limit is used up")
+    wait = parse_retry_after(response.headers.get("Retry-After"))
+    if wait is not None and wait > MAX_RETRY_AFTER_S:
+        raise Postpone(f"{where}: Xero asks to wait {wait:.0f}s ({problem or 'limit'}), longer than a run waits")

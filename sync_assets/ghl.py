@@ -17,7 +17,7 @@ import polars as pl
 import sqlalchemy as sa
 from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
 
-from resources.ghl import GoHighLevelResource, parse_contacts
+from resources.ghl import DailyBudgetSpent, GoHighLevelResource, parse_contacts
 from resources.http import ProviderError
 from resources.settings import setting
 from resources.warehouse import WarehouseResource, bulk_upsert, ghl_contacts as contacts_table, record_rejects, utcnow
@@ -138,12 +138,14 @@ def ghl_contacts(context: dg.AssetExecutionContext, gohighlevel: GoHighLevelReso
     with gohighlevel.client(log=context.log.info) as client:
         try:
             totals = sync_pages(context, warehouse, client.search_contacts(start, end, trust_total=True))
+        except DailyBudgetSpent as error:
+            raise _budget_failure(error, client.stats(), "the partition stays unsynced; re-run it once the day's budget resets") from None
         except ProviderError as error:
             raise dg.Failure(
                 description=f"{error}. Pages written before the failure are complete; re-run the partition to finish it.",
-                metadata=client.http.stats.as_metadata(),
+                metadata=client.stats(),
             ) from None
-        stats = client.http.stats.as_metadata()
+        stats = client.stats()
     context.log.info(f"{context.partition_key}: {totals['fetched']} fetched, {totals['written']} written, {stats['requests']} requests")
     return dg.MaterializeResult(
         metadata={
@@ -175,12 +177,14 @@ def ghl_contacts_reconciliation(
     with gohighlevel.client(log=context.log.info) as client:
         try:
             totals = sync_pages(context, warehouse, client.search_contacts(), seen_at=pass_started)
+        except DailyBudgetSpent as error:
+            raise _budget_failure(error, client.stats(), "nothing was soft-deleted; run the pass again once the day's budget resets") from None
         except ProviderError as error:
             raise dg.Failure(
                 description=f"{error}. The pass stopped early, so nothing was soft-deleted; re-run it.",
-                metadata=client.http.stats.as_metadata(),
+                metadata=client.stats(),
             ) from None
-        stats = client.http.stats.as_metadata()
+        stats = client.stats()
     deleted, live = _soft_delete_unseen(warehouse, pass_started, config.max_delete_share)
     totals["deleted"] = deleted
     totals["seen"] = totals["fetched"] - totals["rejected"]
@@ -196,6 +200,16 @@ def ghl_contacts_reconciliation(
             "duration_s": round(time.monotonic() - began, 3),
             "triggered_by": trigger_of(context),
         }
+    )
+
+
+def _budget_failure(error: DailyBudgetSpent, stats: dict, outcome: str) -> dg.Failure:
+    """Stopping at the day's budget: retrying now cannot help, so Dagster must not retry."""
+    return dg.Failure(
+        description=f"{error}: stopped early so the location keeps calls for the rest of the day. "
+                    f"Pages written before it are complete; {outcome}.",
+        metadata=stats,
+        allow_retries=False,
     )
 
 

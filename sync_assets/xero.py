@@ -48,7 +48,7 @@ from resources.warehouse import (
     xero_findings as findings_table,
     xero_ledger as ledger,
 )
-from resources.xero import MAX_DURATION_MIN, DayBudgetSpent, XeroClient, XeroResource, utc_stamp
+from resources.xero import MAX_DURATION_MIN, DayBudgetSpent, EntryLocked, Postpone, XeroClient, XeroResource, utc_stamp
 from sync_assets.halo import agent_mappings, date_chunks
 from sync_assets.runs import today, trigger_of
 
@@ -339,7 +339,7 @@ def apply(context: dg.AssetExecutionContext, client: XeroClient, book: Ledger, a
                 raise DayBudgetSpent(f"Xero's day budget is down to {client.budget.day_remaining} calls")
             _call(client, book, action)
             done[f"{action.kind}d"] += 1
-        except DayBudgetSpent as error:
+        except Postpone as error:  # the day's budget, or a wait longer than a run should make
             for later in calls[position:]:
                 if later.kind == "create":
                     book.write(later.entry_id, "postponed", last_error="Xero's day budget is spent; the next run goes on")
@@ -347,14 +347,14 @@ def apply(context: dg.AssetExecutionContext, client: XeroClient, book: Ledger, a
             context.log.warning(f"{error}: {done['postponed']} changes postponed to the next run")
             break
         except RequestRejected as error:
-            locked = any(word in error.detail for word in LOCKED)
+            locked = isinstance(error, EntryLocked)  # from the entry's listed status, not the message's wording
             status = "conflict" if locked else "failed"
             book.write(action.entry_id, status, last_error=error.detail[:500])
             done["conflicts" if locked else "failed"] += 1
             context.log.warning(f"Halo entry {action.entry_id}: {action.kind} refused by Xero: {error.detail[:200]}")
     if force:
         for duplicate in listing.duplicates:
-            client.delete(duplicate["projectId"], duplicate["timeEntryId"])
+            client.delete(duplicate["projectId"], duplicate["timeEntryId"], _utc_day(duplicate))
             done["duplicates_deleted"] += 1
     return done
 
@@ -363,7 +363,7 @@ def _call(client: XeroClient, book: Ledger, action: Action) -> None:
     have, want = action.held, action.wanted
     attempts = (have.attempts if have else 0) + 1
     if action.kind == "update" and have.project_id != want.project_id:  # a time entry cannot move between projects
-        client.delete(have.project_id, have.xero_id)
+        client.delete(have.project_id, have.xero_id, have.work_date)
         book.write(action.entry_id, "deleted", xero_time_entry_id=None, attempts=attempts)
         attempts += 1
         action = Action("create", action.entry_id, wanted=want)
@@ -376,11 +376,18 @@ def _call(client: XeroClient, book: Ledger, action: Action) -> None:
     elif action.kind == "update":
         key = idempotency_key("update", action.entry_id, want.hash, attempts)
         book.write(action.entry_id, have.status, idempotency_key=key, attempts=attempts)
-        client.update(want.project_id, have.xero_id, want.payload, key)
+        client.update(want.project_id, have.xero_id, want.payload, key, have.work_date)
         book.write(action.entry_id, "pushed", content_hash=want.hash, pushed_at=utcnow(), last_error=None)
     else:
-        client.delete(have.project_id, have.xero_id)
+        client.delete(have.project_id, have.xero_id, have.work_date)
         book.write(action.entry_id, "deleted", xero_time_entry_id=None, attempts=attempts, pushed_at=utcnow(), last_error=None)
+
+
+def _utc_day(entry: dict) -> date | None:
+    try:
+        return date.fromisoformat(str(entry.get("dateUtc"))[:10])
+    except ValueError:
+        return None
 
 
 def plan_table(actions: list[Action]) -> str:

@@ -6,12 +6,14 @@ import os
 import secrets
 import shutil
 import tempfile
+import warnings
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from dagster._core.test_utils import freeze_time
+from openapi_contract import Contract, specs_missing
 
 from emulator import Emulator
 from emulator import employes as employes_emulator, halo as halo_emulator, xero as xero_emulator
@@ -51,21 +53,33 @@ def frozen_clock():
 
 
 @pytest.fixture
-def emulator():
-    emulator = Emulator(seed=7, anchor=ANCHOR, contacts=300)
-    emulator.start()
-    yield emulator
-    emulator.stop()
+def emulator(request):
+    yield from serving(request, Emulator(seed=7, anchor=ANCHOR, contacts=300))
 
 
 @pytest.fixture
-def small_emulator():
+def small_emulator(request):
     """Small data and no provider-side limits, for tests that make many runs (the rate limits
     have tests of their own)."""
-    emulator = Emulator(seed=7, anchor=ANCHOR, contacts=300, agents=3, employees=10, rate_limits=False)
+    yield from serving(request, Emulator(seed=7, anchor=ANCHOR, contacts=300, agents=3, employees=10, rate_limits=False))
+
+
+def serving(request, emulator: Emulator):
+    """Serve `emulator` for one test. In tests marked `openapi`, every GoHighLevel and Xero
+    exchange is checked against the providers' published descriptions at the end."""
+    contract = None
+    if request.node.get_closest_marker("openapi"):
+        missing = specs_missing()
+        if missing:
+            warnings.warn(f"{missing}: this test's requests and answers were not checked against them", stacklevel=1)
+        else:
+            contract = Contract().watch(emulator)
     emulator.start()
     yield emulator
     emulator.stop()
+    if contract is not None:
+        violations = contract.violations()
+        assert not violations, f"{len(violations)} exchanges break the published API descriptions:\n" + "\n".join(violations[:20])
 
 
 @pytest.fixture

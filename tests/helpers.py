@@ -21,7 +21,7 @@ from resources.settings import setting
 from resources.warehouse import engine_for
 from sync_assets.ghl import ghl_contacts_reconciliation
 from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets, mappings_match_agents, no_unmapped_agents
-from sync_assets.xero import MARKER
+from sync_assets.xero import MARKER, xero_entries_pushable, xero_no_locked_conflicts, xero_time_entries
 
 FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "
 
@@ -206,3 +206,20 @@ def check_results(result) -> dict[str, bool]:
 
 def halo_day(emulator, agent=AGENT, day=DAY) -> dict[int, dict]:
     return {i: e for i, e in emulator.halo.entries().items() if e["agent_id"] == agent and e["start_date"][:10] == day.isoformat()}
+
+
+def load_mappings(resources, instance) -> None:
+    assert dg.materialize([halo_agents, agent_mappings], resources=resources, instance=instance).success
+
+
+def push(resources, instance, day=DAY, **config) -> dg.ExecuteInProcessResult:
+    run_config = {"ops": {"xero_time_entries": {"config": {"dry_run": False, **config}}}}
+    return dg.materialize([xero_time_entries, xero_entries_pushable, xero_no_locked_conflicts], resources=resources,
+                          instance=instance, partition_key=day.isoformat(), run_config=run_config, raise_on_error=False)
+
+
+def ledger(url, emulator=None) -> dict:
+    """The ledger's rows by entry key, or (given the emulator) by the emulator's id of their entry."""
+    keys = {key: i for i, key in halo_keys(emulator).items()} if emulator else {}
+    with engine_for(url).connect() as conn:
+        return {keys.get(r.entry_key, r.entry_key): r for r in conn.execute(sa.text("SELECT * FROM xero_ledger"))}

@@ -2,11 +2,15 @@
 nothing duplicated, and a clear message when the run cannot finish. Each transient fault against
 each provider is in test_fault_matrix.py."""
 
+import pytest
 from conftest import ghl_resources
 from helpers import assert_warehouse_matches_provider, failure_message, reconcile, run_metadata, warehouse_contacts
 
 from emulator.server import SlidingWindow
 from sync_assets.ghl import ghl_contacts_reconciliation
+
+pytestmark = pytest.mark.openapi  # every GoHighLevel and Xero exchange is checked against the published descriptions
+
 
 def test_retry_after_is_honoured(emulator, sqlite_warehouse_url):
     emulator.inject("gohighlevel", "429", retry_after=2, after=1)

@@ -1,21 +1,32 @@
 """GoHighLevel contacts end to end: real Dagster runs, real HTTP to the emulator, real databases."""
 
+import json
+import secrets
 from datetime import timedelta
 
 import dagster as dg
+import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import ANCHOR, ghl_resources
 from helpers import assert_warehouse_matches_provider, failure_message, reconcile, run_metadata, warehouse_contacts
 
-from resources.warehouse import engine_for, sync_rejects
+from emulator.ghl import LOCATION_ID
+from resources.warehouse import WarehouseResource, engine_for, ghl_contacts as ghl_contacts_table, sync_rejects
 from sync_assets.ghl import asset_checks, ghl_contacts, ghl_contacts_reconciliation, write_page
 
-# The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW).
-pytestmark = pytest.mark.usefixtures("frozen_clock")
+# The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW). Every
+# GoHighLevel and Xero exchange is checked against the published descriptions.
+pytestmark = [pytest.mark.usefixtures("frozen_clock"), pytest.mark.openapi]
 
 HOUR_1 = ANCHOR + timedelta(hours=1)  # partition 2026-11-20-13:00
 HOUR_2 = ANCHOR + timedelta(hours=2)
+# The search Contact's fields in GoHighLevel's description (apps/contacts.json of 2025-08-26).
+SEARCH_CONTACT_FIELDS = {
+    "id", "phoneLabel", "country", "address", "source", "type", "locationId", "dnd", "state", "businessName",
+    "customFields", "tags", "dateAdded", "additionalEmails", "phone", "companyName", "additionalPhones", "dateUpdated",
+    "city", "dateOfBirth", "firstName", "lastName", "firstNameLowerCase", "lastNameLowerCase", "email", "assignedTo",
+    "followers", "validEmail", "dndSettings", "opportunities", "postalCode", "businessId", "searchAfter"}
 
 
 def partition(hour) -> str:
@@ -173,3 +184,119 @@ def test_reconciliation_refuses_a_mass_deletion_until_told_to(emulator, warehous
     accepted = reconcile(resources, max_delete_share=1.0)
     assert run_metadata(accepted, ghl_contacts_reconciliation)["deleted"] == 200
     assert_warehouse_matches_provider(emulator, warehouse_url)
+
+
+def stored_contacts(url: str, **options) -> dict[str, dict]:
+    """Rows of `ghl_contacts` read through the table definition, so `raw` comes back as JSON values."""
+    with WarehouseResource(url=url, **options).engine.connect() as conn:
+        return {row["id"]: dict(row) for row in conn.execute(sa.select(ghl_contacts_table)).mappings()}
+
+
+def test_search_answers_the_search_shape_and_get_its_own(emulator):
+    ghl = emulator.ghl
+    contact_id = ghl.add(at=HOUR_1, assignedTo="user0001")
+    headers = {"Authorization": f"Bearer {ghl.token}", "Version": "2021-07-28"}
+    body = {"locationId": LOCATION_ID, "pageLimit": 1, "filters": [
+        {"field": "dateUpdated", "operator": "range", "value": {"gte": HOUR_1.isoformat()}}]}
+
+    found = httpx.post(f"{emulator.url}/contacts/search", json=body, headers=headers).json()
+    by_id = httpx.get(f"{emulator.url}/contacts/{contact_id}", headers=headers).json()["contact"]
+
+    (contact,) = found["contacts"]
+    assert set(contact) <= SEARCH_CONTACT_FIELDS
+    assert {"address", "businessName", "additionalEmails", "followers", "dndSettings", "searchAfter"} <= set(contact)
+    assert not {"name", "address1", "timezone", "website"} & set(contact)
+    assert (by_id["name"], by_id["address1"]) == (f"{contact['firstName']} {contact['lastName']}", contact["address"])
+
+
+def test_every_field_of_a_search_result_is_kept_even_one_we_do_not_map(emulator, warehouse_url):
+    ghl = emulator.ghl
+    contact_id = ghl.add(at=HOUR_1 + timedelta(minutes=5), businessName="Polder Bakeries BV", address="Damrak 1",
+                         additionalEmails=["billing@polder.example"], followers=["user0002"],
+                         loyaltyTier={"level": "gold", "since": "2024-03-01"})
+    resources = ghl_resources(emulator, warehouse_url)
+    assert sync_hour(resources, HOUR_1).success
+
+    row = stored_contacts(warehouse_url)[contact_id]
+    assert row["raw"]["loyaltyTier"] == {"level": "gold", "since": "2024-03-01"}
+    assert row["raw"] == ghl.contacts[contact_id] | {"searchAfter": row["raw"]["searchAfter"]}  # all of it, as sent
+    assert (row["business_name"], row["address"]) == ("Polder Bakeries BV", "Damrak 1")
+    assert json.loads(row["additional_emails"]) == ["billing@polder.example"]
+    assert json.loads(row["followers"]) == ["user0002"]
+
+    # A change to a field no column maps is still an update.
+    ghl.update(contact_id, at=HOUR_2 + timedelta(minutes=5), loyaltyTier={"level": "platinum"})
+    second = sync_hour(resources, HOUR_2)
+    assert run_metadata(second, ghl_contacts)["updated"] == 1
+    assert stored_contacts(warehouse_url)[contact_id]["raw"]["loyaltyTier"] == {"level": "platinum"}
+
+
+OLD_CONTACTS_TABLE = """CREATE TABLE ghl_contacts (id VARCHAR(64) PRIMARY KEY, location_id VARCHAR(64), first_name TEXT,
+    last_name TEXT, name TEXT, email TEXT, phone TEXT, company_name TEXT, timezone TEXT, dnd BOOLEAN, type TEXT, source TEXT,
+    assigned_to TEXT, address1 TEXT, city TEXT, state TEXT, country TEXT, postal_code TEXT, website TEXT, date_of_birth TEXT,
+    tags TEXT, custom_fields TEXT, date_added TIMESTAMP, date_updated TIMESTAMP NOT NULL, content_hash VARCHAR(32) NOT NULL,
+    synced_at TIMESTAMP NOT NULL, seen_at TIMESTAMP, deleted_at TIMESTAMP)"""
+
+
+def test_a_warehouse_made_before_the_raw_column_is_upgraded_in_place(emulator, warehouse_url):
+    schema = f"upgrade_{secrets.token_hex(4)}" if warehouse_url.startswith("postgresql") else None
+    admin = sa.create_engine(warehouse_url)
+    contact_id = sorted(emulator.ghl.truth())[0]
+    with admin.begin() as conn:
+        if schema:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}; SET LOCAL search_path = {schema}"))
+        conn.execute(sa.text(OLD_CONTACTS_TABLE))
+        conn.execute(sa.text("INSERT INTO ghl_contacts (id, name, address1, date_updated, content_hash, synced_at) "
+                             "VALUES (:id, 'Old Name', 'Old Street 1', '2020-01-01', 'old', '2020-01-01')"), {"id": contact_id})
+    try:
+        resources = {**ghl_resources(emulator, warehouse_url), "warehouse": WarehouseResource(url=warehouse_url, db_schema=schema)}
+        result = reconcile(resources)
+
+        assert result.success
+        assert run_metadata(result, ghl_contacts_reconciliation)["updated"] == 1
+        rows = stored_contacts(warehouse_url, db_schema=schema)
+        assert len(rows) == 300 and all(row["raw"]["id"] == row["id"] for row in rows.values())
+        assert rows[contact_id]["address"] == emulator.ghl.contacts[contact_id]["address"]
+        with WarehouseResource(url=warehouse_url, db_schema=schema).engine.connect() as conn:
+            old_name = conn.execute(sa.text("SELECT name FROM ghl_contacts WHERE id = :id"), {"id": contact_id}).scalar()
+        assert old_name == "Old Name"  # the old column stays, unwritten
+    finally:
+        if schema:
+            WarehouseResource(url=warehouse_url, db_schema=schema).engine.dispose()
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def test_the_day_budget_is_reported_and_a_sync_stops_before_crossing_it(emulator, sqlite_warehouse_url):
+    ghl = emulator.ghl
+    added = {ghl.add(at=HOUR_1 + timedelta(seconds=30 * n)) for n in range(120)}
+    ghl.daily_limit = 1 + 2  # after the first page, 2 calls are left: the reserve
+    resources = ghl_resources(emulator, sqlite_warehouse_url, page_size=50, daily_reserve=2)
+
+    with dg.instance_for_test() as instance:
+        stopped = sync_hour(resources, HOUR_1, instance)
+        assert not stopped.success
+        assert instance.get_latest_materialization_event(ghl_contacts.key) is None  # the hour stays to do
+        failure = next(e.step_failure_data for e in stopped.all_events if e.is_step_failure)
+        assert "daily request budget is down to 2" in failure.error.message
+        assert failure.user_failure_data.metadata["daily_limit_remaining"].value == 2
+        assert len(emulator.requests("gohighlevel")) == 1
+        assert len(warehouse_contacts(sqlite_warehouse_url)) == 50
+
+        ghl.daily_used = 0  # the next day
+        ghl.daily_limit = 200_000
+        rerun = sync_hour(resources, HOUR_1, instance)
+    assert rerun.success
+    assert set(warehouse_contacts(sqlite_warehouse_url)) == added
+    assert run_metadata(rerun, ghl_contacts)["daily_limit_remaining"] == 200_000 - 3
+
+
+def test_a_429_for_the_spent_day_stops_at_once(emulator, sqlite_warehouse_url):
+    emulator.ghl.daily_limit = 0
+
+    result = reconcile(ghl_resources(emulator, sqlite_warehouse_url, daily_reserve=0))
+
+    assert not result.success
+    assert "daily request limit is used up" in failure_message(result)
+    assert len(emulator.requests("gohighlevel")) == 1  # no retries against a day's wait

@@ -13,7 +13,7 @@ from helpers import AUTUMN, YEAR, failure_message, halo_entries, halo_keys, meta
 from definitions import defs
 from resources.warehouse import engine_for, halo_agents as agents_table, sync_scope
 from sync_assets.fiscal_years import FISCAL_YEARS
-from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets, mappings_match_agents, no_unmapped_agents
+from sync_assets.halo import halo_timesheets
 
 # The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW).
 pytestmark = pytest.mark.usefixtures("frozen_clock")

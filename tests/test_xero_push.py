@@ -10,7 +10,19 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from conftest import ANCHOR, xero_resources
-from helpers import AGENT, DAY, Lockstep, check_results as checks, expected_task, failure_message, halo_day, halo_keys, xero_by_halo_id
+from helpers import (
+    AGENT,
+    DAY,
+    Lockstep,
+    check_results as checks,
+    expected_task,
+    failure_message,
+    halo_day,
+    ledger,
+    load_mappings,
+    push,
+    xero_by_halo_id,
+)
 from cryptography.fernet import Fernet
 from dagster._core.test_utils import freeze_time
 
@@ -22,16 +34,14 @@ from resources.settings import PROJECT_ROOT
 from resources.warehouse import engine_for
 from resources.xero import local_token_key
 from sensors.xero import xero_approvals
-from sync_assets.halo import agent_mappings, halo_agents
 from sync_assets.xero import (
-    xero_entries_pushable,
-    xero_no_locked_conflicts,
     xero_reconciliation,
     xero_time_entries,
 )
 
-# The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW).
-pytestmark = pytest.mark.usefixtures("frozen_clock")
+# The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW). Every
+# GoHighLevel and Xero exchange is checked against the published descriptions.
+pytestmark = [pytest.mark.usefixtures("frozen_clock"), pytest.mark.openapi]
 
 
 
@@ -48,26 +58,9 @@ def resources(emulator, sqlite_warehouse_url, instance):
     return resources
 
 
-def load_mappings(resources, instance) -> None:
-    assert dg.materialize([halo_agents, agent_mappings], resources=resources, instance=instance).success
-
-
-def push(resources, instance, day=DAY, **config) -> dg.ExecuteInProcessResult:
-    run_config = {"ops": {"xero_time_entries": {"config": {"dry_run": False, **config}}}}
-    return dg.materialize([xero_time_entries, xero_entries_pushable, xero_no_locked_conflicts], resources=resources,
-                          instance=instance, partition_key=day.isoformat(), run_config=run_config, raise_on_error=False)
-
-
 def meta(result, name="xero_time_entries") -> dict:
     (materialization,) = result.asset_materializations_for_node(name)
     return {k: v.value for k, v in materialization.metadata.items()}
-
-
-def ledger(url, emulator=None) -> dict:
-    """The ledger's rows by entry key, or (given the emulator) by the emulator's id of their entry."""
-    keys = {key: i for i, key in halo_keys(emulator).items()} if emulator else {}
-    with engine_for(url).connect() as conn:
-        return {keys.get(r.entry_key, r.entry_key): r for r in conn.execute(sa.text("SELECT * FROM xero_ledger"))}
 
 
 def assert_xero_matches(emulator, entries: dict[int, dict]) -> None:
