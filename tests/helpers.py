@@ -1,6 +1,7 @@
-"""What several test modules share: reading a failed run, free ports, patient waits, and the
-hard days on which the date-sensitive tests also run. Fixtures live in conftest.py; this module
-holds plain functions and constants (importable from a child process too)."""
+"""What several test modules share: reading a failed run, free ports, patient waits, the
+emulator barrier that keeps two runs in step (Lockstep), the hard days on which the
+date-sensitive tests also run, and GoHighLevel and Xero comparisons. Fixtures live in
+conftest.py; this module holds plain functions and classes (importable from a child process too)."""
 
 from __future__ import annotations
 

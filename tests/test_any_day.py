@@ -67,7 +67,7 @@ def test_the_new_fiscal_year_sensor_adds_the_year_of_today(now):
     assert [r.partition_key for r in result.run_requests] == [f"FY{now.year}"]  # FISCAL_YEAR_START 01-01
 
 
-def test_the_approval_sensor_asks_for_an_approval_of_yesterday_not_of_before_the_open_period(now, emulator_at, sqlite_warehouse_url):
+def test_the_approval_sensor_asks_for_the_last_work_day_not_for_one_before_the_open_period(now, emulator_at, sqlite_warehouse_url):
     emulator = emulator_at(now)  # seeded time entries end the day before today
     resources = {"halopsa": halo_resources(emulator, sqlite_warehouse_url)["halopsa"]}
     first, last = open_period()
