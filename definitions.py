@@ -67,7 +67,7 @@ def local_resources() -> dict:
             client_id=xero_emulator.CLIENT_ID,
             client_secret=xero_emulator.CLIENT_SECRET,
             tenant_id=xero_emulator.TENANT_ID,
-            token_key=local_token_key(),
+            token_key=dg.EnvVar("XERO_TOKEN_KEY") if os.environ.get("XERO_TOKEN_KEY") else local_token_key(),
             initial_refresh_token=xero_emulator.INITIAL_REFRESH_TOKEN,
         ),
         "mapping_files": mapping_files(),
@@ -116,7 +116,7 @@ def build_definitions() -> dg.Definitions:
     defs = dg.Definitions(
         assets=sync_assets.assets,
         asset_checks=sync_assets.asset_checks,
-        jobs=[*schedules.jobs, *sensors.jobs],
+        jobs=[*schedules.jobs, *sensors.jobs, *sync_assets.jobs],
         schedules=schedules.schedules,
         sensors=sensors.sensors,
         resources=RESOURCES[sync_env()](),
