@@ -6,6 +6,8 @@
     workforce-sync xero-connect < token     store a Xero refresh token (first connection, or after
                                             Xero refused the stored one); read from stdin so it
                                             stays out of the shell history
+    workforce-sync doctor [--json]          read-only checks of every provider's assumptions, one line
+                                            each (PASS / WARN / FAIL); exits 1 on any FAIL
     workforce-sync status                   one line per asset: health light, last success, last
                                             failure and its run; exits 1 while any light is red
 
@@ -182,6 +184,17 @@ def xero_connect(defs: dg.Definitions, refresh_token: str) -> str:
     return f"stored a new Xero refresh token for tenant {xero.tenant_id}; the next run uses it"
 
 
+def run_doctor_command(defs: dg.Definitions, as_json: bool, providers: list[str] | None) -> int:
+    from resources.doctor import as_json as findings_json, exit_code, iter_lines, run_doctor
+    from resources.settings import sync_env
+
+    resources = {name: defs.resources[name].process_config_and_initialize()
+                 for name in ("gohighlevel", "halopsa", "employes", "xero", "mapping_files", "warehouse")}
+    findings = run_doctor(resources, production=sync_env() == "production", providers=tuple(providers) if providers else None)
+    print(findings_json(findings) if as_json else "\n".join(iter_lines(findings)))
+    return exit_code(findings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workforce-sync", description="Run the workforce syncs without the UI.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("first", help="the earliest fiscal year, e.g. FY2023")
     commands.add_parser("xero-connect", help="store a Xero refresh token read from stdin")
     commands.add_parser("status", help="print each asset's health, last success and last failure; exit 1 if any is red")
+    doctor = commands.add_parser("doctor", help="check every provider read-only before syncing; exit 1 on any FAIL")
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.add_argument("--provider", action="append", choices=["gohighlevel", "halopsa", "employes", "xero"],
+                        help="check only this provider (repeatable)")
     args = parser.parse_args(argv)
     ensure_dagster_home()
     try:
@@ -201,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "xero-connect":
                 print(xero_connect(defs, sys.stdin.read().strip()))
                 return 0
+            if args.command == "doctor":
+                return run_doctor_command(defs, args.json, args.provider)
             if args.command == "status":
                 rows = status(defs, instance)
                 print_status(rows)

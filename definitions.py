@@ -117,7 +117,7 @@ def build_definitions() -> dg.Definitions:
     defs = dg.Definitions(
         assets=sync_assets.assets,
         asset_checks=sync_assets.asset_checks,
-        jobs=[*schedules.jobs, *sensors.jobs],
+        jobs=[*schedules.jobs, *sensors.jobs, *sync_assets.jobs],
         schedules=schedules.schedules,
         sensors=sensors.sensors,
         resources=RESOURCES[sync_env()](),

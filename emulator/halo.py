@@ -101,6 +101,7 @@ class HaloPSA:
         self.hidden_days: set[date] = set()
         # How far past the end asked for TimesheetEvent answers reach (a tenant that mis-reads ranges).
         self.overreach = timedelta()
+        self.entry_agent_filter = True  # False: TimesheetEvent ignores the agent filter too (a tenant seen nowhere yet)
         self.random = random.Random(f"halo-{seed}")
         self.client_id = CLIENT_ID
         self.client_secret = CLIENT_SECRET
@@ -432,7 +433,7 @@ class HaloPSA:
         try:
             start, end = _date_range(request.query, self.ideal)
             end += self.overreach
-            agents = _agent_filter(request.query)
+            agents = _agent_filter(request.query) if self.entry_agent_filter else None
         except _BadRequest as error:
             return _error(400, str(error))
         found = []

@@ -132,11 +132,12 @@ class Emulator:
     """The providers' APIs over one seeded, deterministic data set."""
 
     def __init__(self, *, seed: int = 7, anchor: datetime | None = None, rate_limits: bool = True, contacts: int = 300,
-                 agents: int = 24, employees: int = 40, halo_ideal: bool = False):
+                 agents: int = 24, employees: int = 40, halo_ideal: bool = False, clock_skew_s: float = 0.0):
         from emulator import employes, ghl, halo, webhook, xero  # the provider modules import this one
 
         self.lock = threading.RLock()
         self.rate_limits = rate_limits
+        self.clock_skew_s = clock_skew_s  # added to the Date header: a server whose clock is off
         self.anchor = anchor or datetime.now(UTC)
         self.faults: list[Fault] = []
         self.served: list[Served] = []
@@ -287,6 +288,10 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in separate writes; with Nagle's algorithm on, the body waits for
     # the client's delayed ACK of the headers (40 ms a request on Linux), which real APIs don't cost.
     disable_nagle_algorithm = True
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        skew = self.server.emulator.clock_skew_s  # type: ignore[attr-defined]
+        return super().date_time_string((time.time() if timestamp is None else timestamp) + skew)
 
     def log_message(self, *args) -> None:  # the request log is read through Emulator.requests
         pass

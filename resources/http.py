@@ -231,6 +231,10 @@ class ProviderClient:
     def __exit__(self, *exc) -> None:
         self._http.close()
 
+    def on_response(self, hook: Callable[[httpx.Response], None]) -> None:
+        """Also call `hook` with every response (the doctor reads their dates and limit headers)."""
+        self._http.event_hooks["response"].append(hook)
+
     def _count(self, request: httpx.Request) -> None:
         # Counted per request on the wire, so auth-flow retries and token calls count too.
         self.stats.requests += 1

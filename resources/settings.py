@@ -79,6 +79,8 @@ SETTINGS: tuple[Setting, ...] = (
             doc="Fernet key that encrypts the stored refresh token; local default `.local/xero_token.key` (0600)"),
     Setting("XERO_TENANT_ID", "xero", required=True, doc="the Xero organisation (tenant) to push to"),
     Setting("XERO_PUSH_ENABLED", "xero", "false", doc="`true` to write to Xero; until then every push run is a dry run", kind="bool"),
+    Setting("XERO_PUSH_WITHOUT_DOCTOR", "xero", "false",
+            doc="`true` lets a production push write before `workforce-sync doctor` has passed for HaloPSA and Xero", kind="bool"),
     Setting("XERO_FIRST_DAY", "xero", "2026-01-01", doc="first work date (YYYY-MM-DD) of the Xero push partitions", kind="date"),
     Setting("XERO_APPROVAL_POLL_SECONDS", "xero", "120", doc="how often the approval sensor asks Halo for new approvals", kind="count"),
     Setting("XERO_OPEN_PERIOD_DAYS", "xero", "31", doc="days back from today the approval sensor and reconciliation cover", kind="count"),

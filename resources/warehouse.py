@@ -329,6 +329,16 @@ xero_findings = sa.Table(
     sa.Column("found_at", sa.DateTime, nullable=False),
 )
 
+# `workforce-sync doctor`: each provider's latest outcome (the production push waits for a pass).
+doctor_results = sa.Table(
+    "doctor_results",
+    metadata,
+    sa.Column("provider", sa.String(32), primary_key=True),
+    sa.Column("passed", sa.Boolean, nullable=False, comment="no check failed"),
+    sa.Column("checked_at", sa.DateTime, nullable=False),
+    sa.Column("findings", sa.Text, nullable=False, comment="JSON list of {check, severity, seen, action}"),
+)
+
 sync_rejects = sa.Table(
     "sync_rejects",
     metadata,

@@ -37,7 +37,8 @@ import sqlalchemy as sa
 from resources.halo import HaloPSAResource, KeyedEntries, content_hash, key_entries, timesheet_row
 from resources.http import ProviderAuthError, ProviderError, RequestRejected
 from resources.mappings import MappingFilesResource, ProjectMappings, read_project_mappings
-from resources.settings import setting
+from resources.doctor import push_gate
+from resources.settings import setting, sync_env
 from resources.warehouse import (
     WarehouseResource,
     agent_mappings as mappings_table,
@@ -436,6 +437,10 @@ def xero_time_entries(
     began = time.monotonic()
     day = date.fromisoformat(context.partition_key)
     dry_run = (not push_enabled()) if config.dry_run is None else config.dry_run
+    gate = push_gate(warehouse.engine) if not dry_run and sync_env() == "production" else None
+    if gate:
+        context.log.warning(f"{day}: a dry run: {gate}")
+        dry_run = True
     projects, problems = read_project_mappings(mapping_files.project_mappings_path())
     if problems:
         raise dg.Failure(description=f"{mapping_files.project_mappings_path().name}: nothing pushed:\n" + "\n".join(problems),
@@ -487,6 +492,7 @@ def xero_time_entries(
     return dg.MaterializeResult(metadata={
         "work_date": day.isoformat(),
         "dry_run": dry_run,
+        "dry_run_reason": gate or ("XERO_PUSH_ENABLED is not true" if dry_run and config.dry_run is None else ""),
         "force": config.force,
         "approved_entries": len(wanted) + len(invalid),
         **{f"planned_{k}": kinds[k] for k in ("create", "update", "delete", "unchanged", "invalid", "conflict")},
