@@ -8,6 +8,10 @@
                                             stays out of the shell history
     workforce-sync status                   one line per asset: health light, last success, last
                                             failure and its run; exits 1 while any light is red
+    workforce-sync user add NAME --role viewer|operator
+                                            add a user of the production UI, or change one's
+                                            password and role (password from the terminal, or
+                                            the first line of stdin); `user remove NAME`, `user list`
 
 Runs are recorded in the Dagster instance at `DAGSTER_HOME` (default `.local/dagster_home`,
 the one `scripts/start` uses), so they show up in the UI's run history and health light.
@@ -16,6 +20,7 @@ the one `scripts/start` uses), so they show up in the UI's run history and healt
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 import time
 from datetime import UTC, datetime
@@ -23,6 +28,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
 
+import users
 from resources.settings import ConfigError, ensure_dagster_home
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey
 from sync_assets.runs import TRIGGER_TAG, today
@@ -182,6 +188,26 @@ def xero_connect(defs: dg.Definitions, refresh_token: str) -> str:
     return f"stored a new Xero refresh token for tenant {xero.tenant_id}; the next run uses it"
 
 
+def read_password(name: str) -> str:
+    """From the terminal (asked twice, not echoed), else the first line of stdin (for scripts)."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass(f"password for {name}: ")
+    if getpass.getpass("again: ") != password:
+        raise users.UsersError("the two passwords differ; nothing changed")
+    return password
+
+
+def manage_users(args: argparse.Namespace) -> str:
+    path = users.users_file()
+    if args.user_command == "add":
+        return users.add_user(path, args.name, read_password(args.name), args.role)
+    if args.user_command == "remove":
+        return users.remove_user(path, args.name)
+    listed = users.read_users(path)
+    return "\n".join(f"{name}  {role}" for name, (_, role) in listed.items()) or f"no users in {path}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workforce-sync", description="Run the workforce syncs without the UI.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -190,7 +216,22 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("first", help="the earliest fiscal year, e.g. FY2023")
     commands.add_parser("xero-connect", help="store a Xero refresh token read from stdin")
     commands.add_parser("status", help="print each asset's health, last success and last failure; exit 1 if any is red")
+    user = commands.add_parser("user", help="manage the users of the production UI (the proxy's users file)")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    user_add = user_commands.add_parser("add", help="add a user, or set an existing one's password and role")
+    user_add.add_argument("name")
+    user_add.add_argument("--role", choices=users.ROLES, required=True)
+    user_remove = user_commands.add_parser("remove", help="remove a user")
+    user_remove.add_argument("name")
+    user_commands.add_parser("list", help="list the users and their roles")
     args = parser.parse_args(argv)
+    if args.command == "user":  # needs neither the instance nor the code location's settings
+        try:
+            print(manage_users(args))
+        except users.UsersError as error:
+            print(f"workforce-sync: {error}", file=sys.stderr)
+            return 2
+        return 0
     ensure_dagster_home()
     try:
         from definitions import defs
