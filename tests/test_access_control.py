@@ -7,6 +7,7 @@ import base64
 import ipaddress
 import os
 import re
+import signal
 import stat
 import subprocess
 import time
@@ -34,6 +35,8 @@ VIEWER = ("victor", "viewer-Secret-8b1d7a")
 WRONG = "wrong-Secret-3c5e9f"
 PASSWORDS = (OPERATOR[1], VIEWER[1], WRONG)
 FOREIGN = "http://evil.example"
+# Generous: every request of the UI costs nginx a bcrypt check, on a machine others share.
+BROWSER_WAIT_MS = 300_000
 
 LAUNCH_RUN = """mutation($executionParams: ExecutionParams!) {
   launchRun(executionParams: $executionParams) {
@@ -260,20 +263,30 @@ def test_chromium_logs_in_as_an_operator_and_sees_the_asset_graph(protected):
                                       ignore_https_errors=True, viewport={"width": 1600, "height": 1200})
         page = context.new_page()
         page.goto(protected.origin + "/asset-groups")
-        page.get_by_text("Global asset lineage").wait_for(timeout=120_000)
+        page.get_by_text("Global asset lineage").wait_for(timeout=BROWSER_WAIT_MS)
         for group in ("gohighlevel", "halopsa", "employes", "xero"):  # the graph's lanes, collapsed
-            page.get_by_text(group, exact=True).first.wait_for(timeout=120_000)
+            page.get_by_text(group, exact=True).first.wait_for(timeout=BROWSER_WAIT_MS)
         skip = page.get_by_role("button", name="Skip")  # the UI's one-time community invitation
         if skip.is_visible():
             skip.click()
         page.mouse.click(1400, 1100, button="right")
         page.get_by_role("menuitem", name="Expand all groups").click()
-        page.get_by_text("xero_time_entries", exact=True).first.wait_for(timeout=120_000)
+        page.get_by_text("xero_time_entries", exact=True).first.wait_for(timeout=BROWSER_WAIT_MS)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=ARTIFACTS / "asset-graph-through-the-proxy.png")
         text = page.locator("body").inner_text()
         agent = page.evaluate("navigator.userAgent")
+        operator_can_materialize = page.get_by_role("button", name="Materialize all").is_enabled()
+        viewer = browser.new_context(http_credentials={"username": VIEWER[0], "password": VIEWER[1]},
+                                     ignore_https_errors=True, viewport={"width": 1600, "height": 1200}).new_page()
+        viewer.goto(protected.origin + "/asset-groups")
+        viewer.get_by_text("xero", exact=True).first.wait_for(timeout=BROWSER_WAIT_MS)
+        viewer_button = viewer.get_by_role("button", name="Materialize all")
+        viewer_button.wait_for(timeout=BROWSER_WAIT_MS)
+        viewer.screenshot(path=ARTIFACTS / "asset-graph-as-a-viewer.png")
+        viewer_can_materialize = viewer_button.is_enabled()
         browser.close()
+    assert (operator_can_materialize, viewer_can_materialize) == (True, False)
     assert {"ghl_contacts", "halo_timesheets", "employes_employee_snapshots", "xero_time_entries"} <= set(text.split())
     # The guard let every request of the UI itself through (its GraphQL, its websocket).
     browser_lines = [line for line in protected.access_log().splitlines() if agent in line]
@@ -295,3 +308,49 @@ def test_no_log_holds_a_password(protected):
             texts[str(path)] = path.read_text(errors="replace")
     texts["the runs' event logs"] = "\n".join(str(entry) for run in deployment.runs() for entry in deployment.instance.all_logs(run.run_id))
     assert [where for where, text in texts.items() if any(s in text for s in secrets)] == []
+
+
+def test_scripts_start_in_production_refuses_cross_site_requests_without_a_login(tmp_path):
+    """`scripts/start` with real providers: no login on 127.0.0.1, but any page in a browser on
+    this machine could reach it, so the cross-site guard stands in front of `dagster dev`."""
+    from cryptography.fernet import Fernet
+
+    dead = "http://127.0.0.1:9"  # no provider is reached: the schedules' runs just fail
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("SYNC_ENV", "DAGSTER_PORT")}
+    env |= {"SYNC_ENV": "production", "DAGSTER_HOME": str(tmp_path / "home"), "DAGSTER_PORT": str(port),
+            "WAREHOUSE_URL": f"sqlite:///{tmp_path / 'w.db'}", "GHL_BASE_URL": dead, "GHL_TOKEN": "t", "GHL_LOCATION_ID": "l",
+            "HALO_BASE_URL": dead, "HALO_CLIENT_ID": "c", "HALO_CLIENT_SECRET": "s", "EMPLOYES_BASE_URL": dead,
+            "EMPLOYES_TOKEN": "t", "EMPLOYES_COMPANY_ID": "c", "XERO_API_URL": dead, "XERO_IDENTITY_URL": dead,
+            "XERO_CLIENT_ID": "c", "XERO_CLIENT_SECRET": "s", "XERO_TOKEN_KEY": Fernet.generate_key().decode(), "XERO_TENANT_ID": "t"}
+    ui = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "start.log").open("w")
+    process = subprocess.Popen([str(PROJECT_ROOT / "scripts/start")], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+
+    def runs():
+        assert process.poll() is None, Path(log.name).read_text()[-3000:]
+        try:
+            response = httpx.post(ui + "/graphql", json={"query": RUNS}, timeout=30)
+        except httpx.HTTPError:
+            return None
+        return response.status_code == 200 and response.json()["data"]["runsOrError"]["results"]
+
+    try:
+        wait_for("scripts/start's UI", lambda: runs() is not None and runs() is not False, 240)
+        before = len(runs())
+        foreign = httpx.post(ui + "/graphql", json={"query": LAUNCH_RUN, "variables": RUN_HALO_AGENTS},
+                             headers={"Origin": FOREIGN}, timeout=30)
+        from_an_img = httpx.get(ui + "/graphql", params={"query": "mutation { setNuxSeen }"},
+                                headers={"Sec-Fetch-Site": "cross-site"}, timeout=30)
+        assert (foreign.status_code, from_an_img.status_code) == (403, 403)
+        assert len(runs()) == before
+        assert httpx.get(ui + "/asset-groups", timeout=30).status_code == 200  # no login: 127.0.0.1 only
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
