@@ -171,21 +171,29 @@ def test_plain_http_does_not_reach_the_ui(protected):
     assert response.status_code == 400 and "HTTPS" in response.text
 
 
-def test_an_operator_launches_a_run_and_it_succeeds(protected):
+@pytest.fixture(scope="module")
+def operator_run(protected) -> tuple[str, dg.DagsterRunStatus]:
+    """An operator presses Materialize (the UI's GraphQL call) through the proxy."""
     client = protected.client(OPERATOR)
     run_id = client.submit_job_execution("__ASSET_JOB", repository_location_name="workforce_sync", repository_name="__repository__",
                                          asset_selection=[["halo_agents"], ["agent_mappings"]])
-    status = wait_for("the operator's run", lambda: (s := client.get_run_status(run_id)) not in IN_PROGRESS and s, 240)
-    assert status == dg.DagsterRunStatus.SUCCESS, protected.deployment.tail()
+    return run_id, wait_for("the operator's run", lambda: (s := client.get_run_status(run_id)) not in IN_PROGRESS and s, 240)
+
+
+def test_an_operator_launches_a_run_and_it_succeeds(protected, operator_run):
+    assert operator_run[1] == dg.DagsterRunStatus.SUCCESS, protected.deployment.tail()
     assert f"- {OPERATOR[0]} [" in protected.access_log()  # the user is named once logged in
 
 
-def test_a_viewer_reads_assets_and_runs_but_cannot_launch(protected):
+def test_a_viewer_reads_assets_and_runs_but_cannot_launch(protected, operator_run):
     assets = protected.graphql(VIEWER, ASSETS).json()["data"]["assetsOrError"]["nodes"]
     assert {"ghl_contacts", "halo_timesheets", "xero_time_entries"} <= {a["key"]["path"][0] for a in assets}
-    wait_for("a run to read", protected.run_count, 240)
     runs = protected.graphql(VIEWER, RUNS).json()["data"]["runsOrError"]["results"]
     assert {r["runId"] for r in runs} == {r.run_id for r in protected.deployment.runs()}
+    run_id = operator_run[0]
+    logs = protected.graphql(VIEWER, '{ logsForRun(runId: "%s") { ... on EventConnection { events { __typename } } } }' % run_id)
+    assert "RunSuccessEvent" in {e["__typename"] for e in logs.json()["data"]["logsForRun"]["events"]}, logs.text
+    assert protected.request("GET", f"/runs/{run_id}", VIEWER).status_code == 200
 
     before = protected.run_count()
     launched = protected.graphql(VIEWER, LAUNCH_RUN, RUN_HALO_AGENTS)
