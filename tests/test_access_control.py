@@ -166,6 +166,17 @@ def test_nothing_answers_without_a_login(protected, path):
     assert posted.status_code == 401 and "runsOrError" not in posted.text
 
 
+def test_only_the_proxy_listens_beyond_this_machine(protected):
+    env = protected.deployment.env
+    listening = {}
+    for port in (env["DAGSTER_WEBSERVER_PORT"], env["VIEWER_WEBSERVER_PORT"], env["CODE_SERVER_PORT"]):
+        lines = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout.split("\n")
+        addresses = {ipaddress.ip_address(line.split()[3].rsplit(":", 1)[0].strip("[]")) for line in lines if line.strip()}
+        # The code server's gRPC listens on 127.0.0.1 as IPv6 sees it (::ffff:127.0.0.1).
+        listening[port] = {str(getattr(address, "ipv4_mapped", None) or address) for address in addresses}
+    assert listening == {port: {"127.0.0.1"} for port in listening}
+
+
 def test_plain_http_does_not_reach_the_ui(protected):
     response = httpx.get(f"http://127.0.0.1:{protected.port}/", auth=OPERATOR, timeout=60)
     assert response.status_code == 400 and "HTTPS" in response.text
