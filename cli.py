@@ -10,6 +10,10 @@
                                             each (PASS / WARN / FAIL); exits 1 on any FAIL
     workforce-sync status                   one line per asset: health light, last success, last
                                             failure and its run; exits 1 while any light is red
+    workforce-sync user add NAME --role viewer|operator
+                                            add a user of the production UI, or change one's
+                                            password and role (password from the terminal, or
+                                            the first line of stdin); `user remove NAME`, `user list`
 
 Runs are recorded in the Dagster instance at `DAGSTER_HOME` (default `.local/dagster_home`,
 the one `scripts/start` uses), so they show up in the UI's run history and health light.
@@ -18,6 +22,7 @@ the one `scripts/start` uses), so they show up in the UI's run history and healt
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 import time
 from datetime import UTC, datetime
@@ -25,6 +30,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
 
+import users
 from resources.settings import ConfigError, ensure_dagster_home
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey
 from sync_assets.runs import TRIGGER_TAG, today
@@ -195,6 +201,26 @@ def run_doctor_command(defs: dg.Definitions, as_json: bool, providers: list[str]
     return exit_code(findings)
 
 
+def read_password(name: str) -> str:
+    """From the terminal (asked twice, not echoed), else the first line of stdin (for scripts)."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass(f"password for {name}: ")
+    if getpass.getpass("again: ") != password:
+        raise users.UsersError("the two passwords differ; nothing changed")
+    return password
+
+
+def manage_users(args: argparse.Namespace) -> str:
+    path = users.users_file()
+    if args.user_command == "add":
+        return users.add_user(path, args.name, read_password(args.name), args.role)
+    if args.user_command == "remove":
+        return users.remove_user(path, args.name)
+    listed = users.read_users(path)
+    return "\n".join(f"{name}  {role}" for name, (_, role) in listed.items()) or f"no users in {path}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workforce-sync", description="Run the workforce syncs without the UI.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -207,7 +233,22 @@ def main(argv: list[str] | None = None) -> int:
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     doctor.add_argument("--provider", action="append", choices=["gohighlevel", "halopsa", "employes", "xero"],
                         help="check only this provider (repeatable)")
+    user = commands.add_parser("user", help="manage the users of the production UI (the proxy's users file)")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    user_add = user_commands.add_parser("add", help="add a user, or set an existing one's password and role")
+    user_add.add_argument("name")
+    user_add.add_argument("--role", choices=users.ROLES, required=True)
+    user_remove = user_commands.add_parser("remove", help="remove a user")
+    user_remove.add_argument("name")
+    user_commands.add_parser("list", help="list the users and their roles")
     args = parser.parse_args(argv)
+    if args.command == "user":  # needs neither the instance nor the code location's settings
+        try:
+            print(manage_users(args))
+        except users.UsersError as error:
+            print(f"workforce-sync: {error}", file=sys.stderr)
+            return 2
+        return 0
     ensure_dagster_home()
     try:
         from definitions import defs

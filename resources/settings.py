@@ -87,6 +87,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("XERO_PROJECT_MAPPINGS_FILE", "xero", "config/xero_projects.csv",
             doc="CSV mapping Halo clients, contracts and tickets to Xero projects and tasks"),
     Setting("XERO_RECONCILE_CRON", "xero", "45 2 * * *", doc="cron of the nightly Halo / ledger / Xero reconciliation", kind="cron"),
+    # Read by deploy/start and deploy/proxy (the production UI's login), not by the code location.
+    Setting("WORKFORCE_USERS_FILE", "access", None,
+            doc="the UI's users with bcrypt hashes and roles (mode 0600; `workforce-sync user add`); default `$DAGSTER_HOME/users`"),
+    Setting("PROXY_HOST", "access", "0.0.0.0", doc="address the proxy (nginx, `deploy/proxy`) listens on"),
+    Setting("PROXY_PORT", "access", "8443", doc="port the proxy listens on: the UI's address for people", kind="count"),
+    Setting("PROXY_TLS_CERT", "access", None,
+            doc="PEM certificate (with its chain) the proxy serves; unset: plain HTTP, only behind a TLS-terminating load balancer"),
+    Setting("PROXY_TLS_KEY", "access", None, doc="the certificate's private key (mode 0600)"),
+    Setting("PROXY_RUN_DIR", "access", None, doc="the proxy's configuration, pid, temporary files and logs; default `$DAGSTER_HOME/proxy`"),
+    Setting("PROXY_FAILED_LOGINS_PER_MINUTE", "access", "10",
+            doc="failed logins answered per minute and client address; more wait their turn", kind="count"),
+    Setting("VIEWER_WEBSERVER_PORT", "access", "3001", doc="port of the viewers' read-only webserver on 127.0.0.1", kind="count"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 

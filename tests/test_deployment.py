@@ -68,7 +68,7 @@ def wait_for(what: str, check, seen):
 
 
 class Deployment:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, extra_env: dict[str, str] | None = None):
         self.db = f"workforce_sync_e2e_{secrets.token_hex(4)}"
         self.admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
         with self.admin.connect() as conn:
@@ -94,6 +94,9 @@ class Deployment:
             "DAGSTER_PG_URL": self.pg_url,
             "CODE_SERVER_PORT": str(free_port()),
             "DAGSTER_WEBSERVER_PORT": str(self.web_port),
+            "VIEWER_WEBSERVER_PORT": str(free_port()),
+            "PROXY_HOST": "127.0.0.1",
+            "PROXY_PORT": str(free_port()),
             "SYNC_ENV": "local",
             "EMULATOR_URL": self.emulator.url,
             "WAREHOUSE_URL": self.warehouse_url,
@@ -102,6 +105,7 @@ class Deployment:
             "XERO_APPROVAL_POLL_SECONDS": "5",
             "XERO_OPEN_PERIOD_DAYS": str(OPEN_PERIOD_DAYS),
             "XERO_PUSH_ENABLED": "true",
+            **(extra_env or {}),
         }
         self.process = subprocess.Popen([str(PROJECT_ROOT / "deploy/start")], env=self.env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
