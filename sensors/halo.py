@@ -6,9 +6,10 @@ import json
 
 import dagster as dg
 
+from sensors.first_sync import first_sync_done
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey, year_of
 from sync_assets.runs import today
-from sync_assets.halo import halo_timesheets
+from sync_assets.halo import agent_mappings, halo_timesheets
 
 halo_timesheets_job = dg.define_asset_job("halo_timesheets_job", selection=[halo_timesheets])
 
@@ -41,6 +42,11 @@ def new_fiscal_year(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg
             new.append(key)
     for problem in malformed:
         context.log.error(f"{problem}; not synced. Delete the partition in the UI and add the right key.")
+    if new and not first_sync_done(context.instance, agent_mappings.key):
+        # A new installation: the timesheets come after the agent mappings (dependency order);
+        # the first_sync sensor syncs those, and this sensor syncs the years on a later tick.
+        context.log.info(f"{', '.join(new)}: waiting for the first sync of agent_mappings")
+        new = []
     if not (new or to_add):
         return dg.SkipReason("; ".join(malformed) if malformed else "no new fiscal year")
     return dg.SensorResult(
