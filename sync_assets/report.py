@@ -17,8 +17,10 @@ from dagster._time import get_current_datetime  # honours dagster's freeze_time 
 
 from resources.settings import setting
 from resources.warehouse import WarehouseResource, employes_employee_changes as changes_table
-from sensors.alerts import _escape, failure_reason, post_alert
 from sync_assets.runs import trigger_of
+
+# The failure reasons, escaping and posting are the alerts' own (sensors/alerts.py), imported
+# where used: the sensors package imports the assets, so a module-level import would be circular.
 
 GROUP = "operations"
 # Daily in SYNC_TIMEZONE; partition D covers D 00:00 to D+1 00:00, so it is complete from midnight.
@@ -69,6 +71,8 @@ def day_of_runs(instance: dg.DagsterInstance, start: datetime, end: datetime) ->
     materialized it is a success, one that planned it and did not is a failure with its reason.
     Rows, requests and throttled seconds come from the materialization's metadata, or from the
     failure's (the syncs attach their request counts to a `dg.Failure`)."""
+    from sensors.alerts import failure_reason
+
     days: dict[dg.AssetKey, SyncDay] = {}
     records = instance.get_run_records(
         filters=dg.RunsFilter(statuses=FINISHED, created_after=start, created_before=end), limit=RUNS_READ)
@@ -141,6 +145,8 @@ def failures_text(days: dict[str, SyncDay]) -> str:
 
 def webhook_text(day: date, days: dict[str, SyncDay], lights: dict[str, str], changes: list[str]) -> str:
     """The report as Slack mrkdwn: one line per sync, failures, employee changes."""
+    from sensors.alerts import _escape
+
     lines = [f"*Sync report for {day}*"]
     for name, d in days.items():
         lines.append(f"• `{_escape(name)}` {lights.get(name, '-')}: {d.successes}/{d.runs} runs ok, {d.rows_written} rows, "
@@ -181,6 +187,8 @@ def sync_report(context: dg.AssetExecutionContext, config: ReportConfig, warehou
         if d.durations_s:
             numbers.update({f"{name}/p50_s": round(d.p(0.5), 3), f"{name}/p95_s": round(d.p(0.95), 3)})
     if config.post:
+        from sensors.alerts import post_alert
+
         post_alert(context.log, webhook_text(day, days, lights, changes))
     return dg.MaterializeResult(metadata={
         "report": dg.MetadataValue.md(markdown_table(days, lights)),
