@@ -21,6 +21,10 @@ the next start. The Xero push stays a dry run unless XERO_PUSH_ENABLED is true.
 import dagster as dg
 
 SENSOR_NAME = "first_sync"
+# A first sync is one asset and its checks: run its steps in the run's own process rather than a
+# process per step (each would load the code location again), so a new installation's burst of
+# runs weighs less on a small machine. Pools hold in-process steps all the same.
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
 
 def partition_to_sync(partitions_def) -> str | None:
@@ -66,7 +70,7 @@ def due_requests(instance: dg.DagsterInstance, graph) -> list[dg.RunRequest]:
             continue
         if all(states.get(parent, "done") == "done" for parent in node.parent_keys):
             requests.append(dg.RunRequest(run_key=f"first-sync-{key.to_user_string()}", asset_selection=[key],
-                                          partition_key=partition_to_sync(node.partitions_def)))
+                                          partition_key=partition_to_sync(node.partitions_def), run_config=IN_PROCESS))
     return requests
 
 

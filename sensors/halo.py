@@ -1,6 +1,7 @@
 """The new-fiscal-year sensor: adds the fiscal year the calendar has entered (and any from
 FISCAL_YEAR_FIRST) as partitions, and syncs each fiscal year it has not seen before once,
-including years added by hand in the UI."""
+including years added by hand in the UI. On a new installation the syncs wait for the first sync
+of agent_mappings (sensors/first_sync.py), so the timesheets come after their mappings."""
 
 import json
 

@@ -56,8 +56,8 @@ class SyncDay:
 
 
 def window_of(day: date) -> tuple[datetime, datetime]:
-    start = DAYS.time_window_for_partition_key(day.isoformat())
-    return start.start, start.end
+    window = DAYS.time_window_for_partition_key(day.isoformat())
+    return window.start, window.end
 
 
 def _metadata_number(metadata: dict, name: str) -> float:
