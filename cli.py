@@ -10,6 +10,9 @@
                                             each (PASS / WARN / FAIL); exits 1 on any FAIL
     workforce-sync status                   one line per asset: health light, last success, last
                                             failure and its run; exits 1 while any light is red
+    workforce-sync status --json            the same per asset as JSON, with the last run's start,
+                                            finish and result, the next scheduled start, and
+                                            whether the first sync has happened
     workforce-sync user add NAME --role viewer|operator
                                             add a user of the production UI, or change one's
                                             password and role (password from the terminal, or
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -180,6 +184,75 @@ def print_status(rows: list[dict]) -> None:
         print("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
 
 
+def _iso(timestamp: float | None) -> str | None:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds") if timestamp else None
+
+
+def _drivers(defs: dg.Definitions) -> tuple[dict, dict]:
+    """Per asset, the schedules (name, cron, time zone) and the sensors that start its runs."""
+    repo = defs.get_repository_def()
+    schedules: dict[dg.AssetKey, list] = {}
+    sensors: dict[dg.AssetKey, list[str]] = {}
+    for schedule in repo.schedule_defs:
+        for key in repo.get_job(schedule.job_name).asset_layer.executable_asset_keys:
+            schedules.setdefault(key, []).append((schedule.name, schedule.cron_schedule, schedule.execution_timezone))
+    for sensor in repo.sensor_defs:
+        for target in sensor.targets:
+            if target.job_name != "__ASSET_JOB":  # the first_sync sensor: once, not a cadence
+                for key in repo.get_job(target.job_name).asset_layer.executable_asset_keys:
+                    sensors.setdefault(key, []).append(sensor.name)
+    return schedules, sensors
+
+
+def _next_start(schedules: list) -> tuple[str | None, str | None]:
+    """(when, schedule) of the soonest next tick among `schedules`, by their crons."""
+    from dagster._utils.schedules import cron_string_iterator  # dagster's own cron reading, time zones included
+
+    now = get_current_datetime().timestamp()
+    ticks = [(next(t for t in cron_string_iterator(now, cron, tz or "UTC") if t.timestamp() > now), name)
+             for name, cron, tz in schedules]
+    if not ticks:
+        return None, None
+    when, name = min(ticks)
+    return when.astimezone(UTC).isoformat(timespec="seconds"), name
+
+
+def status_json(defs: dg.Definitions, instance: dg.DagsterInstance, rows: list[dict]) -> list[dict]:
+    """`status`'s rows with what a host application's sync indicator needs: the last run's start,
+    finish and result, the last successful finish, the next scheduled start and what starts the
+    runs, and whether the first sync has happened."""
+    from sensors.first_sync import first_sync_done
+
+    schedules, sensors = _drivers(defs)
+    failures = last_failures(instance, {dg.AssetKey.from_user_string(row["asset"]) for row in rows})
+    out = []
+    for row in rows:
+        key = dg.AssetKey.from_user_string(row["asset"])
+        planned = instance.get_latest_planned_materialization_info(key)
+        record = instance.get_run_record_by_id(planned.run_id) if planned else None
+        success = instance.get_latest_materialization_event(key)
+        failed_at, failed_run = failures.get(key, (None, None))
+        next_start, next_schedule = _next_start(schedules.get(key, []))
+        out.append({
+            "asset": row["asset"],
+            "light": row["health"] if row["health"] != "-" else None,
+            "last_run": None if record is None else {
+                "run_id": record.dagster_run.run_id,
+                "started_utc": _iso(record.start_time),
+                "finished_utc": _iso(record.end_time),
+                "result": record.dagster_run.status.value.lower(),
+            },
+            "last_success_utc": _iso(success.timestamp if success else None),
+            "last_failure_utc": _iso(failed_at),
+            "failed_run": failed_run,
+            "next_scheduled_start_utc": next_start,
+            "next_schedule": next_schedule,
+            "sensors": sorted(sensors.get(key, [])),
+            "first_sync_done": first_sync_done(instance, key),
+        })
+    return out
+
+
 def xero_connect(defs: dg.Definitions, refresh_token: str) -> str:
     """Store `refresh_token` as the tenant's current one, encrypted, replacing any refused one."""
     if not refresh_token:
@@ -228,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     add = commands.add_parser("add-fiscal-years", help="add fiscal-year partitions from FIRST through the current year")
     add.add_argument("first", help="the earliest fiscal year, e.g. FY2023")
     commands.add_parser("xero-connect", help="store a Xero refresh token read from stdin")
-    commands.add_parser("status", help="print each asset's health, last success and last failure; exit 1 if any is red")
+    status_parser = commands.add_parser("status", help="print each asset's health, last success and last failure; exit 1 if any is red")
+    status_parser.add_argument("--json", action="store_true", help="print JSON, with the last run, next start and first sync")
     doctor = commands.add_parser("doctor", help="check every provider read-only before syncing; exit 1 on any FAIL")
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     doctor.add_argument("--provider", action="append", choices=["gohighlevel", "halopsa", "employes", "xero"],
@@ -263,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
                 return run_doctor_command(defs, args.json, args.provider)
             if args.command == "status":
                 rows = status(defs, instance)
-                print_status(rows)
+                if args.json:
+                    print(json.dumps(status_json(defs, instance, rows), indent=2))
+                else:
+                    print_status(rows)
                 return 1 if any(row["health"] == "red" for row in rows) else 0
             rows = run_once(defs, instance)
     except (ConfigError, MalformedKey) as error:

@@ -211,16 +211,25 @@ def local_warehouse_url() -> str:
     return f"sqlite:///{LOCAL_DIR / 'warehouse.db'}"
 
 
+# Schedule and sensor ticks are purged by the daemon (as in deploy/dagster.yaml).
+TICK_RETENTION = ("retention:\n  schedule:\n    purge_after_days: 90\n  sensor:\n    purge_after_days:\n"
+                  "      skipped: 7\n      failure: 30\n      success: 90\n")
+
+
 def ensure_dagster_home() -> Path:
     """Create the instance folder `DAGSTER_HOME` (default `.local/dagster_home`) with telemetry off
     and one step at a time per provider pool (`xero`, `halopsa`, ...), so two runs never add up
-    past a provider's limits; run retries on for the jobs that ask for them (the Xero push)."""
+    past a provider's limits; run retries on for the jobs that ask for them (the Xero push); tick
+    retention (added to an instance made before it had any)."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(LOCAL_DIR / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text("telemetry:\n  enabled: false\nrun_retries:\n  enabled: true\n  max_retries: 0\n"
-                          "concurrency:\n  pools:\n    default_limit: 1\n")
+                          "concurrency:\n  pools:\n    default_limit: 1\n" + TICK_RETENTION)
+    elif not re.search(r"^retention:", config.read_text(), re.MULTILINE):
+        with config.open("a") as file:
+            file.write(TICK_RETENTION)
     return home
 
 

@@ -1,6 +1,6 @@
 """Every schedule of the code location, one module per provider."""
 
-from schedules import employes, ghl, halo, xero
+from schedules import employes, ghl, halo, report, xero
 
-jobs = [*ghl.jobs, *employes.jobs]
-schedules = [*ghl.schedules, *halo.schedules, *employes.schedules, *xero.schedules]
+jobs = [*ghl.jobs, *employes.jobs, *report.jobs]
+schedules = [*ghl.schedules, *halo.schedules, *employes.schedules, *xero.schedules, *report.schedules]

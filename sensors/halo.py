@@ -1,14 +1,16 @@
 """The new-fiscal-year sensor: adds the fiscal year the calendar has entered (and any from
 FISCAL_YEAR_FIRST) as partitions, and syncs each fiscal year it has not seen before once,
-including years added by hand in the UI."""
+including years added by hand in the UI. On a new installation the syncs wait for the first sync
+of agent_mappings (sensors/first_sync.py), so the timesheets come after their mappings."""
 
 import json
 
 import dagster as dg
 
+from sensors.first_sync import first_sync_done
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey, year_of
 from sync_assets.runs import today
-from sync_assets.halo import halo_timesheets
+from sync_assets.halo import agent_mappings, halo_timesheets
 
 halo_timesheets_job = dg.define_asset_job("halo_timesheets_job", selection=[halo_timesheets])
 
@@ -41,6 +43,11 @@ def new_fiscal_year(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg
             new.append(key)
     for problem in malformed:
         context.log.error(f"{problem}; not synced. Delete the partition in the UI and add the right key.")
+    if new and not first_sync_done(context.instance, agent_mappings.key):
+        # A new installation: the timesheets come after the agent mappings (dependency order);
+        # the first_sync sensor syncs those, and this sensor syncs the years on a later tick.
+        context.log.info(f"{', '.join(new)}: waiting for the first sync of agent_mappings")
+        new = []
     if not (new or to_add):
         return dg.SkipReason("; ".join(malformed) if malformed else "no new fiscal year")
     return dg.SensorResult(

@@ -6,8 +6,8 @@ from resources.settings import check_settings
 # check them all first, so a bad configuration is one message naming every bad setting.
 check_settings()
 
-from sync_assets import doctor, employes, ghl, halo, xero  # noqa: E402
+from sync_assets import doctor, employes, ghl, halo, report, xero  # noqa: E402
 
-assets = [*ghl.assets, *halo.assets, *employes.assets, *xero.assets]
+assets = [*ghl.assets, *halo.assets, *employes.assets, *xero.assets, *report.assets]
 asset_checks = [*ghl.asset_checks, *halo.asset_checks, *xero.asset_checks]
 jobs = doctor.jobs

@@ -14,6 +14,8 @@ from sync_assets.fiscal_years import FISCAL_YEARS
 @pytest.fixture
 def instance():
     with dg.instance_for_test() as instance:
+        # Past the first start: the sensor waits for agent_mappings' first sync (test_first_sync).
+        instance.report_runless_asset_event(dg.AssetMaterialization("agent_mappings"))
         yield instance
 
 

@@ -1,0 +1,117 @@
+"""The daily sync report: its numbers are the run history of the day it covers. Runs are seeded
+with known outcomes (real runs against the emulator, some throttled or refused by injected
+faults) on a frozen clock, the day before and the day after included to show the window holds."""
+
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+import pytest
+from conftest import employes_resources, ghl_resources
+from health_daemon import freeze_time
+
+import cli
+from definitions import defs
+from resources.warehouse import WarehouseResource
+from sync_assets.employes import assets as employes_assets
+from sync_assets.ghl import ghl_contacts
+from sync_assets.report import sync_report
+
+DAY = date(2026, 11, 20)  # the day reported; the emulator's contacts change through 12:00 that day
+
+
+def at(hour: int, minute: int = 0, day: date = DAY) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def contacts_run(instance, resources, moment: datetime, emulator=None, new_contacts: int = 0) -> dg.ExecuteInProcessResult:
+    """The hourly sync of the hour before `moment`, as its schedule runs it, after `new_contacts`
+    contacts were added in that hour."""
+    for _ in range(new_contacts):
+        emulator.ghl.add(at=moment - timedelta(minutes=30))
+    with freeze_time(moment):
+        partition = (moment - timedelta(hours=1)).strftime("%Y-%m-%d-%H:00")
+        return dg.materialize([ghl_contacts], resources=resources, instance=instance, partition_key=partition, raise_on_error=False)
+
+
+def employes_run(instance, resources, day: date) -> dg.ExecuteInProcessResult:
+    with freeze_time(at(1, 30, day)):
+        return dg.materialize(employes_assets, resources=resources, instance=instance, partition_key=day.isoformat())
+
+
+def numbers(result: dg.ExecuteInProcessResult) -> dict:
+    """What one run of ghl_contacts reported: its materialization's metadata, or its failure's."""
+    if result.success:
+        (materialization,) = result.asset_materializations_for_node("ghl_contacts")
+        return {k: v.value for k, v in materialization.metadata.items()}
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    return {k: v.value for k, v in failure.step_failure_data.user_failure_data.metadata.items()}
+
+
+@pytest.mark.slow
+def test_the_report_is_the_days_run_history(small_emulator, sqlite_warehouse_url, instance, monkeypatch):
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", small_emulator.webhook.url)
+    ghl, employes = ghl_resources(small_emulator, sqlite_warehouse_url), employes_resources(small_emulator, sqlite_warehouse_url)
+    assert contacts_run(instance, ghl, at(23, 5, DAY - timedelta(days=1))).success  # the day before: not reported
+    assert employes_run(instance, employes, DAY - timedelta(days=1)).success
+    hired = small_emulator.employes.hire(start=DAY)
+    assert employes_run(instance, employes, DAY).success  # 01:30: snapshot, history, changes
+    seeded = [contacts_run(instance, ghl, at(9, 5), small_emulator, 2)]
+    small_emulator.inject("gohighlevel", "429", retry_after=1, times=1)  # retried after a second
+    paced = ghl_resources(small_emulator, sqlite_warehouse_url, page_size=1, requests_per_10s=2)
+    seeded.append(contacts_run(instance, paced, at(10, 5), small_emulator, 3))  # one contact a page, two requests per 10 s: throttled
+    small_emulator.ghl.token = "revoked"
+    seeded.append(contacts_run(instance, ghl, at(11, 5), small_emulator, 1))  # refused: fails
+    small_emulator.ghl.token = ghl["gohighlevel"].token
+    seeded.append(contacts_run(instance, ghl, at(12, 5), small_emulator, 4))
+    assert [r.success for r in seeded] == [True, True, False, True]
+    assert contacts_run(instance, ghl, at(5, 5, DAY + timedelta(days=1))).success  # the day after: not reported
+    records = [instance.get_run_record_by_id(r.run_id) for r in seeded]
+    durations = sorted(r.end_time - r.start_time for r in records)
+    seeded_numbers = [numbers(r) for r in seeded]
+
+    with freeze_time(at(7, 0, DAY + timedelta(days=1))):  # the morning schedule's moment
+        report = dg.materialize([sync_report], resources={"warehouse": WarehouseResource(url=sqlite_warehouse_url)},
+                                instance=instance, partition_key=DAY.isoformat(),
+                                run_config={"ops": {"sync_report": {"config": {"post": True}}}})
+        lights = {row["asset"]: row["health"] for row in cli.status(defs, instance)}
+    (materialization,) = report.asset_materializations_for_node("sync_report")
+    meta = {k: v.value for k, v in materialization.metadata.items()}
+
+    assert seeded_numbers[1]["throttled_s"] > 5 and seeded_numbers[1]["retries"] == 1
+    assert meta["ghl_contacts/runs"] == 4
+    assert meta["ghl_contacts/failures"] == 1
+    assert meta["ghl_contacts/rows_written"] == sum(n.get("written", 0) for n in seeded_numbers) >= 2 + 3 + 4
+    assert meta["ghl_contacts/requests"] == sum(n["requests"] for n in seeded_numbers)
+    assert meta["ghl_contacts/throttled_s"] == round(sum(n["throttled_s"] for n in seeded_numbers), 2)
+    assert (meta["ghl_contacts/p50_s"], meta["ghl_contacts/p95_s"]) == (round(durations[1], 3), round(durations[3], 3))
+    assert meta["employes_employee_snapshots/runs"] == meta["employes_employee_changes/runs"] == 1
+    assert meta["ghl_contacts_reconciliation/runs"] == 0 and "ghl_contacts_reconciliation/p50_s" not in meta
+    assert meta["runs"] == 4 + 3 and meta["failed_runs"] == 1
+
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in meta["report"].splitlines()[2:]}
+    assert set(table) == set(lights) - {"sync_report"}  # every sync of the code location
+    assert table["ghl_contacts"][:5] == [lights["ghl_contacts"], "4", "3", "1", str(meta["ghl_contacts/rows_written"])]
+    assert lights["ghl_contacts"] == "green" and lights["employes_employee_snapshots"] == "yellow"  # 1 h 55 min and 29.5 h old
+    assert "HTTP 401" in meta["failures"] and "ghl_contacts" in meta["failures"]
+    assert meta["employee_change_count"] == 1
+    number = small_emulator.employes.employees()[hired]["employee_number"]
+    assert meta["employee_changes"] == f"- employee {number}: hired"
+
+    (posted,) = small_emulator.webhook.messages()
+    assert posted["text"].startswith(f"*Sync report for {DAY}*")
+    assert "`ghl_contacts` green: 3/4 runs ok" in posted["text"] and "hired" in posted["text"]
+
+
+def test_the_morning_schedule_reports_yesterday_and_posts_it():
+    schedule = defs.resolve_schedule_def("sync_report_morning")
+    context = dg.build_schedule_context(scheduled_execution_time=at(7, 0, DAY + timedelta(days=1)))
+
+    (request,) = schedule.evaluate_tick(context).run_requests
+
+    assert (request.partition_key, request.run_key) == (DAY.isoformat(), DAY.isoformat())
