@@ -64,6 +64,15 @@ def small_emulator(request):
     yield from serving(request, Emulator(seed=7, anchor=ANCHOR, contacts=300, agents=3, employees=10, rate_limits=False))
 
 
+@pytest.fixture
+def ideal_emulator():
+    """Providers as documented, without a real tenant's quirks (the HaloPSA of the published API)."""
+    emulator = Emulator(seed=7, anchor=ANCHOR, contacts=50, halo_ideal=True)
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
 def serving(request, emulator: Emulator):
     """Serve `emulator` for one test. In tests marked `openapi`, every GoHighLevel and Xero
     exchange is checked against the providers' published descriptions at the end."""

@@ -5,7 +5,10 @@ conftest.py; this module holds plain functions and classes (importable from a ch
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +40,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def stop_group(process, timeout_s: float = 60.0) -> None:
+    """Stop a process started in its own session (start_new_session=True) and all it started:
+    SIGTERM, then SIGKILL for whatever has not exited after `timeout_s`."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def wait_until(what: str, check: Callable, seconds: float, seen: Callable[[], object] | None = None, every_s: float = 0.05):

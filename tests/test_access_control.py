@@ -7,11 +7,10 @@ import base64
 import ipaddress
 import os
 import re
-import signal
 import stat
 import subprocess
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -24,7 +23,8 @@ from cryptography.x509.oid import NameOID
 from dagster_graphql import DagsterGraphQLClient
 from gql.transport.requests import RequestsHTTPTransport
 from playwright.sync_api import sync_playwright
-from test_deployment import ARTIFACTS, CHROMIUM, IN_PROGRESS, Deployment, free_port, wait_for
+from deployment import ARTIFACTS, CHROMIUM, IN_PROGRESS, Deployment, wait_for
+from helpers import free_port, stop_group
 
 from resources.settings import PROJECT_ROOT
 
@@ -59,7 +59,9 @@ RUN_HALO_AGENTS = {"executionParams": {
                  "assetSelection": [{"path": ["halo_agents"]}, {"path": ["agent_mappings"]}]},
     "runConfigData": {},
 }}
-BACKFILL_A_DAY = {"backfillParams": {"assetSelection": [{"path": ["xero_time_entries"]}], "partitionNames": ["2026-11-16"]}}
+# Yesterday, a Xero work date on any day the test runs (the deployment runs on the real clock).
+BACKFILL_A_DAY = {"backfillParams": {"assetSelection": [{"path": ["xero_time_entries"]}],
+                                     "partitionNames": [(date.today() - timedelta(days=1)).isoformat()]}}
 ASSETS = "{ assetsOrError { ... on AssetConnection { nodes { key { path } } } } }"
 RUNS = "{ runsOrError { ... on Runs { results { runId status } } } }"
 LOCATION = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
@@ -366,10 +368,5 @@ def test_scripts_start_in_production_refuses_cross_site_requests_without_a_login
         assert len(runs()) == before
         assert httpx.get(ui + "/asset-groups", timeout=30).status_code == 200  # no login: 127.0.0.1 only
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
         log.close()

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from helpers import free_port, warehouse_contacts
+from helpers import free_port, stop_group, warehouse_contacts
 
 from resources.settings import PROJECT_ROOT
 from definitions import defs
@@ -113,12 +112,7 @@ def test_start_script_serves_the_ui_with_the_assets(tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{emulator_port}/api/authinfo", timeout=10) as answer:
             emulator_status = answer.status  # the emulator it started listens where EMULATOR_URL says
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, 30)
     assert assets == sorted(key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys())
     assert "ghl_contacts" in assets
     assert emulator_status == 200

@@ -26,13 +26,6 @@ from sync_assets.doctor import provider_doctor
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
-@pytest.fixture
-def ideal():
-    """Providers as documented, with no quirks (the HaloPSA of the published API)."""
-    emulator = Emulator(seed=7, anchor=ANCHOR, contacts=100, agents=6, employees=8, halo_ideal=True)
-    emulator.start()
-    yield emulator
-    emulator.stop()
 
 
 def doctor_resources(emulator: Emulator, warehouse_url: str, **files) -> dict:
@@ -59,8 +52,8 @@ def writes(emulator: Emulator) -> list:
             and s.path != "/contacts/search"]
 
 
-def test_every_check_passes_against_the_ideal_providers_and_nothing_is_written(ideal, sqlite_warehouse_url):
-    emulator = ideal
+def test_every_check_passes_against_the_ideal_providers_and_nothing_is_written(ideal_emulator, sqlite_warehouse_url):
+    emulator = ideal_emulator
     findings = examine(emulator, sqlite_warehouse_url)
     assert not_passed(findings) == {}
     checks = {(f.provider, f.check) for f in findings}
@@ -85,25 +78,25 @@ def test_a_real_tenants_quirks_are_warnings_naming_what_the_sync_does_instead(em
     assert exit_code(findings) == 0
 
 
-def test_a_time_entry_list_that_ignores_the_agent_filter_is_named(ideal, sqlite_warehouse_url):
-    ideal.halo.entry_agent_filter = False
-    findings = examine(ideal, sqlite_warehouse_url)
+def test_a_time_entry_list_that_ignores_the_agent_filter_is_named(ideal_emulator, sqlite_warehouse_url):
+    ideal_emulator.halo.entry_agent_filter = False
+    findings = examine(ideal_emulator, sqlite_warehouse_url)
     assert not_passed(findings) == {("halopsa", "agent_filter"): WARN}
     assert "/api/TimesheetEvent answered" in next(f.seen for f in findings if f.check == "agent_filter")
 
 
-def test_an_unknown_approval_status_is_named_with_the_setting_to_check(ideal, sqlite_warehouse_url):
-    sheet_agent, sheet_day = next(iter(ideal.halo.timesheets()))
-    day = max(d for a, d in ideal.halo.timesheets() if a == sheet_agent)
-    ideal.halo.set_approval(sheet_agent, day, approvalstatus=7)
-    findings = examine(ideal, sqlite_warehouse_url)
+def test_an_unknown_approval_status_is_named_with_the_setting_to_check(ideal_emulator, sqlite_warehouse_url):
+    sheet_agent, sheet_day = next(iter(ideal_emulator.halo.timesheets()))
+    day = max(d for a, d in ideal_emulator.halo.timesheets() if a == sheet_agent)
+    ideal_emulator.halo.set_approval(sheet_agent, day, approvalstatus=7)
+    findings = examine(ideal_emulator, sqlite_warehouse_url)
     assert not_passed(findings) == {("halopsa", "approval_status"): WARN}
     finding = next(f for f in findings if f.check == "approval_status")
     assert "unknown values [7]" in finding.seen and "HALO_APPROVED_STATUSES" in finding.action
 
 
-def test_a_xero_task_missing_from_xero_fails_naming_the_mapping_line(ideal, sqlite_warehouse_url, tmp_path):
-    emulator = ideal
+def test_a_xero_task_missing_from_xero_fails_naming_the_mapping_line(ideal_emulator, sqlite_warehouse_url, tmp_path):
+    emulator = ideal_emulator
     original = (PROJECT_ROOT / "config/xero_projects.csv").read_text().splitlines()
     project = original[1].split(",")[3]
     broken = tmp_path / "xero_projects.csv"
@@ -115,8 +108,8 @@ def test_a_xero_task_missing_from_xero_fails_naming_the_mapping_line(ideal, sqli
     assert exit_code(findings) == 1
 
 
-def test_a_revoked_refresh_token_fails_with_how_to_reconnect(ideal, sqlite_warehouse_url):
-    emulator = ideal
+def test_a_revoked_refresh_token_fails_with_how_to_reconnect(ideal_emulator, sqlite_warehouse_url):
+    emulator = ideal_emulator
     emulator.xero.revoke_refresh_tokens()
     findings = examine(emulator, sqlite_warehouse_url)
     assert not_passed(findings) == {("xero", "refresh_token"): FAIL}
@@ -125,14 +118,14 @@ def test_a_revoked_refresh_token_fails_with_how_to_reconnect(ideal, sqlite_wareh
     assert exit_code(findings) == 1
 
 
-def test_the_emulator_as_a_production_base_url_fails_for_every_provider(ideal, sqlite_warehouse_url):
-    emulator = ideal
+def test_the_emulator_as_a_production_base_url_fails_for_every_provider(ideal_emulator, sqlite_warehouse_url):
+    emulator = ideal_emulator
     findings = examine(emulator, sqlite_warehouse_url, production=True)
     assert not_passed(findings) == {(p, "base_url"): FAIL for p in ("gohighlevel", "halopsa", "employes", "xero")}
 
 
-def test_a_base_url_that_is_not_the_provider_fails_as_unreachable(ideal, sqlite_warehouse_url):
-    emulator = ideal
+def test_a_base_url_that_is_not_the_provider_fails_as_unreachable(ideal_emulator, sqlite_warehouse_url):
+    emulator = ideal_emulator
     resources = doctor_resources(emulator, sqlite_warehouse_url)
     resources["employes"] = employes_resources(emulator, sqlite_warehouse_url)["employes"].model_copy(
         update={"base_url": emulator.url + "/v9"})
@@ -165,8 +158,8 @@ def test_a_skewed_clock_is_named_for_every_provider(sqlite_warehouse_url, skew_s
     assert exit_code(findings) == (severity == FAIL)
 
 
-def test_the_provider_doctor_job_reports_in_the_ui_and_fails_on_a_failed_check(ideal, sqlite_warehouse_url):
-    emulator = ideal
+def test_the_provider_doctor_job_reports_in_the_ui_and_fails_on_a_failed_check(ideal_emulator, sqlite_warehouse_url):
+    emulator = ideal_emulator
     defs = dg.Definitions(jobs=[provider_doctor], resources=doctor_resources(emulator, sqlite_warehouse_url))
     with freeze_time(ANCHOR):
         result = defs.resolve_job_def("provider_doctor").execute_in_process()

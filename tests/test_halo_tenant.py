@@ -8,10 +8,10 @@ import dagster as dg
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import ANCHOR, halo_resources
+from conftest import halo_resources
 from helpers import AUTUMN, YEAR, halo_entries, halo_keys, meta, stored_entries, sync_reference, sync_year
 
-from emulator import Emulator, halo as halo_emulator
+from emulator import halo as halo_emulator
 from resources.warehouse import engine_for
 from sync_assets.fiscal_years import FISCAL_YEARS
 
@@ -27,14 +27,6 @@ def instance():
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(FISCAL_YEARS.name, [YEAR])
         yield instance
-
-
-@pytest.fixture
-def ideal_emulator():
-    emulator = Emulator(seed=7, anchor=ANCHOR, contacts=300, halo_ideal=True)
-    emulator.start()
-    yield emulator
-    emulator.stop()
 
 
 def check(result, name="halo_responses_as_expected"):

@@ -14,7 +14,6 @@ from cryptography.fernet import Fernet
 from dagster._core.test_utils import freeze_time
 from helpers import AGENT, AUTUMN, DAY, YEAR, check_results as checks, halo_day, halo_entries, halo_keys, meta, xero_by_halo_id
 
-from emulator import Emulator
 from resources.warehouse import WarehouseResource, engine_for, metadata
 from sync_assets.fiscal_years import FISCAL_YEARS
 from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets
@@ -57,14 +56,6 @@ def instance():
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(FISCAL_YEARS.name, [YEAR])
         yield instance
-
-
-@pytest.fixture
-def ideal_emulator():
-    emulator = Emulator(seed=7, anchor=ANCHOR, contacts=50, halo_ideal=True)
-    emulator.start()
-    yield emulator
-    emulator.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
