@@ -61,6 +61,8 @@ def test_the_employes_snapshot_is_of_today_in_the_sync_timezone(now, emulator_at
 
 def test_the_new_fiscal_year_sensor_adds_the_year_of_today(now):
     with dg.instance_for_test() as instance:
+        # Past the first start: the sensor waits for agent_mappings' first sync (test_first_sync).
+        instance.report_runless_asset_event(dg.AssetMaterialization("agent_mappings"))
         context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), definitions=defs)
         result = new_fiscal_year.evaluate_tick(context)
 
