@@ -109,6 +109,7 @@ def test_no_secret_of_any_sync_reaches_logs_runs_events_errors_alerts_or_the_war
         "XERO_API_URL": emulator.url, "XERO_IDENTITY_URL": emulator.url, "XERO_CLIENT_ID": xero_emulator.CLIENT_ID,
         "XERO_CLIENT_SECRET": XERO_SECRET, "XERO_REFRESH_TOKEN": XERO_REFRESH, "XERO_TOKEN_KEY": token_key,
         "XERO_TENANT_ID": xero_emulator.TENANT_ID, "XERO_PUSH_ENABLED": "true", "XERO_OPEN_PERIOD_DAYS": "3",
+        "XERO_PUSH_WITHOUT_DOCTOR": "true",  # the doctor fails here (the emulator is no production address)
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -147,6 +148,9 @@ def test_no_secret_of_any_sync_reaches_logs_runs_events_errors_alerts_or_the_war
         ]
         assert [r.success for r in synced] == [True] * len(synced)
         assert len(emulator.xero.entries()) > 0
+        # The doctor's lines, metadata and stored findings are searched too.
+        doctor = defs.resolve_job_def("provider_doctor").execute_in_process(instance=instance, raise_on_error=False)
+        assert not doctor.success and "base_url" in str(instance.all_logs(doctor.run_id))
 
         def refused(credentials, name, *assets, partition=None):
             """A run while the provider refuses the credential `name` (rotated in its UI)."""
@@ -169,7 +173,7 @@ def test_no_secret_of_any_sync_reaches_logs_runs_events_errors_alerts_or_the_war
         health_alerts.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
 
     alerts = str(emulator.webhook.messages())
-    assert len(emulator.webhook.messages()) == len(failed)
+    assert len(emulator.webhook.messages()) == len(failed) + 1  # and the failed doctor run
     tables = dump_database(database)
     tokens = tables.pop(f"{SCHEMA}.xero_tokens")
     captured = capfd.readouterr()
