@@ -122,10 +122,11 @@ def report(emulator: Emulator) -> None:
             result = sensor.evaluate_tick(context)
             cursor = result.cursor or cursor
             served = Counter(s.provider for s in emulator.requests())
+            token_kept = not any("/token" in s.path for s in emulator.requests("halopsa"))
         ticks = DAY // sensor.minimum_interval_seconds
         for provider, count in served.items():
             lines.append((provider, "xero_approvals (sensor tick)", ticks, count, sheets_per_tick(defs) if provider == "halopsa" else 0))
-        if not any("/token" in s.path for s in emulator.requests("halopsa")):
+        if token_kept:
             lines.append(("halopsa", "xero_approvals (its token, kept 1 h)", 24, 1, 0))
     print_report(lines)
 
