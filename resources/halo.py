@@ -357,6 +357,10 @@ class HaloClient:
         return kept
 
 
+# Tokens kept between the clients of one process, by application (HaloPSAResource.client(keep_token=True)).
+_KEPT_TOKENS: dict[tuple, RefreshingAuth] = {}
+
+
 class HaloPSAResource(dg.ConfigurableResource):
     """HaloPSA API with an application's client credentials (client_credentials grant, scope all)."""
 
@@ -373,7 +377,10 @@ class HaloPSAResource(dg.ConfigurableResource):
     backoff_initial_s: float = 1.0
 
     @contextlib.contextmanager
-    def client(self, log: Callable[[str], None] | None = None) -> Iterator[HaloClient]:
+    def client(self, log: Callable[[str], None] | None = None, keep_token: bool = False) -> Iterator[HaloClient]:
+        """A client for one run or tick. `keep_token`: reuse the token of this process's earlier
+        clients of the same application until it expires (a sensor ticking every few seconds
+        would otherwise spend a token request per tick)."""
         common = dict(
             limiter=shared_limiter(f"halopsa {self.base_url}", self.requests_per_minute, 60.0),
             secrets=[self.client_secret],
@@ -386,13 +393,24 @@ class HaloPSAResource(dg.ConfigurableResource):
             "halopsa", self.auth_url, auth=httpx.Auth(),
             credential_hint="check HALO_CLIENT_ID and HALO_CLIENT_SECRET (and HALO_AUTH_URL, HALO_TENANT)", **common
         )
+
+        def fetch() -> tuple[str, float | None]:
+            return self._fetch_token(token_http)
+
+        if keep_token:
+            auth = _KEPT_TOKENS.setdefault(self._application(), RefreshingAuth(fetch)).fetching_with(fetch)
+        else:
+            auth = RefreshingAuth(fetch)
         http = ProviderClient(
-            "halopsa", self.base_url, auth=RefreshingAuth(lambda: self._fetch_token(token_http)),
+            "halopsa", self.base_url, auth=auth,
             credential_hint="the token was refused right after it was issued; check the API application's permissions",
             headers={"Accept": "application/json"}, **common,
         )
         with token_http, http:
             yield HaloClient(http, token_http)
+
+    def _application(self) -> tuple:
+        return self.base_url, self.auth_url, self.tenant, self.client_id, hashlib.sha256(self.client_secret.encode()).hexdigest()
 
     def _fetch_token(self, token_http: ProviderClient) -> tuple[str, float | None]:
         form = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret, "scope": "all"}

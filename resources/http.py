@@ -162,6 +162,12 @@ class RefreshingAuth(httpx.Auth):
         """The current token, fetched now if there is none yet."""
         return self._current()
 
+    def fetching_with(self, fetch_token: Callable[[], tuple[str, float | None]]) -> "RefreshingAuth":
+        """This auth, its token kept, fetching the next one with `fetch_token` (a new client's)."""
+        with self._lock:
+            self._fetch_token = fetch_token
+        return self
+
     def auth_flow(self, request):
         token = self._current()
         request.headers["Authorization"] = f"Bearer {token}"

@@ -1,4 +1,18 @@
-"""HaloPSA schedules: agents and mappings, then the current fiscal year's timesheets, hourly."""
+"""HaloPSA schedules: agents and mappings hourly; the open period's timesheets hourly, and the
+whole current fiscal year nightly.
+
+Why the hourly sync reads only the open period (the last XERO_OPEN_PERIOD_DAYS days and today,
+32 days by default) and not the current month: what changes in Halo is recent time, entered late,
+corrected, deleted or approved in the weeks after the work, and the open period is exactly the
+stretch the approval sensor pushes to Xero and the reconciliation compares; a calendar month
+would drop last month's last days on the 1st, just while managers approve them. The sync of a
+date range makes the warehouse equal to Halo for those days only (deletions included), so an
+edit or deletion of an older entry, and every other deletion in the year, waits for the nightly
+sync of the whole year (HALO_YEAR_SYNC_CRON). Both run the one asset `halo_timesheets`; the
+schedules pass its date range as run config.
+"""
+
+from datetime import date, datetime, timedelta
 
 import dagster as dg
 
@@ -6,6 +20,7 @@ from resources.settings import setting
 from sensors.halo import halo_timesheets_job
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar
 from sync_assets.halo import agent_mappings, halo_agents
+from sync_assets.xero import open_days
 
 halo_reference_hourly = dg.ScheduleDefinition(
     name="halo_agents_hourly",
@@ -17,6 +32,19 @@ halo_reference_hourly = dg.ScheduleDefinition(
 )
 
 
+def range_request(key: str, start: date, end: date, moment: datetime) -> dg.RunRequest:
+    """A sync of the days start..end of fiscal year `key`; the key dedupes a tick that fires twice."""
+    return dg.RunRequest(
+        run_key=f"{key}:{start}..{end}@{moment.isoformat()}",
+        partition_key=key,
+        run_config={"ops": {"halo_timesheets": {"config": {"start": start.isoformat(), "end": end.isoformat()}}}},
+    )
+
+
+def _not_yet(key: str) -> dg.SkipReason:
+    return dg.SkipReason(f"{key} is not a partition yet; the sensor halo_new_fiscal_year adds and syncs it")
+
+
 @dg.schedule(
     name="halo_timesheets_hourly",
     cron_schedule="15 * * * *",
@@ -24,15 +52,40 @@ halo_reference_hourly = dg.ScheduleDefinition(
     target=halo_timesheets_job,
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
-def halo_timesheets_hourly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    """The fiscal year containing today, every hour."""
-    key = FiscalCalendar.from_settings().key_for(context.scheduled_execution_time.date())
+def halo_timesheets_hourly(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+    """The open period (the last XERO_OPEN_PERIOD_DAYS days and today), every hour: one run per
+    fiscal year it reaches into, so early in a year the old year's last weeks are synced too."""
+    moment = context.scheduled_execution_time
+    calendar, existing = FiscalCalendar.from_settings(), context.instance.get_dynamic_partitions(FISCAL_YEARS.name)
+    first, last = open_days(moment.date())
+    if calendar.key_for(last) not in existing:
+        return _not_yet(calendar.key_for(last))
+    requests, day = [], first
+    while day <= last:
+        key = calendar.key_for(day)
+        year_last = calendar.range_for(key)[1]
+        if key in existing:
+            requests.append(range_request(key, day, min(last, year_last), moment))
+        day = year_last + timedelta(days=1)
+    return requests
+
+
+@dg.schedule(
+    name="halo_timesheets_nightly",
+    cron_schedule=setting("HALO_YEAR_SYNC_CRON"),
+    execution_timezone=setting("SYNC_TIMEZONE"),
+    target=halo_timesheets_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+def halo_timesheets_nightly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    """The whole fiscal year containing today, every night: older edits, and deletions anywhere
+    in the year, which only a sync of the days they lie in applies."""
+    moment = context.scheduled_execution_time
+    calendar = FiscalCalendar.from_settings()
+    key = calendar.key_for(moment.date())
     if key not in context.instance.get_dynamic_partitions(FISCAL_YEARS.name):
-        return dg.SkipReason(f"{key} is not a partition yet; the sensor halo_new_fiscal_year adds and syncs it")
-    return dg.RunRequest(
-        run_key=f"{key}@{context.scheduled_execution_time.isoformat()}",
-        partition_key=key,
-    )
+        return _not_yet(key)
+    return range_request(key, *calendar.range_for(key), moment)
 
 
-schedules = [halo_reference_hourly, halo_timesheets_hourly]
+schedules = [halo_reference_hourly, halo_timesheets_hourly, halo_timesheets_nightly]

@@ -3,17 +3,25 @@
 The cursor is the newest approval it has acted on, as Halo reports it: the timesheet's
 approval moment (`submissiondate` of its approval, the only time Halo's approval record carries)
 and the timesheet id to order approvals of the same second. Not the wall clock, so an approval
-that Halo reports late is still seen while it lies in the open period.
+that Halo reports late is still seen while it lies in the open period. The cursor also names
+the agents it has asked about: an agent new to the warehouse's `halo_agents` has all of its
+open period's approvals taken as new once, whatever their moment.
+
+A tick costs one Halo request: the open period's timesheets. The agents come from the warehouse
+(kept by the hourly `halo_agents` sync; Halo is asked only before its first sync) and the token
+is kept between ticks until it expires, so the sensor can tick often (XERO_APPROVAL_POLL_SECONDS).
 """
 
 import json
 from datetime import date, datetime
 
 import dagster as dg
+import sqlalchemy as sa
 
 from resources.halo import HaloPSAResource, timesheet_row
 from resources.http import ProviderError
 from resources.settings import setting
+from resources.warehouse import WarehouseResource, halo_agents
 from sync_assets.xero import open_period, xero_time_entries
 
 # The sensor's cursor moves on when it asks for a run, so a run that dies must be retried by
@@ -22,10 +30,11 @@ xero_push_job = dg.define_asset_job("xero_push_job", selection=[xero_time_entrie
 NEVER = datetime(1, 1, 1)
 
 
-def approvals_after(sheets: list[dict], after: tuple[datetime, int], unreadable: list[str] | None = None
-                    ) -> list[tuple[datetime, int, date]]:
-    """(approved at, timesheet id, work date) of approved timesheets newer than `after`, oldest
-    first. Timesheets whose approval cannot be read are named in `unreadable`."""
+def approvals_after(sheets: list[dict], after: tuple[datetime, int], unreadable: list[str] | None = None,
+                    new_agents: frozenset[int] = frozenset()) -> list[tuple[datetime, int, date]]:
+    """(approved at, timesheet id, work date) of approved timesheets newer than `after`, or of
+    `new_agents` whatever their moment, oldest first. Timesheets whose approval cannot be read
+    are named in `unreadable`."""
     found = []
     for sheet in sheets:
         try:
@@ -36,16 +45,28 @@ def approvals_after(sheets: list[dict], after: tuple[datetime, int], unreadable:
             continue
         if row["approval_problem"] and unreadable is not None:
             unreadable.append(f"agent {row['agent_id']} on {row['work_date']}: {row['approval_problem']}")
-        if row["approved"] and (row["submitted_at"] or NEVER, row["id"]) > after:
+        if row["approved"] and ((row["submitted_at"] or NEVER, row["id"]) > after or row["agent_id"] in new_agents):
             found.append((row["submitted_at"] or NEVER, row["id"], row["work_date"]))
     return sorted(found)
 
 
-def _cursor(text: str | None) -> tuple[datetime, int]:
+def _cursor(text: str | None) -> tuple[tuple[datetime, int], frozenset[int] | None]:
+    """(the newest approval acted on, the agents asked about: None in a cursor from before they were kept)."""
     if not text:
-        return NEVER, 0
+        return (NEVER, 0), None
     data = json.loads(text)
-    return datetime.fromisoformat(data["approved_at"]), int(data["timesheet_id"])
+    agents = frozenset(data["agents"]) if "agents" in data else None
+    return (datetime.fromisoformat(data["approved_at"]), int(data["timesheet_id"])), agents
+
+
+def stored_agents(warehouse: WarehouseResource) -> list[int]:
+    """Halo's agents as the warehouse has them (disabled ones too: their time still counts); none
+    before the first agents sync."""
+    try:
+        with warehouse.engine.connect() as conn:
+            return sorted(conn.execute(sa.select(halo_agents.c.id).where(halo_agents.c.deleted_at.is_(None))).scalars())
+    except sa.exc.SQLAlchemyError:
+        return []
 
 
 @dg.sensor(
@@ -54,28 +75,34 @@ def _cursor(text: str | None) -> tuple[datetime, int]:
     minimum_interval_seconds=int(setting("XERO_APPROVAL_POLL_SECONDS")),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
-def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource) -> dg.SensorResult | dg.SkipReason:
+def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource, warehouse: WarehouseResource
+                   ) -> dg.SensorResult | dg.SkipReason:
     """Requests one Xero push per work date with timesheets approved since the last tick."""
     first, last = open_period()
-    seen = _cursor(context.cursor)
+    seen, known_agents = _cursor(context.cursor)
     unreadable: list[str] = []
     try:
-        # Per tick: a token when it has expired, the agents, and one request for the open period's timesheets.
-        with halopsa.client(log=context.log.info) as halo:
-            agent_ids = sorted(int(a["id"]) for a in halo.agents())
-            approvals = approvals_after(halo.timesheets(first, last, agent_ids), seen, unreadable)
+        # Per tick: the open period's timesheets; a token only when the kept one has expired, the
+        # agents only while the warehouse has none.
+        with halopsa.client(log=context.log.info, keep_token=True) as halo:
+            agent_ids = stored_agents(warehouse) or sorted(int(a["id"]) for a in halo.agents())
+            new_agents = frozenset(agent_ids) - known_agents if known_agents is not None else frozenset()
+            approvals = approvals_after(halo.timesheets(first, last, agent_ids), seen, unreadable, new_agents)
             requests = halo.stats()["requests"]
     except ProviderError as error:
         return dg.SkipReason(f"could not read approvals from Halo: {error}")
     for problem in unreadable[:20]:
         context.log.warning(f"approval cannot be read, that day is not pushed until it can: {problem}")
-    context.log.info(f"{len(approvals)} new approvals, {len(unreadable)} unreadable, in {requests} Halo requests")
+    context.log.info(f"{len(approvals)} new approvals, {len(unreadable)} unreadable, in {requests} Halo requests"
+                     + (f"; agents new to the sensor: {sorted(new_agents)}" if new_agents else ""))
+    newest_seen = max([seen, *((at, sid) for at, sid, _ in approvals)])
+    cursor = json.dumps({"approved_at": newest_seen[0].isoformat(), "timesheet_id": newest_seen[1], "agents": agent_ids})
     if not approvals:
-        return dg.SkipReason(f"no approvals in {first}..{last} since {seen[0]:%Y-%m-%d %H:%M:%S} (timesheet {seen[1]})")
+        skip = f"no approvals in {first}..{last} since {seen[0]:%Y-%m-%d %H:%M:%S} (timesheet {seen[1]})"
+        return dg.SensorResult(skip_reason=skip, cursor=cursor) if cursor != context.cursor else dg.SkipReason(skip)
     newest: dict[date, tuple[datetime, int]] = {}
     for approved_at, sheet_id, work_date in approvals:
-        newest[work_date] = (approved_at, sheet_id)
-    approved_at, sheet_id, _ = approvals[-1]
+        newest[work_date] = max(newest.get(work_date, (NEVER, 0)), (approved_at, sheet_id))
     context.log.info(f"{len(approvals)} new approvals on {len(newest)} work dates")
     return dg.SensorResult(
         run_requests=[
@@ -84,7 +111,7 @@ def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource
             dg.RunRequest(run_key=f"approved-{day}-{at:%Y%m%dT%H%M%S}-{sid}", partition_key=day.isoformat())
             for day, (at, sid) in sorted(newest.items())
         ],
-        cursor=json.dumps({"approved_at": approved_at.isoformat(), "timesheet_id": sheet_id}),
+        cursor=cursor,
     )
 
 

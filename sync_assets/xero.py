@@ -549,9 +549,14 @@ RECONCILE_CHECKS = {
 }
 
 
+def open_days(last: date) -> tuple[date, date]:
+    """The open period ending on `last`: the XERO_OPEN_PERIOD_DAYS days before it and `last`."""
+    return last - timedelta(days=int(setting("XERO_OPEN_PERIOD_DAYS"))), last
+
+
 def open_period() -> tuple[date, date]:
-    last = today()
-    first = last - timedelta(days=int(setting("XERO_OPEN_PERIOD_DAYS")))
+    """Today's open period, from XERO_FIRST_DAY at the earliest: the work dates still pushed."""
+    first, last = open_days(today())
     return max(first, date.fromisoformat(setting("XERO_FIRST_DAY"))), last
 
 

@@ -71,7 +71,7 @@ def test_the_new_fiscal_year_sensor_adds_the_year_of_today(now):
 
 def test_the_approval_sensor_asks_for_the_last_work_day_not_for_one_before_the_open_period(now, emulator_at, sqlite_warehouse_url):
     emulator = emulator_at(now)  # seeded time entries end the day before today
-    resources = {"halopsa": halo_resources(emulator, sqlite_warehouse_url)["halopsa"]}
+    resources = {k: v for k, v in halo_resources(emulator, sqlite_warehouse_url).items() if k in ("halopsa", "warehouse")}
     first, last = open_period()
     assert last == now.date()
     recent, too_old = weekday_before(now.date()), weekday_before(first)

@@ -1,13 +1,14 @@
 """HaloPSA end to end: agents, mappings and a fiscal year of timesheets, through real Dagster
 runs over real HTTP to the emulator, into SQLite and PostgreSQL."""
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime, timedelta
 
 import dagster as dg
 import polars as pl
 import pytest
 import sqlalchemy as sa
-from conftest import halo_resources
+from conftest import NOW, halo_resources
+from dagster._core.test_utils import freeze_time
 from helpers import AUTUMN, YEAR, failure_message, halo_entries, halo_keys, meta, stored_entries, sync_reference, sync_year
 
 from definitions import defs
@@ -155,18 +156,65 @@ def test_date_range_sync_touches_only_its_days(emulator, sqlite_warehouse_url, i
     assert stored_entries(sqlite_warehouse_url) == before
 
 
-def test_hourly_schedule_syncs_the_fiscal_year_containing_today(instance):
-    schedule = defs.resolve_schedule_def("halo_timesheets_hourly")
-
-    def tick(moment):
+def tick(instance, name: str, moment: datetime):
+    """Evaluates a schedule as the daemon does at `moment` (Dagster's clock frozen there too)."""
+    with freeze_time(moment):
         context = dg.build_schedule_context(instance=instance, scheduled_execution_time=moment, repository_def=defs.get_repository_def())
-        return schedule.evaluate_tick(context)
+        return defs.resolve_schedule_def(name).evaluate_tick(context)
 
-    (request,) = tick(datetime(2026, 11, 23, 10, 15, tzinfo=UTC)).run_requests
-    skipped = tick(datetime(2027, 1, 1, 0, 15, tzinfo=UTC))
 
-    assert request.partition_key == YEAR
-    assert "FY2027 is not a partition yet" in skipped.skip_message
+def ranges(result) -> list[tuple[str, str, str]]:
+    return [(r.partition_key, r.run_config["ops"]["halo_timesheets"]["config"]["start"],
+             r.run_config["ops"]["halo_timesheets"]["config"]["end"]) for r in result.run_requests]
+
+
+def run(request: dg.RunRequest, resources, instance) -> dg.ExecuteInProcessResult:
+    return sync_year(resources, instance, key=request.partition_key, days=request.run_config["ops"]["halo_timesheets"]["config"])
+
+
+HOURLY = NOW.replace(minute=15)  # a tick of halo_timesheets_hourly on conftest's day
+NIGHTLY = NOW.replace(hour=0, minute=40)  # halo_timesheets_nightly's default HALO_YEAR_SYNC_CRON
+OPEN_FROM = NOW.date() - timedelta(days=31)  # XERO_OPEN_PERIOD_DAYS back
+
+
+def test_hourly_schedule_reads_the_open_period_and_nightly_the_whole_year(instance):
+    next_year = f"FY{NOW.year + 1}"
+    early_next_year = NOW.replace(year=NOW.year + 1, month=1, day=10, minute=15)
+
+    hourly, nightly = tick(instance, "halo_timesheets_hourly", HOURLY), tick(instance, "halo_timesheets_nightly", NIGHTLY)
+    not_yet = tick(instance, "halo_timesheets_hourly", early_next_year)
+    instance.add_dynamic_partitions(FISCAL_YEARS.name, [next_year])
+    across = tick(instance, "halo_timesheets_hourly", early_next_year)
+
+    assert ranges(hourly) == [(YEAR, OPEN_FROM.isoformat(), NOW.date().isoformat())]
+    assert ranges(nightly) == [(YEAR, f"{NOW.year}-01-01", f"{NOW.year}-12-31")]
+    assert f"{next_year} is not a partition yet" in not_yet.skip_message
+    # Early in a year the open period reaches into the old one: a run per fiscal year.
+    assert ranges(across) == [(YEAR, f"{NOW.year}-12-10", f"{NOW.year}-12-31"),
+                              (next_year, f"{NOW.year + 1}-01-01", f"{NOW.year + 1}-01-10")]
+
+
+def test_hourly_run_catches_recent_edits_and_deletions_and_nightly_old_deletions(emulator, sqlite_warehouse_url, instance):
+    resources = halo_resources(emulator, sqlite_warehouse_url)
+    assert sync_reference(resources, instance).success
+    assert sync_year(resources, instance).success
+    recent = truth_ids(emulator, OPEN_FROM, NOW.date())
+    old = truth_ids(emulator, date(NOW.year, 3, 1), date(NOW.year, 3, 31))
+    emulator.halo.edit_entry(recent[0], minutes=95)
+    emulator.halo.delete_entry(recent[1])
+    emulator.halo.delete_entry(old[0])
+
+    (hourly,) = tick(instance, "halo_timesheets_hourly", HOURLY).run_requests
+    after_hourly = run(hourly, resources, instance)
+    stored_after_hourly = stored_entries(sqlite_warehouse_url)
+    (nightly,) = tick(instance, "halo_timesheets_nightly", NIGHTLY + timedelta(days=1)).run_requests
+    after_nightly = run(nightly, resources, instance)
+
+    assert (meta(after_hourly)["entries_deleted"], meta(after_nightly)["entries_deleted"]) == (1, 1)
+    assert stored_entries(sqlite_warehouse_url, OPEN_FROM, NOW.date()) == halo_entries(emulator, OPEN_FROM, NOW.date())
+    assert len(stored_after_hourly) == len(halo_entries(emulator)) + 1  # the old deletion waits for the night
+    assert stored_entries(sqlite_warehouse_url) == halo_entries(emulator)
+    assert meta(after_hourly)["requests"] < meta(after_nightly)["requests"]
 
 
 def test_sensor_and_schedule_runs_say_what_started_them(emulator, sqlite_warehouse_url, instance):

@@ -2,6 +2,7 @@
 un-approvals, locked entries, drift repair, limits and the rotating refresh token, through real
 Dagster runs over real HTTP to the emulator's Halo and Xero."""
 
+import json
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -34,7 +35,9 @@ from resources.settings import PROJECT_ROOT
 from resources.warehouse import engine_for
 from resources.xero import local_token_key
 from sensors.xero import xero_approvals
+from resources.halo import timesheet_row
 from sync_assets.xero import (
+    open_period,
     xero_reconciliation,
     xero_time_entries,
 )
@@ -79,7 +82,7 @@ def assert_xero_matches(emulator, entries: dict[int, dict]) -> None:
 
 def tick(instance, resources, cursor):
     with freeze_time(ANCHOR + timedelta(hours=1)):
-        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"halopsa": resources["halopsa"]},
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"halopsa": resources["halopsa"], "warehouse": resources["warehouse"]},
                                           definitions=defs)
         return xero_approvals.evaluate_tick(context)
 
@@ -96,6 +99,22 @@ def test_an_approval_reaches_xero_once_through_the_sensor(emulator, resources, i
     assert result.success
     assert_xero_matches(emulator, halo_day(emulator))
     assert meta(result)["created"] == len(halo_day(emulator))
+
+
+def test_a_tick_costs_one_halo_request_and_an_agent_new_to_the_sensor_has_its_approvals_pushed(emulator, resources, instance):
+    first = tick(instance, resources, None)
+    emulator.reset_requests()
+    second = tick(instance, resources, first.cursor)  # agents from the warehouse, the token kept
+    requests = [(r.method, r.path) for r in emulator.requests("halopsa")]
+    cursor = json.loads(second.cursor)
+    approved_days = {d for (agent, d), sheet in emulator.halo.timesheets().items() if agent == AGENT and timesheet_row(sheet, "")["approved"]}
+    lost_agent = tick(instance, resources, json.dumps({**cursor, "agents": [a for a in cursor["agents"] if a != AGENT]}))
+
+    assert requests == [("GET", "/api/Timesheet")]
+    assert not second.run_requests
+    assert AGENT in cursor["agents"] and lost_agent.run_requests
+    assert {r.partition_key for r in lost_agent.run_requests} == {d.isoformat() for d in approved_days if d >= open_period()[0]}
+    assert json.loads(lost_agent.cursor)["approved_at"] == cursor["approved_at"]  # the cursor does not go back
 
 
 def test_a_retried_post_and_a_rerun_leave_exactly_one_entry(emulator, resources, instance, sqlite_warehouse_url):
