@@ -30,7 +30,8 @@ from resources.halo import approved_statuses, key_entries, range_params
 from resources.http import ProviderAuthError, ProviderClient, ProviderError, RequestRejected
 from resources.mappings import read_agent_mappings, read_project_mappings
 from resources.settings import setting
-from resources.warehouse import doctor_results, utcnow
+from resources.warehouse import utcnow
+from resources.tables import doctor_results
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 SKEW_WARN = timedelta(seconds=30)

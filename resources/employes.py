@@ -14,7 +14,6 @@ copied out of the API response, not even into the kept record (`kept_record`).
 """
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from datetime import date, datetime
@@ -25,7 +24,7 @@ import dagster as dg
 import polars as pl
 
 from resources.http import BearerAuth, ProviderClient, ProviderError, RequestRejected, shared_limiter
-from resources.warehouse import text_value
+from resources.records import content_hash, text_value
 
 MAX_PER_PAGE = 100
 LIST_READS = 3
@@ -126,7 +125,7 @@ def snapshot_row(record: dict, snapshot_date: date) -> dict:
         }
     except (TypeError, ValueError) as error:
         raise ValueError(f"unreadable field ({error})") from None
-    row["content_hash"] = hashlib.blake2b(json.dumps([row[f] for f in TRACKED], default=str).encode(), digest_size=16).hexdigest()
+    row["content_hash"] = content_hash([row[f] for f in TRACKED])
     return row
 
 
@@ -186,6 +185,9 @@ class EmployesClient:
         self.http = http
         self.company_id = company_id
         self.per_page = per_page
+
+    def stats(self) -> dict[str, Any]:
+        return self.http.stats.as_metadata()
 
     def employees(self) -> Iterator[list[dict]]:
         """Pages of every employee of the company, from one read of the list during which it did

@@ -18,7 +18,6 @@ Retry-After runs to the end of GoHighLevel's day, which no run should wait out).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -29,7 +28,9 @@ import httpx
 import polars as pl
 
 from resources.http import BearerAuth, ProviderClient, ProviderError, shared_limiter
-from resources.warehouse import text_value
+from resources.ghl_tables import ghl_contacts
+from resources.records import content_hash, parse_each, text_value
+from resources.tables import frame_schema
 
 API_VERSION = "2021-07-28"
 MAX_PAGE_SIZE = 500
@@ -65,18 +66,9 @@ JSON_FIELDS = {
     "tags": "tags",
     "dndSettings": "dnd_settings",
 }
-CONTACT_SCHEMA: dict[str, pl.DataType] = {
-    "id": pl.String,
-    **{column: pl.String for column in TEXT_FIELDS.values()},
-    **{column: pl.String for column in JSON_FIELDS.values()},
-    "dnd": pl.Boolean,
-    "valid_email": pl.Boolean,
-    "custom_fields": pl.String,
-    "date_added": pl.Datetime("us"),
-    "date_updated": pl.Datetime("us"),
-    "raw": pl.String,
-    "content_hash": pl.String,
-}
+# The frame the parser makes: the table's columns it fills, typed as the table is.
+CONTACT_SCHEMA = frame_schema(ghl_contacts, "id", *TEXT_FIELDS.values(), *JSON_FIELDS.values(), "dnd", "valid_email",
+                              "custom_fields", "date_added", "date_updated", "raw", "content_hash")
 
 
 def _flag(value: Any) -> bool | None:
@@ -101,15 +93,7 @@ def iso_z(moment: datetime) -> str:
 
 def parse_contacts(records: list[dict[str, Any]], where: str = "") -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """Provider records -> a frame of warehouse rows, plus the rejects (no id, unparsable dates)."""
-    rows: list[dict[str, Any]] = []
-    rejects: list[dict[str, Any]] = []
-    for position, record in enumerate(records):
-        contact_id = record.get("id") if isinstance(record, dict) else None
-        label = contact_id if isinstance(contact_id, str) and contact_id else f"{where}item {position}".strip()
-        try:
-            rows.append(_contact_row(record))
-        except (ValueError, TypeError) as error:
-            rejects.append({"record_id": label, "reason": str(error), "payload": record})
+    rows, rejects = parse_each(records, _contact_row, where)
     return pl.DataFrame(rows, schema=CONTACT_SCHEMA, orient="row"), rejects
 
 
@@ -128,7 +112,6 @@ def _contact_row(record: Any) -> dict[str, Any]:
         raise ValueError("no dateUpdated")
     # The hash covers the whole record, so a change to any field (mapped or not) is an update;
     # searchAfter is a paging cursor derived from dateUpdated and id, not content.
-    canonical = json.dumps({k: v for k, v in record.items() if k != "searchAfter"}, sort_keys=True, default=str)
     return {
         "id": contact_id,
         **{column: text_value(record.get(field)) for field, column in TEXT_FIELDS.items()},
@@ -139,7 +122,7 @@ def _contact_row(record: Any) -> dict[str, Any]:
         "date_added": date_added,
         "date_updated": date_updated,
         "raw": json.dumps(record, default=str),
-        "content_hash": hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest(),
+        "content_hash": content_hash({k: v for k, v in record.items() if k != "searchAfter"}),
     }
 
 
@@ -149,6 +132,8 @@ def _json_or_none(value: Any) -> str | None:
 
 class DailyBudgetSpent(ProviderError):
     """The location's day budget is used up (or down to the reserve): stop, go on after it resets."""
+
+    retry_helps = False  # not before GoHighLevel's day ends
 
 
 class DailyBudget:

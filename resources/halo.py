@@ -34,7 +34,7 @@ import httpx
 
 from resources.http import ProviderAuthError, ProviderClient, ProviderError, RefreshingAuth, shared_limiter
 from resources.settings import setting
-from resources.warehouse import text_value
+from resources.records import content_hash, text_value
 
 MAX_INT = 2**31 - 1
 # The fields a ticketless entry is known by. Any edit of one of them makes it a new entry (the
@@ -95,10 +95,6 @@ def _int_or_none(value: Any) -> int | None:
         return number
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"not a whole number: {str(value)[:40]!r}") from None
-
-
-def content_hash(record: dict) -> str:
-    return hashlib.blake2b(json.dumps(record, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 
 def agent_row(record: dict) -> dict:

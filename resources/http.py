@@ -28,9 +28,13 @@ MAX_RETRY_AFTER_S = 300.0
 class ProviderError(Exception):
     """A provider call failed for good; the message is safe to show (no secrets)."""
 
+    retry_helps = True  # whether running the sync again, unchanged, may succeed
+
 
 class ProviderAuthError(ProviderError):
     """The provider rejected our credentials: retrying will not help, an operator must act."""
+
+    retry_helps = False
 
 
 class RequestRejected(ProviderError):

@@ -1,4 +1,6 @@
-"""The warehouse: every table defined once (SQLAlchemy Core), the same code on SQLite and PostgreSQL.
+"""The warehouse: the engine, the schema's creation and upgrades, and the bulk writes every sync
+shares; the same code on SQLite and PostgreSQL. The tables themselves are defined next to each
+provider's client (`resources/<provider>_tables.py`, shared ones in `resources/tables.py`).
 
 Tables are created, and upgraded by adding missing columns, the first time a process opens a
 warehouse URL. Writes are upserts, one transaction per batch: a re-run never duplicates and a
@@ -23,343 +25,15 @@ import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from resources import employes_tables, ghl_tables  # noqa: F401  (their tables join TABLES)
+from resources.halo_tables import halo_time_entries
 from resources.http import redact
 from resources.settings import ConfigError
+from resources.tables import TABLES, sync_rejects
+from resources.xero_tables import xero_ledger
 
-metadata = sa.MetaData()
 # PostgreSQL advisory lock key held while the tables are created or upgraded (any fixed number).
 SCHEMA_LOCK = 0x776F726B666F7263
-
-class RawJSON(sa.types.TypeDecorator):
-    """A record exactly as the provider sent it: JSONB on PostgreSQL, JSON on SQLite. Written as
-    the JSON text the parser encoded once (not encoded again), read back as Python values."""
-
-    impl = sa.Text
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect):
-        return dialect.type_descriptor(postgresql.JSONB() if dialect.name == "postgresql" else sqlite.JSON())
-
-    def bind_processor(self, dialect):
-        return None  # the value is already JSON text
-
-    def process_result_value(self, value, dialect):
-        return value
-
-
-# The typed columns are the fields of the search answer's Contact (GoHighLevel's published
-# SearchContactSuccessResponseDto); `raw` keeps the whole record, so a field mapped later needs
-# no re-sync. Warehouses made before `raw` existed keep their old columns (name, address1,
-# timezone, website: fields of GET /contacts/{id}, which search does not send); nothing writes them.
-ghl_contacts = sa.Table(
-    "ghl_contacts",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("location_id", sa.String(64)),
-    sa.Column("first_name", sa.Text),
-    sa.Column("last_name", sa.Text),
-    sa.Column("email", sa.Text),
-    sa.Column("phone", sa.Text),
-    sa.Column("phone_label", sa.Text),
-    sa.Column("company_name", sa.Text),
-    sa.Column("business_name", sa.Text),
-    sa.Column("business_id", sa.Text),
-    sa.Column("dnd", sa.Boolean),
-    sa.Column("dnd_settings", sa.Text, comment="JSON object, per channel"),
-    sa.Column("type", sa.Text),
-    sa.Column("source", sa.Text),
-    sa.Column("assigned_to", sa.Text),
-    sa.Column("address", sa.Text),
-    sa.Column("city", sa.Text),
-    sa.Column("state", sa.Text),
-    sa.Column("country", sa.Text),
-    sa.Column("postal_code", sa.Text),
-    sa.Column("date_of_birth", sa.Text),
-    sa.Column("valid_email", sa.Boolean),
-    sa.Column("additional_emails", sa.Text, comment="JSON array"),
-    sa.Column("additional_phones", sa.Text, comment="JSON array"),
-    sa.Column("followers", sa.Text, comment="JSON array of user ids"),
-    sa.Column("tags", sa.Text, comment="JSON array"),
-    sa.Column("custom_fields", sa.Text, comment="JSON array of {id, value}"),
-    sa.Column("date_added", sa.DateTime),
-    sa.Column("date_updated", sa.DateTime, nullable=False),
-    sa.Column("raw", RawJSON, comment="the contact exactly as GoHighLevel sent it"),
-    sa.Column("content_hash", sa.String(32), nullable=False, comment="of the whole record (raw) but its searchAfter"),
-    sa.Column("synced_at", sa.DateTime, nullable=False, comment="when this version was written"),
-    sa.Column("seen_at", sa.DateTime, comment="last full reconciliation that saw the contact"),
-    sa.Column("deleted_at", sa.DateTime, comment="set when a reconciliation no longer finds the contact"),
-    sa.Index("ix_ghl_contacts_date_updated", "date_updated"),
-)
-
-halo_agents = sa.Table(
-    "halo_agents",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("name", sa.Text),
-    sa.Column("first_name", sa.Text),
-    sa.Column("last_name", sa.Text),
-    sa.Column("email", sa.Text),
-    sa.Column("initials", sa.Text),
-    sa.Column("team", sa.Text),
-    sa.Column("job_title", sa.Text),
-    sa.Column("is_disabled", sa.Boolean, nullable=False),
-    sa.Column("content_hash", sa.String(32), nullable=False),
-    sa.Column("synced_at", sa.DateTime, nullable=False),
-    sa.Column("deleted_at", sa.DateTime, comment="set when Halo no longer lists the agent"),
-)
-
-agent_mappings = sa.Table(
-    "agent_mappings",
-    metadata,
-    sa.Column("halo_agent_id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("employee_number", sa.Text, comment="the person's employee number in Employes"),
-    sa.Column("xero_user_id", sa.Text, comment="the person's user id in Xero"),
-    sa.Column("note", sa.Text),
-    sa.Column("line", sa.Integer, nullable=False, comment="line of the mapping file"),
-    sa.Column("loaded_at", sa.DateTime, nullable=False),
-)
-
-# A time entry's key is what the tenant really provides (resources/halo.py, `key_entries`):
-# `#<id>` where Halo's ids are usable, else `t<ticket>.<action>` or `f<fingerprint>`.
-ENTRY_KEY = sa.String(80)
-
-halo_time_entries = sa.Table(
-    "halo_time_entries",
-    metadata,
-    sa.Column("entry_key", ENTRY_KEY, primary_key=True, comment="#<id>, t<ticket_id>.<action_number> or f<fingerprint>"),
-    sa.Column("halo_id", sa.Integer, comment="the id Halo sent (0 on tenants that hide it)"),
-    sa.Column("ticket_key", sa.String(40), comment="t<ticket_id>.<action_number> for ticket time"),
-    sa.Column("fingerprint", sa.String(32), comment="digest of the entry's own fields (resources/halo.py FINGERPRINT_FIELDS)"),
-    sa.Column("fiscal_year", sa.String(16), nullable=False),
-    sa.Column("agent_id", sa.Integer, nullable=False),
-    sa.Column("work_date", sa.Date, nullable=False),
-    sa.Column("start_at", sa.DateTime, nullable=False),
-    sa.Column("end_at", sa.DateTime),
-    sa.Column("minutes", sa.Integer, nullable=False, comment="time taken in whole minutes (Halo sends hours)"),
-    sa.Column("hours_raw", sa.Text, comment="timetaken exactly as Halo sent it"),
-    sa.Column("ticket_id", sa.Integer),
-    sa.Column("action_number", sa.Integer),
-    sa.Column("client_id", sa.Integer),
-    sa.Column("client_name", sa.Text),
-    sa.Column("contract_id", sa.Integer),
-    sa.Column("site_id", sa.Integer),
-    sa.Column("event_type", sa.Integer),
-    sa.Column("subject", sa.Text),
-    sa.Column("note", sa.Text),
-    sa.Column("charge_rate", sa.Text, comment="decimal as text, exactly as sent"),
-    sa.Column("content_hash", sa.String(32), nullable=False),
-    sa.Column("synced_at", sa.DateTime, nullable=False),
-    sa.Column("deleted_at", sa.DateTime, comment="set when Halo no longer has the entry"),
-    sa.Index("ix_halo_entries_work_date", "work_date"),
-)
-
-halo_timesheets = sa.Table(
-    "halo_timesheets",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("fiscal_year", sa.String(16), nullable=False),
-    sa.Column("agent_id", sa.Integer, nullable=False),
-    sa.Column("work_date", sa.Date, nullable=False),
-    sa.Column("target_minutes", sa.Integer),
-    sa.Column("actual_minutes", sa.Integer),
-    sa.Column("approval_status", sa.Integer, comment="Halo's approvalstatus as sent (1 is taken as approved)"),
-    sa.Column("approved", sa.Boolean, nullable=False),
-    sa.Column("approved_by", sa.Integer),
-    sa.Column("approved_by_text", sa.Text, comment="approvedby when Halo sent text, not a number"),
-    sa.Column("approver", sa.Text),
-    sa.Column("submitted_at", sa.DateTime),
-    sa.Column("approval_problem", sa.Text, comment="what in the approval could not be read (then `approved` is not to be trusted)"),
-    sa.Column("content_hash", sa.String(32), nullable=False),
-    sa.Column("synced_at", sa.DateTime, nullable=False),
-    sa.Column("deleted_at", sa.DateTime),
-    sa.Index("ix_halo_timesheets_agent_day", "agent_id", "work_date"),
-)
-
-halo_sync_ranges = sa.Table(
-    "halo_sync_ranges",
-    metadata,
-    sa.Column("fiscal_year", sa.String(16), primary_key=True),
-    sa.Column("range_start", sa.Date, primary_key=True),
-    sa.Column("range_end", sa.Date, primary_key=True),
-    sa.Column("identity", sa.String(32), nullable=False, comment="how the last sync keyed the range's entries"),
-    sa.Column("entries", sa.Integer, nullable=False, comment="entries the last sync of the range received"),
-    sa.Column("synced_at", sa.DateTime, nullable=False),
-)
-
-# Employes. Wages are personal data, stored because salary changes are a feature; IBAN,
-# birth date, address, phone, e-mail and gender are not stored anywhere.
-def employee_fields() -> list[sa.Column]:
-    return [
-        sa.Column("employee_number", sa.Text),
-        sa.Column("first_name", sa.Text),
-        sa.Column("surname_prefix", sa.Text),
-        sa.Column("surname", sa.Text),
-        sa.Column("status", sa.Text, comment="pending | active | out of service"),
-        sa.Column("department", sa.Text),
-        sa.Column("role", sa.Text),
-        sa.Column("employment_start", sa.Date),
-        sa.Column("employment_end", sa.Date),
-        sa.Column("hours_per_week", sa.Numeric(6, 2)),
-        sa.Column("days_per_week", sa.Numeric(4, 2)),
-        sa.Column("employee_type", sa.Text),
-        sa.Column("hour_wage", sa.Numeric(12, 2)),
-        sa.Column("month_wage", sa.Numeric(12, 2)),
-        sa.Column("yearly_wage", sa.Numeric(12, 2)),
-    ]
-
-employes_employee_snapshots = sa.Table(
-    "employes_employee_snapshots",
-    metadata,
-    sa.Column("snapshot_date", sa.Date, primary_key=True),
-    sa.Column("employee_id", sa.String(64), primary_key=True),
-    *employee_fields(),
-    sa.Column("raw", RawJSON, comment="GET /employees/{id} as sent, without the personal fields never stored"),
-    sa.Column("content_hash", sa.String(32), nullable=False),
-    sa.Column("fetched_at", sa.DateTime, nullable=False),
-)
-
-employes_employee_history = sa.Table(
-    "employes_employee_history",
-    metadata,
-    sa.Column("employee_id", sa.String(64), primary_key=True),
-    sa.Column("valid_from", sa.Date, primary_key=True, comment="first snapshot with these values"),
-    sa.Column("valid_to", sa.Date, comment="first snapshot without them (exclusive); null while current"),
-    *employee_fields(),
-)
-
-employes_employee_changes = sa.Table(
-    "employes_employee_changes",
-    metadata,
-    sa.Column("snapshot_date", sa.Date, primary_key=True),
-    sa.Column("employee_id", sa.String(64), primary_key=True),
-    sa.Column("field", sa.String(32), primary_key=True, comment="a snapshot field, or `employee` for hired/removed"),
-    sa.Column("employee_number", sa.Text),
-    sa.Column("old_value", sa.Text),
-    sa.Column("new_value", sa.Text),
-    sa.Column("previous_snapshot_date", sa.Date),
-    sa.Column("detected_at", sa.DateTime, nullable=False),
-)
-
-
-def _period_table(name: str, *columns: sa.Column) -> sa.Table:
-    return sa.Table(
-        name,
-        metadata,
-        sa.Column("employment_id", sa.String(64), primary_key=True),
-        sa.Column("start_date", sa.Date, primary_key=True),
-        sa.Column("employee_id", sa.String(64), nullable=False, index=True),
-        sa.Column("end_date", sa.Date, comment="null: open"),
-        sa.Column("is_active", sa.Boolean),
-        *columns,
-        sa.Column("snapshot_date", sa.Date, nullable=False, comment="the day this was fetched"),
-    )
-
-
-employes_employments = sa.Table(
-    "employes_employments",
-    metadata,
-    sa.Column("employment_id", sa.String(64), primary_key=True),
-    sa.Column("employee_id", sa.String(64), nullable=False, index=True),
-    sa.Column("start_date", sa.Date),
-    sa.Column("end_date", sa.Date, comment="null: open"),
-    sa.Column("is_active", sa.Boolean),
-    sa.Column("snapshot_date", sa.Date, nullable=False, comment="the day this was fetched"),
-)
-employes_salary_periods = _period_table(
-    "employes_salary_periods",
-    sa.Column("hour_wage", sa.Numeric(12, 2)),
-    sa.Column("month_wage", sa.Numeric(12, 2)),
-    sa.Column("yearly_wage", sa.Numeric(12, 2)),
-)
-employes_hours_periods = _period_table(
-    "employes_hours_periods",
-    sa.Column("hours_per_week", sa.Numeric(6, 2)),
-    sa.Column("days_per_week", sa.Numeric(4, 2)),
-    sa.Column("employee_type", sa.Text),
-)
-employes_contract_periods = _period_table(
-    "employes_contract_periods",
-    sa.Column("contract_duration", sa.Text),
-    sa.Column("is_signed", sa.Boolean),
-    sa.Column("sign_date", sa.Date),
-)
-
-# Xero. The refresh token is kept apart from the sync tables and encrypted (resources/xero.py).
-xero_tokens = sa.Table(
-    "xero_tokens",
-    metadata,
-    sa.Column("tenant_id", sa.String(64), primary_key=True),
-    sa.Column("refresh_token", sa.Text, nullable=False, comment="Fernet-encrypted with XERO_TOKEN_KEY"),
-    sa.Column("rotated_at", sa.DateTime, nullable=False, comment="when Xero last issued it"),
-    sa.Column("locked_at", sa.DateTime, comment="last refresh attempt (the row lock serialises refreshes)"),
-    sa.Column("refused_at", sa.DateTime, comment="set when Xero refused the token: an operator must reconnect"),
-    sa.Column("refusal", sa.Text),
-)
-
-xero_ledger = sa.Table(
-    "xero_ledger",
-    metadata,
-    sa.Column("entry_key", ENTRY_KEY, primary_key=True, comment="the Halo entry's key (halo_time_entries.entry_key)"),
-    sa.Column("halo_entry_id", sa.Integer, comment="the numeric id the row was keyed by before entry keys"),
-    sa.Column("ticket_key", sa.String(40)),
-    sa.Column("fingerprint", sa.String(32)),
-    sa.Column("marker", ENTRY_KEY, comment="the key in the Xero description's [halo <key>] marker"),
-    sa.Column("work_date", sa.Date, nullable=False),
-    sa.Column("agent_id", sa.Integer),
-    sa.Column("status", sa.String(16), nullable=False,
-              comment="pending | pushed | deleted | invalid | conflict | failed | postponed"),
-    sa.Column("xero_time_entry_id", sa.String(64)),
-    sa.Column("xero_project_id", sa.String(64)),
-    sa.Column("content_hash", sa.String(32), comment="of the content Xero holds, as last pushed or seen"),
-    sa.Column("idempotency_key", sa.String(128)),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("last_error", sa.Text),
-    sa.Column("pushed_at", sa.DateTime),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
-    sa.Index("ix_xero_ledger_day", "work_date"),
-)
-
-xero_findings = sa.Table(
-    "xero_findings",
-    metadata,
-    sa.Column("kind", sa.String(32), primary_key=True),
-    sa.Column("xero_time_entry_id", sa.String(64), primary_key=True, comment="empty when Xero has none"),
-    sa.Column("entry_key", ENTRY_KEY, primary_key=True, comment="empty when Halo has none"),
-    sa.Column("work_date", sa.Date),
-    sa.Column("detail", sa.Text),
-    sa.Column("found_at", sa.DateTime, nullable=False),
-)
-
-# `workforce-sync doctor`: each provider's latest outcome (the production push waits for a pass).
-doctor_results = sa.Table(
-    "doctor_results",
-    metadata,
-    sa.Column("provider", sa.String(32), primary_key=True),
-    sa.Column("passed", sa.Boolean, nullable=False, comment="no check failed"),
-    sa.Column("checked_at", sa.DateTime, nullable=False),
-    sa.Column("findings", sa.Text, nullable=False, comment="JSON list of {check, severity, seen, action}"),
-)
-
-sync_rejects = sa.Table(
-    "sync_rejects",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("provider", sa.String(32), nullable=False),
-    sa.Column("entity", sa.String(64), nullable=False),
-    sa.Column("record_id", sa.Text, comment="the record's id, or its position when it has none"),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("payload", sa.Text, comment="the record as received (JSON)"),
-    sa.Column("run_id", sa.String(64)),
-    sa.Column("rejected_at", sa.DateTime, nullable=False),
-)
-
-
-def text_value(value: Any) -> str | None:
-    """A provider's field for a text column: strings as sent, anything else as JSON (a list where
-    a name was expected must not break the batch's write)."""
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value, default=str)
 
 
 def utcnow() -> datetime:
@@ -430,9 +104,9 @@ def ensure_schema(engine: sa.Engine) -> None:
         else:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
         retired = _retire_numeric_entry_tables(conn)
-        metadata.create_all(conn)
+        TABLES.create_all(conn)
         inspector = sa.inspect(conn)
-        for table in metadata.sorted_tables:
+        for table in TABLES.sorted_tables:
             present = {c["name"] for c in inspector.get_columns(table.name)}
             for column in table.columns:
                 if column.name not in present:
@@ -477,7 +151,7 @@ def _copy_numeric_entry_tables(conn: sa.Connection, retired: list[str]) -> None:
 
     inspector = sa.inspect(conn)
     for name in retired:
-        table, old_key = metadata.tables[name], KEYED_BY_ID[name]
+        table, old_key = TABLES.tables[name], KEYED_BY_ID[name]
         old_columns = {c["name"] for c in inspector.get_columns(f"{name}_v1")}
         common = [c.name for c in table.columns if c.name in old_columns and c.name not in ("entry_key", old_key)]
         extra = {"halo_time_entries": ("halo_id",), "xero_ledger": ("halo_entry_id", "marker")}[name]

@@ -36,7 +36,8 @@ from resources.http import (
     shared_limiter,
 )
 from resources.settings import LOCAL_DIR, ConfigError
-from resources.warehouse import utcnow, xero_tokens
+from resources.warehouse import utcnow
+from resources.xero_tables import xero_tokens
 
 PROJECTS = "/projects.xro/2.0/Projects"
 MAX_DURATION_MIN = 59940

@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from resources.halo import HaloPSAResource, timesheet_row
 from resources.http import ProviderError
 from resources.settings import setting
-from resources.warehouse import WarehouseResource, halo_agents
+from resources.warehouse import WarehouseResource
+from resources.halo_tables import halo_agents
 from sync_assets.xero import open_period, xero_time_entries
 
 # The sensor's cursor moves on when it asks for a run, so a run that dies must be retried by

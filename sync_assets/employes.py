@@ -21,6 +21,11 @@ from resources.http import ProviderError
 from resources.settings import setting
 from resources.warehouse import (
     WarehouseResource,
+    lock_for_replace,
+    record_rejects,
+    utcnow,
+)
+from resources.employes_tables import (
     employes_contract_periods,
     employes_employee_changes as changes_table,
     employes_employee_history as history_table,
@@ -28,9 +33,6 @@ from resources.warehouse import (
     employes_employments,
     employes_hours_periods,
     employes_salary_periods,
-    lock_for_replace,
-    record_rejects,
-    utcnow,
 )
 from sync_assets.runs import today, trigger_of
 

@@ -7,7 +7,6 @@ newer `dateUpdated`, so hourly partitions can run in any order and re-runs are h
 """
 
 
-import time
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -18,10 +17,11 @@ import sqlalchemy as sa
 from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
 
 from resources.ghl import DailyBudgetSpent, GoHighLevelResource, parse_contacts
-from resources.http import ProviderError
+from resources.ghl_tables import ghl_contacts as contacts_table
+from resources.records import WRITES, classify
 from resources.settings import setting
-from resources.warehouse import WarehouseResource, bulk_upsert, ghl_contacts as contacts_table, record_rejects, utcnow
-from sync_assets.runs import trigger_of
+from resources.warehouse import WarehouseResource, bulk_upsert, utcnow
+from sync_assets.step import SyncStep, listed, sync_step, table_metadata
 
 GROUP = "gohighlevel"
 KINDS = {"gohighlevel", "python", "sql"}
@@ -29,7 +29,6 @@ KINDS = {"gohighlevel", "python", "sql"}
 # re-reads the end of the previous one; unchanged contacts cost nothing to re-read.
 WINDOW_OVERLAP = timedelta(minutes=5)
 HOURLY = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone=setting("SYNC_TIMEZONE"))
-LOGGED_REJECTS = 50
 # A full pass of a million contacts is 2,000 pages: a log line each would bury the run's log
 # (and cost an event-log write each).
 LOG_EVERY_PAGES = 20
@@ -47,25 +46,6 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-def classify(fetched: pl.DataFrame, stored: pl.DataFrame) -> pl.DataFrame:
-    """Each fetched contact with a `change`: inserted, updated, restored, unchanged or stale
-    (the warehouse already holds a newer version)."""
-    stored = stored.rename({c: f"{c}_stored" for c in stored.columns if c != "id"})
-    joined = fetched.join(stored, on="id", how="left")
-    return joined.with_columns(
-        pl.when(pl.col("content_hash_stored").is_null())
-        .then(pl.lit("inserted"))
-        .when(pl.col("date_updated") < pl.col("date_updated_stored"))
-        .then(pl.lit("stale"))
-        .when(pl.col("deleted_at_stored").is_not_null())
-        .then(pl.lit("restored"))
-        .when(pl.col("content_hash") != pl.col("content_hash_stored"))
-        .then(pl.lit("updated"))
-        .otherwise(pl.lit("unchanged"))
-        .alias("change")
-    )
-
-
 def _stored_versions(conn: sa.Connection, ids: list[str]) -> pl.DataFrame:
     t = contacts_table
     rows = conn.execute(sa.select(t.c.id, t.c.content_hash, t.c.date_updated, t.c.deleted_at).where(t.c.id.in_(ids))).all()
@@ -73,18 +53,16 @@ def _stored_versions(conn: sa.Connection, ids: list[str]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def write_page(conn: sa.Connection, page: list[dict], *, run_id: str, where: str, seen_at: datetime | None = None) -> tuple[Counter, list[dict]]:
+def write_page(conn: sa.Connection, page: list[dict], *, where: str, seen_at: datetime | None = None) -> tuple[Counter, list[dict]]:
     """Write one page of provider records in the caller's transaction; returns (counts, rejects)."""
     fetched, rejects = parse_contacts(page, where)
     # A page can repeat a contact edited while we paged; keep its newest version. (Rare: the
     # check spares every other page a sort.)
     if fetched["id"].n_unique() < fetched.height:
         fetched = fetched.sort("date_updated").unique(subset="id", keep="last", maintain_order=True)
-    changes = classify(fetched, _stored_versions(conn, fetched["id"].to_list()))
-    to_write = changes.filter(pl.col("change").is_in(["inserted", "updated", "restored"]))
-    now = utcnow()
-    rows = to_write.select(fetched.columns).with_columns(
-        synced_at=pl.lit(now), deleted_at=pl.lit(None, dtype=pl.Datetime("us"))
+    changes = classify(fetched, _stored_versions(conn, fetched["id"].to_list()), "id", newer="date_updated")
+    rows = changes.filter(pl.col("change").is_in(WRITES)).select(fetched.columns).with_columns(
+        synced_at=pl.lit(utcnow()), deleted_at=pl.lit(None, dtype=pl.Datetime("us"))
     )
     if seen_at is not None:
         rows = rows.with_columns(seen_at=pl.lit(seen_at))
@@ -92,29 +70,23 @@ def write_page(conn: sa.Connection, page: list[dict], *, run_id: str, where: str
         if kept:
             conn.execute(contacts_table.update().where(contacts_table.c.id.in_(kept)).values(seen_at=seen_at))
     bulk_upsert(conn, contacts_table, rows, newer_or_equal="date_updated")
-    record_rejects(conn, "gohighlevel", "contact", rejects, run_id)
     counts = Counter(changes["change"].to_list())
     counts["fetched"] = len(page)
     counts["written"] = len(rows)
-    counts["rejected"] = len(rejects)
     return counts, rejects
 
 
-def sync_pages(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pages: Iterable[list[dict]], *, seen_at: datetime | None = None) -> Counter:
+def sync_pages(step: SyncStep, warehouse: WarehouseResource, pages: Iterable[list[dict]], *, seen_at: datetime | None = None) -> Counter:
     """Write every page, one transaction each, logging progress and naming rejected records."""
     totals: Counter = Counter()
     for number, page in enumerate(pages, start=1):
         with warehouse.engine.begin() as conn:
-            counts, rejects = write_page(conn, page, run_id=context.run.run_id, where=f"page {number} ", seen_at=seen_at)
-        for reject in rejects:
-            if totals["rejected"] < LOGGED_REJECTS:
-                context.log.warning(f"skipped contact {reject['record_id']}: {reject['reason']}")
-            totals["rejected"] += 1
-        totals.update({k: v for k, v in counts.items() if k != "rejected"})
+            counts, rejects = write_page(conn, page, where=f"page {number} ", seen_at=seen_at)
+            step.keep_rejects(conn, "contact", rejects)
+        totals.update(counts)
+        totals["rejected"] += len(rejects)
         if number % LOG_EVERY_PAGES == 0:
-            context.log.info(f"page {number}: {totals['fetched']} fetched, {totals['written']} written so far")
-    if totals["rejected"] > LOGGED_REJECTS:
-        context.log.warning(f"... and {totals['rejected'] - LOGGED_REJECTS} more rejected contacts (table sync_rejects)")
+            step.context.log.info(f"page {number}: {totals['fetched']} fetched, {totals['written']} written so far")
     return totals
 
 
@@ -124,6 +96,7 @@ def sync_pages(context: dg.AssetExecutionContext, warehouse: WarehouseResource, 
     kinds=KINDS,
     pool=GROUP,
     tags={"sync/cadence": "hourly"},
+    metadata=table_metadata(contacts_table),
 )
 def ghl_contacts(context: dg.AssetExecutionContext, gohighlevel: GoHighLevelResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """GoHighLevel contacts changed in the partition's hour (table `ghl_contacts`).
@@ -134,32 +107,22 @@ def ghl_contacts(context: dg.AssetExecutionContext, gohighlevel: GoHighLevelReso
     """
     window = context.partition_time_window
     start, end = _naive_utc(window.start) - WINDOW_OVERLAP, _naive_utc(window.end)
-    began = time.monotonic()
-    with gohighlevel.client(log=context.log.info) as client:
+    with sync_step(context, GROUP) as step, step.open(gohighlevel) as client:
+        step.if_failed = "Pages written before the failure are complete; re-run the partition to finish it."
         try:
-            totals = sync_pages(context, warehouse, client.search_contacts(start, end, trust_total=True))
+            totals = sync_pages(step, warehouse, client.search_contacts(start, end, trust_total=True))
         except DailyBudgetSpent as error:
-            raise _budget_failure(error, client.stats(), "the partition stays unsynced; re-run it once the day's budget resets") from None
-        except ProviderError as error:
-            raise dg.Failure(
-                description=f"{error}. Pages written before the failure are complete; re-run the partition to finish it.",
-                metadata=client.stats(),
-            ) from None
-        stats = client.stats()
-    context.log.info(f"{context.partition_key}: {totals['fetched']} fetched, {totals['written']} written, {stats['requests']} requests")
-    return dg.MaterializeResult(
-        metadata={
-            "window_start_utc": start.isoformat(),
-            "window_end_utc": end.isoformat(),
-            **_counts(totals, "inserted", "updated", "restored", "unchanged", "stale", "fetched", "written", "rejected"),
-            **stats,
-            "duration_s": round(time.monotonic() - began, 3),
-            "triggered_by": trigger_of(context),
-        }
+            raise _budget_failure(step, error, "the partition stays unsynced; re-run it once the day's budget resets") from None
+    context.log.info(f"{context.partition_key}: {totals['fetched']} fetched, {totals['written']} written, {step.stats()['requests']} requests")
+    return step.result(
+        totals,
+        window_start_utc=start.isoformat(),
+        window_end_utc=end.isoformat(),
+        **_counts(totals, "inserted", "updated", "restored", "unchanged", "stale"),
     )
 
 
-@dg.asset(group_name=GROUP, kinds=KINDS, pool=GROUP, tags={"sync/cadence": "daily"})
+@dg.asset(group_name=GROUP, kinds=KINDS, pool=GROUP, tags={"sync/cadence": "daily"}, metadata=table_metadata(contacts_table))
 def ghl_contacts_reconciliation(
     context: dg.AssetExecutionContext,
     config: ReconciliationConfig,
@@ -173,47 +136,29 @@ def ghl_contacts_reconciliation(
     complete pass, and never for more than `max_delete_share` of the live contacts at once.
     """
     pass_started = utcnow()
-    began = time.monotonic()
-    with gohighlevel.client(log=context.log.info) as client:
+    with sync_step(context, GROUP) as step, step.open(gohighlevel) as client:
+        step.if_failed = "The pass stopped early, so nothing was soft-deleted; re-run it."
         try:
-            totals = sync_pages(context, warehouse, client.search_contacts(), seen_at=pass_started)
+            totals = sync_pages(step, warehouse, client.search_contacts(), seen_at=pass_started)
         except DailyBudgetSpent as error:
-            raise _budget_failure(error, client.stats(), "nothing was soft-deleted; run the pass again once the day's budget resets") from None
-        except ProviderError as error:
-            raise dg.Failure(
-                description=f"{error}. The pass stopped early, so nothing was soft-deleted; re-run it.",
-                metadata=client.stats(),
-            ) from None
-        stats = client.stats()
-    deleted, live = _soft_delete_unseen(warehouse, pass_started, config.max_delete_share)
+            raise _budget_failure(step, error, "nothing was soft-deleted; run the pass again once the day's budget resets") from None
+    deleted, live = _soft_delete_unseen(step, warehouse, pass_started, config.max_delete_share)
     totals["deleted"] = deleted
     totals["seen"] = totals["fetched"] - totals["rejected"]
     context.log.info(
         f"reconciliation: {totals['seen']} seen, {totals['inserted']} inserted, {totals['updated']} updated, "
-        f"{deleted} deleted, {totals['restored']} restored, {stats['requests']} requests"
+        f"{deleted} deleted, {totals['restored']} restored, {step.stats()['requests']} requests"
     )
-    return dg.MaterializeResult(
-        metadata={
-            **_counts(totals, "seen", "inserted", "updated", "deleted", "restored", "unchanged", "fetched", "written", "rejected"),
-            "live_contacts": live,
-            **stats,
-            "duration_s": round(time.monotonic() - began, 3),
-            "triggered_by": trigger_of(context),
-        }
-    )
+    return step.result(totals, **_counts(totals, "seen", "inserted", "updated", "deleted", "restored", "unchanged"), live_contacts=live)
 
 
-def _budget_failure(error: DailyBudgetSpent, stats: dict, outcome: str) -> dg.Failure:
-    """Stopping at the day's budget: retrying now cannot help, so Dagster must not retry."""
-    return dg.Failure(
-        description=f"{error}: stopped early so the location keeps calls for the rest of the day. "
-                    f"Pages written before it are complete; {outcome}.",
-        metadata=stats,
-        allow_retries=False,
-    )
+def _budget_failure(step: SyncStep, error: DailyBudgetSpent, outcome: str) -> dg.Failure:
+    """Stopping at the day's budget: retrying before GoHighLevel's day ends cannot help."""
+    return step.refuse(f"{error}: stopped early so the location keeps calls for the rest of the day. "
+                       f"Pages written before it are complete; {outcome}.")
 
 
-def _soft_delete_unseen(warehouse: WarehouseResource, pass_started: datetime, max_share: float) -> tuple[int, int]:
+def _soft_delete_unseen(step: SyncStep, warehouse: WarehouseResource, pass_started: datetime, max_share: float) -> tuple[int, int]:
     """Mark live contacts this pass did not see as deleted; returns (deleted, live after)."""
     t = contacts_table
     live = t.c.deleted_at.is_(None)
@@ -223,12 +168,10 @@ def _soft_delete_unseen(warehouse: WarehouseResource, pass_started: datetime, ma
         live_count = conn.execute(sa.select(sa.func.count()).where(live)).scalar_one()
         unseen_count = conn.execute(sa.select(sa.func.count()).where(unseen)).scalar_one()
         if unseen_count and unseen_count > max_share * live_count:
-            raise dg.Failure(
-                description=(
-                    f"the pass would soft-delete {unseen_count} of {live_count} live contacts, more than "
-                    f"max_delete_share={max_share:g}; nothing was deleted. If the deletions are real, re-run "
-                    "with a higher max_delete_share in the launchpad config."
-                )
+            raise step.refuse(
+                f"the pass would soft-delete {unseen_count} of {live_count} live contacts, more than "
+                f"max_delete_share={max_share:g}; nothing was deleted. If the deletions are real, re-run "
+                "with a higher max_delete_share in the launchpad config."
             )
         conn.execute(t.update().where(unseen).values(deleted_at=utcnow()))
     return unseen_count, live_count - unseen_count
@@ -259,7 +202,7 @@ def contact_checks(asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]
         """No contact id appears twice in `ghl_contacts` (guards against a table restored without its key)."""
         with warehouse.engine.connect() as conn:
             duplicates = _duplicate_ids(conn)
-        return dg.AssetCheckResult(passed=not duplicates, metadata={"duplicate_ids": len(duplicates), "ids": ", ".join(duplicates[:50])})
+        return dg.AssetCheckResult(passed=not duplicates, metadata={"duplicate_ids": len(duplicates), "ids": listed(duplicates, 50)})
 
     @dg.asset_check(asset=asset, name="no_future_date_updated")
     def no_future_date_updated(warehouse: WarehouseResource) -> dg.AssetCheckResult:
@@ -270,11 +213,14 @@ def contact_checks(asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]
         return dg.AssetCheckResult(
             passed=not future,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"future_contacts": len(future), "ids": ", ".join(future[:50])},
+            metadata={"future_contacts": len(future), "ids": listed(future, 50)},
         )
 
     return [unique_ids, no_future_date_updated]
 
 
+ghl_contacts_hourly_job = dg.define_asset_job("ghl_contacts_hourly_job", selection=[ghl_contacts])
+
 assets = [ghl_contacts, ghl_contacts_reconciliation]
 asset_checks = [*contact_checks(ghl_contacts), *contact_checks(ghl_contacts_reconciliation)]
+jobs = [ghl_contacts_hourly_job]

@@ -23,11 +23,6 @@ from resources.http import ProviderError
 from resources.mappings import MappingFilesResource, read_agent_mappings
 from resources.warehouse import (
     WarehouseResource,
-    agent_mappings as mappings_table,
-    halo_agents as agents_table,
-    halo_sync_ranges as ranges_table,
-    halo_time_entries as entries_table,
-    halo_timesheets as timesheets_table,
     key_of,
     lock_for_replace,
     record_rejects,
@@ -36,6 +31,13 @@ from resources.warehouse import (
     sync_scope,
     upsert,
     utcnow,
+)
+from resources.halo_tables import (
+    agent_mappings as mappings_table,
+    halo_agents as agents_table,
+    halo_sync_ranges as ranges_table,
+    halo_time_entries as entries_table,
+    halo_timesheets as timesheets_table,
 )
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey
 from sync_assets.runs import trigger_of

@@ -41,14 +41,13 @@ from resources.doctor import push_gate
 from resources.settings import setting, sync_env
 from resources.warehouse import (
     WarehouseResource,
-    agent_mappings as mappings_table,
     lock_for_replace,
     rekey,
     upsert,
     utcnow,
-    xero_findings as findings_table,
-    xero_ledger as ledger,
 )
+from resources.halo_tables import agent_mappings as mappings_table
+from resources.xero_tables import xero_findings as findings_table, xero_ledger as ledger
 from resources.xero import MAX_DURATION_MIN, DayBudgetSpent, EntryLocked, Postpone, XeroClient, XeroResource, utc_stamp
 from sync_assets.halo import agent_mappings, date_chunks
 from sync_assets.runs import today, trigger_of

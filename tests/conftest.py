@@ -22,7 +22,8 @@ from resources.employes import EmployesResource
 from resources.ghl import GoHighLevelResource
 from resources.halo import HaloPSAResource
 from resources.mappings import MappingFilesResource
-from resources.warehouse import WarehouseResource, engine_for, metadata
+from resources.warehouse import WarehouseResource, engine_for
+from resources.tables import TABLES
 from resources.xero import XeroResource
 
 # Nothing a test does may write into the project's own .local/ (a developer's local install lives
@@ -136,7 +137,7 @@ def postgres_warehouse_url(postgres_url):
 
 def _empty(url: str) -> None:
     with engine_for(url).begin() as conn:
-        for table in reversed(metadata.sorted_tables):
+        for table in reversed(TABLES.sorted_tables):
             conn.execute(table.delete())
 
 

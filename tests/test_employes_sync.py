@@ -14,7 +14,8 @@ from dagster._core.test_utils import freeze_time
 
 from definitions import defs
 from emulator import Emulator
-from resources.warehouse import employes_employee_snapshots as snapshots_table, engine_for
+from resources.warehouse import engine_for
+from resources.employes_tables import employes_employee_snapshots as snapshots_table
 from sync_assets.employes import assets, employes_employee_snapshots, employes_employment_history
 
 DAY_1, DAY_2, DAY_3 = date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)

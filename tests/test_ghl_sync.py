@@ -12,7 +12,9 @@ from conftest import ANCHOR, ghl_resources
 from helpers import assert_warehouse_matches_provider, failure_message, reconcile, run_metadata, warehouse_contacts
 
 from emulator.ghl import LOCATION_ID
-from resources.warehouse import WarehouseResource, engine_for, ghl_contacts as ghl_contacts_table, sync_rejects
+from resources.warehouse import WarehouseResource, engine_for
+from resources.ghl_tables import ghl_contacts as ghl_contacts_table
+from resources.tables import sync_rejects
 from sync_assets.ghl import asset_checks, ghl_contacts, ghl_contacts_reconciliation, write_page
 
 # The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW). Every
@@ -101,7 +103,7 @@ def test_older_version_never_overwrites_newer(emulator, warehouse_url):
     assert sync_hour(ghl_resources(emulator, warehouse_url), HOUR_2).success
 
     with engine_for(warehouse_url).begin() as conn:
-        counts, _ = write_page(conn, [old], run_id="late-partition", where="")
+        counts, _ = write_page(conn, [old], where="")
 
     assert counts["stale"] == 1 and counts["written"] == 0
     assert warehouse_contacts(warehouse_url)[contact_id]["phone"] == "new"

@@ -12,7 +12,8 @@ from dagster._core.test_utils import freeze_time
 from helpers import AUTUMN, YEAR, failure_message, halo_entries, halo_keys, meta, stored_entries, sync_reference, sync_year
 
 from definitions import defs
-from resources.warehouse import engine_for, halo_agents as agents_table, sync_scope
+from resources.warehouse import engine_for, sync_scope
+from resources.halo_tables import halo_agents as agents_table
 from sync_assets.fiscal_years import FISCAL_YEARS
 from sync_assets.halo import halo_timesheets
 

@@ -14,7 +14,8 @@ from cryptography.fernet import Fernet
 from dagster._core.test_utils import freeze_time
 from helpers import AGENT, AUTUMN, DAY, YEAR, check_results as checks, halo_day, halo_entries, halo_keys, meta, xero_by_halo_id
 
-from resources.warehouse import WarehouseResource, engine_for, metadata
+from resources.warehouse import WarehouseResource, engine_for
+from resources.tables import TABLES
 from sync_assets.fiscal_years import FISCAL_YEARS
 from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets
 from sync_assets.xero import MARKER, xero_reconciliation, xero_time_entries
@@ -29,14 +30,14 @@ OLD = sa.MetaData()
 sa.Table(
     "halo_time_entries", OLD,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    *(sa.Column(c.name, c.type, nullable=c.nullable) for c in metadata.tables["halo_time_entries"].columns
+    *(sa.Column(c.name, c.type, nullable=c.nullable) for c in TABLES.tables["halo_time_entries"].columns
       if c.name not in ("entry_key", "halo_id", "ticket_key", "fingerprint")),
     sa.Index("ix_halo_time_entries_work_date", "work_date"),
 )
 sa.Table(
     "xero_ledger", OLD,
     sa.Column("halo_entry_id", sa.Integer, primary_key=True, autoincrement=False),
-    *(sa.Column(c.name, c.type, nullable=c.nullable) for c in metadata.tables["xero_ledger"].columns
+    *(sa.Column(c.name, c.type, nullable=c.nullable) for c in TABLES.tables["xero_ledger"].columns
       if c.name not in ("entry_key", "halo_entry_id", "ticket_key", "fingerprint", "marker")),
     sa.Index("ix_xero_ledger_work_date", "work_date"),
 )
@@ -90,8 +91,8 @@ def as_before_entry_keys(new_url: str, old_url: str, schema: str | None) -> None
     renamed = {"halo_time_entries": "id", "xero_ledger": "halo_entry_id"}
     with source.connect() as read, target.begin() as write:
         OLD.create_all(write)
-        kept = [t for t in metadata.sorted_tables if t.name not in (*OLD.tables, "halo_sync_ranges")]
-        metadata.create_all(write, tables=kept)
+        kept = [t for t in TABLES.sorted_tables if t.name not in (*OLD.tables, "halo_sync_ranges")]
+        TABLES.create_all(write, tables=kept)
         for table in kept:
             rows = [dict(r) for r in read.execute(sa.select(table)).mappings()]
             if rows:
@@ -99,8 +100,8 @@ def as_before_entry_keys(new_url: str, old_url: str, schema: str | None) -> None
         for name, old_key in renamed.items():
             old = OLD.tables[name]
             rows = [{**{c.name: r[c.name] for c in old.columns if c.name in r}, old_key: int(r["entry_key"].lstrip("#"))}
-                    for r in read.execute(sa.select(metadata.tables[name])).mappings()]
-            assert rows and all(r["entry_key"].startswith("#") for r in read.execute(sa.select(metadata.tables[name])).mappings())
+                    for r in read.execute(sa.select(TABLES.tables[name])).mappings()]
+            assert rows and all(r["entry_key"].startswith("#") for r in read.execute(sa.select(TABLES.tables[name])).mappings())
             write.execute(old.insert(), rows)
     target.dispose()
 
@@ -147,9 +148,9 @@ def test_an_old_warehouse_and_xero_are_adopted_without_pushing_anything_twice(
     keys = halo_keys(emulator)
     day = {**halo_day(emulator, AGENT), **halo_day(emulator, AGENT + 1)}
     engine = engine_for(old_url, schema)
-    entries = metadata.tables["halo_time_entries"]
+    entries = TABLES.tables["halo_time_entries"]
     with engine.connect() as conn:
-        ledger = {r.entry_key: r for r in conn.execute(sa.select(metadata.tables["xero_ledger"]))}
+        ledger = {r.entry_key: r for r in conn.execute(sa.select(TABLES.tables["xero_ledger"]))}
         stored = {r.entry_key: (r.agent_id, r.work_date, r.minutes) for r in conn.execute(
             sa.select(entries).where(entries.c.deleted_at.is_(None), entries.c.work_date.between(*FALL)))}
     assert stored == halo_entries(emulator, *FALL)  # each entry once, under its key

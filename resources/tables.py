@@ -1,0 +1,84 @@
+"""The warehouse's tables: the one `sa.MetaData` they all belong to, what they share, and the
+tables no single provider owns. Each provider's tables sit next to its client
+(`resources/<provider>_tables.py`); `resources/warehouse.py` creates and upgrades them all.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+# Named TABLES, not `metadata`: to a Dagster reader `metadata` is a run's or an asset's.
+TABLES = sa.MetaData()
+
+
+class RawJSON(sa.types.TypeDecorator):
+    """A record exactly as the provider sent it: JSONB on PostgreSQL, JSON on SQLite. Written as
+    the JSON text the parser encoded once (not encoded again), read back as Python values."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        return dialect.type_descriptor(postgresql.JSONB() if dialect.name == "postgresql" else sqlite.JSON())
+
+    def bind_processor(self, dialect):
+        return None  # the value is already JSON text
+
+    def process_result_value(self, value, dialect):
+        return value
+
+
+def synced_columns(deleted: str | None = None) -> list[sa.Column]:
+    """The columns every synced table ends with: the content's hash (what makes a change), when
+    this version was written, and when the provider stopped having the row."""
+    return [
+        sa.Column("content_hash", sa.String(32), nullable=False),
+        sa.Column("synced_at", sa.DateTime, nullable=False, comment="when this version was written"),
+        sa.Column("deleted_at", sa.DateTime, comment=deleted or "set when the provider no longer has the row"),
+    ]
+
+
+POLARS_TYPES = {sa.String: pl.String, sa.Text: pl.String, sa.Integer: pl.Int64, sa.Boolean: pl.Boolean,
+                sa.DateTime: pl.Datetime("us"), sa.Date: pl.Date, RawJSON: pl.String}
+
+
+def frame_schema(table: sa.Table, *names: str) -> dict[str, pl.DataType]:
+    """The polars schema of `table`'s columns (all, or those named, in that order), derived from
+    the table so a column is written down once. Numeric columns stay exact as decimals."""
+    columns = [table.c[name] for name in names] if names else list(table.columns)
+    return {c.name: _polars_type(c.type) for c in columns}
+
+
+def _polars_type(column_type: sa.types.TypeEngine) -> pl.DataType:
+    if isinstance(column_type, sa.Numeric):
+        return pl.Decimal(column_type.precision, column_type.scale)
+    for sql_type, polars_type in POLARS_TYPES.items():
+        if isinstance(column_type, sql_type):
+            return polars_type
+    raise TypeError(f"no polars type for {column_type!r}")
+
+
+# `workforce-sync doctor`: each provider's latest outcome (the production push waits for a pass).
+doctor_results = sa.Table(
+    "doctor_results",
+    TABLES,
+    sa.Column("provider", sa.String(32), primary_key=True),
+    sa.Column("passed", sa.Boolean, nullable=False, comment="no check failed"),
+    sa.Column("checked_at", sa.DateTime, nullable=False),
+    sa.Column("findings", sa.Text, nullable=False, comment="JSON list of {check, severity, seen, action}"),
+)
+
+sync_rejects = sa.Table(
+    "sync_rejects",
+    TABLES,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("entity", sa.String(64), nullable=False),
+    sa.Column("record_id", sa.Text, comment="the record's id, or its position when it has none"),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, comment="the record as received (JSON)"),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("rejected_at", sa.DateTime, nullable=False),
+)

@@ -1,0 +1,132 @@
+"""One sync step, written once for every provider: open the provider's client, time the step,
+turn a provider's error into a `dg.Failure` that carries what the run asked of the provider, log
+and count rejected records, and report the same metadata keys from every asset.
+
+    with sync_step(context, "halopsa") as step, step.open(halopsa) as client:
+        ...
+        step.if_failed = "Days through 2026-03-31 are synced; re-run the partition to finish."
+    return step.result(counts, fiscal_year=key)
+
+A failure that retrying cannot fix (configuration, credentials, a mapping file, a spent day
+budget) is raised with `step.refuse`: besides `allow_retries=False` (the asset's own retry
+policy) it tags the run so that Dagster's run retries skip it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+
+from resources.http import ProviderError
+from resources.warehouse import record_rejects
+from sync_assets.runs import trigger_of
+
+# Dagster's own run tag: a run failed by a step with this tag "false" is not retried by the
+# daemon's run retries (dagster._core.execution.retries.auto_reexecution_should_retry_run).
+NO_RUN_RETRY = {"dagster/retry_on_asset_or_op_failure": "false"}
+COUNTED = ("fetched", "written", "rejected")
+LOGGED_REJECTS = 50  # per run: a million bad records must not bury the log
+
+
+class SyncStep:
+    """One asset's run against its providers: their clients, the clock, the rejected records."""
+
+    def __init__(self, context: dg.AssetExecutionContext, provider: str):
+        self.context = context
+        self.provider = provider
+        self.began = time.monotonic()
+        self.clients: dict[str, Any] = {}
+        self.rejected = 0
+        self.if_failed = "Nothing was written; re-run it."
+
+    @contextlib.contextmanager
+    def open(self, resource: Any, *args: Any, **options: Any) -> Iterator[Any]:
+        """`resource.client(...)`, logging to the run, its requests counted in the step's metadata."""
+        with resource.client(*args, log=self.context.log.info, **options) as client:
+            self.clients[client.http.provider] = client
+            yield client
+
+    def stats(self) -> dict[str, Any]:
+        """Requests, retries and seconds throttled over every provider the step used, and what each
+        client adds (a day budget's remainder); per provider too when there were several."""
+        per_provider = {name: client.stats() for name, client in self.clients.items()}
+        totals = {"requests": 0, "retries": 0, "throttled_s": 0.0}
+        extras: dict[str, Any] = {}
+        for name, stats in per_provider.items():
+            for key, value in stats.items():
+                if key in totals:
+                    totals[key] += value
+                else:
+                    extras[key] = value
+            if len(per_provider) > 1:
+                extras[f"{name}_requests"] = stats["requests"]
+        return {**totals, "throttled_s": round(totals["throttled_s"], 2), **extras}
+
+    def keep_rejects(self, conn: sa.Connection, entity: str, rejects: Sequence[dict]) -> None:
+        """Store rejected records in `sync_rejects` (in the caller's transaction) and name them in
+        the log, the first LOGGED_REJECTS of the run."""
+        record_rejects(conn, self.provider, entity, rejects, self.context.run.run_id)
+        for reject in rejects:
+            if self.rejected < LOGGED_REJECTS:
+                self.context.log.warning(f"skipped {entity} {reject['record_id']}: {reject['reason']}")
+            self.rejected += 1
+
+    def failure(self, description: str, *, retry: bool = True) -> dg.Failure:
+        """A failed step, with the run's requests so far in its metadata."""
+        if not retry:
+            self.context.instance.add_run_tags(self.context.run.run_id, NO_RUN_RETRY)
+        return dg.Failure(description=description, metadata=self.stats(), allow_retries=retry)
+
+    def refuse(self, description: str) -> dg.Failure:
+        """A failure no retry can fix: the operator must change something first."""
+        return self.failure(description, retry=False)
+
+    def result(self, counts: Mapping[str, int] | None = None, *, check_results: Sequence[dg.AssetCheckResult] = (),
+               **metadata: Any) -> dg.MaterializeResult:
+        """The step's materialization: the asset's own `metadata` first, then the keys every sync
+        reports (fetched, written, rejected, requests, retries, throttled_s, duration_s, triggered_by)."""
+        counts = Counter(counts or {})
+        counts["rejected"] = max(counts["rejected"], self.rejected)
+        if self.rejected > LOGGED_REJECTS:
+            self.context.log.warning(f"... and {self.rejected - LOGGED_REJECTS} more rejected records (table sync_rejects)")
+        return dg.MaterializeResult(
+            metadata={
+                **metadata,
+                **{name: int(counts[name]) for name in COUNTED},
+                **self.stats(),
+                "duration_s": round(time.monotonic() - self.began, 3),
+                "triggered_by": trigger_of(self.context),
+            },
+            check_results=list(check_results),
+        )
+
+
+@contextlib.contextmanager
+def sync_step(context: dg.AssetExecutionContext, provider: str) -> Iterator[SyncStep]:
+    """A `SyncStep` whose provider errors become failures naming what was done (`if_failed`)."""
+    step = SyncStep(context, provider)
+    try:
+        yield step
+    except ProviderError as error:
+        raise step.failure(f"{error}. {step.if_failed}", retry=error.retry_helps) from None
+
+
+def table_metadata(table: sa.Table) -> dict[str, Any]:
+    """Definition metadata naming the warehouse table an asset writes, and its columns, in Dagster's
+    own keys (`dagster/table_name`, `dagster/column_schema`) so the UI shows them."""
+    columns = [dg.TableColumn(c.name, str(c.type), description=c.comment) for c in table.columns]
+    return {"dagster/table_name": table.name, "dagster/column_schema": dg.TableSchema(columns=columns)}
+
+
+def listed(lines: Sequence[str], most: int = 200) -> dg.MetadataValue:
+    """A check's examples as a markdown list (the UI renders it), at most `most` of them."""
+    shown = [f"- {line}" for line in lines[:most]]
+    if len(lines) > most:
+        shown.append(f"- ... and {len(lines) - most} more")
+    return dg.MetadataValue.md("\n".join(shown) or "none")
