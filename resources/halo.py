@@ -309,10 +309,21 @@ def _moment_of(record: Any, name: str) -> datetime | None:
         return None
 
 
+def date_chunks(first: date, last: date, days: int) -> list[tuple[date, date]]:
+    """[first, last] cut into inclusive ranges of at most `days` days."""
+    chunks = []
+    while first <= last:
+        end = min(first + timedelta(days=days - 1), last)
+        chunks.append((first, end))
+        first = end + timedelta(days=1)
+    return chunks
+
+
 class HaloClient:
-    def __init__(self, http: ProviderClient, token_http: ProviderClient):
+    def __init__(self, http: ProviderClient, token_http: ProviderClient, chunk_days: int = 31):
         self.http = http
         self.token_http = token_http
+        self.chunk_days = chunk_days
         self.outside_range = 0  # records the server returned outside the range or agents asked for
 
     def stats(self) -> dict[str, Any]:
@@ -322,6 +333,17 @@ class HaloClient:
     def agents(self) -> list[dict]:
         params = {"includeenabled": "true", "includedisabled": "true", "includeapiagents": "false"}
         return _records(self.http.request_json("GET", "/api/Agent", params=params), "GET /api/Agent")
+
+    def agent_ids(self) -> list[int]:
+        return sorted(int(a["id"]) for a in self.agents())
+
+    def period(self, first: date, last: date, agent_ids: list[int] | None = None) -> Iterator[tuple[date, date, list, list]]:
+        """Every agent's time entries and timesheets of the days [first, last], a chunk of
+        `chunk_days` days at a time: (chunk start, chunk end, entries, timesheets). Two requests
+        a chunk, after one for the agents unless their ids are given."""
+        agent_ids = self.agent_ids() if agent_ids is None else agent_ids
+        for start, end in date_chunks(first, last, self.chunk_days):
+            yield start, end, self.time_entries(start, end), self.timesheets(start, end, agent_ids)
 
     def time_entries(self, start: date, end: date) -> list[dict]:
         """TimesheetEvents whose start falls on a day in [start, end], every agent's. One request:
@@ -403,7 +425,7 @@ class HaloPSAResource(dg.ConfigurableResource):
             headers={"Accept": "application/json"}, **common,
         )
         with token_http, http:
-            yield HaloClient(http, token_http)
+            yield HaloClient(http, token_http, self.chunk_days)
 
     def _application(self) -> tuple:
         return self.base_url, self.auth_url, self.tenant, self.client_id, hashlib.sha256(self.client_secret.encode()).hexdigest()

@@ -28,6 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from resources import employes_tables, ghl_tables  # noqa: F401  (their tables join TABLES)
 from resources.halo_tables import halo_time_entries
 from resources.http import redact
+from resources.records import WRITES, classify
 from resources.settings import ConfigError
 from resources.tables import TABLES, sync_rejects
 from resources.xero_tables import xero_ledger
@@ -243,21 +244,14 @@ def sync_scope(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, scope:
     query = sa.select(key, table.c.content_hash, table.c.deleted_at).where(scope | key.in_(frame[key.name].to_list()))
     stored = pl.DataFrame(
         conn.execute(query).all(),
-        schema={key.name: frame.schema[key.name], "stored_hash": pl.String, "stored_deleted_at": pl.Datetime("us")},
+        schema={key.name: frame.schema[key.name], "content_hash": pl.String, "deleted_at": pl.Datetime("us")},
         orient="row",
     )
-    outcome = (
-        pl.when(pl.col("stored_hash").is_null()).then(pl.lit("inserted"))
-        .when(pl.col("content_hash").is_null()).then(pl.lit("gone"))
-        .when(pl.col("stored_deleted_at").is_not_null()).then(pl.lit("restored"))
-        .when(pl.col("content_hash") != pl.col("stored_hash")).then(pl.lit("updated"))
-        .otherwise(pl.lit("unchanged"))
-    )
-    joined = frame.join(stored, on=key.name, how="full", coalesce=True).with_columns(outcome=outcome)
-    changed = joined.filter(pl.col("outcome").is_in(["inserted", "updated", "restored"])).select(frame.columns)
+    joined = classify(frame, stored, key.name)
+    changed = joined.filter(pl.col("change").is_in(WRITES)).select(frame.columns)
     bulk_upsert(conn, table, changed.with_columns(synced_at=pl.lit(utcnow()), deleted_at=pl.lit(None, pl.Datetime("us"))))
-    gone = set(joined.filter((pl.col("outcome") == "gone") & pl.col("stored_deleted_at").is_null())[key.name].to_list())
-    return Counter(joined.filter(pl.col("outcome") != "gone")["outcome"].to_list()), gone
+    gone = set(joined.filter((pl.col("change") == "gone") & pl.col("deleted_at_stored").is_null())[key.name].to_list())
+    return Counter(joined.filter(pl.col("change") != "gone")["change"].to_list()), gone
 
 
 def key_of(table: sa.Table) -> sa.Column:

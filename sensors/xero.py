@@ -86,7 +86,7 @@ def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource
         # Per tick: the open period's timesheets; a token only when the kept one has expired, the
         # agents only while the warehouse has none.
         with halopsa.client(log=context.log.info, keep_token=True) as halo:
-            agent_ids = stored_agents(warehouse) or sorted(int(a["id"]) for a in halo.agents())
+            agent_ids = stored_agents(warehouse) or halo.agent_ids()
             new_agents = frozenset(agent_ids) - known_agents if known_agents is not None else frozenset()
             approvals = approvals_after(halo.timesheets(first, last, agent_ids), seen, unreadable, new_agents)
             requests = halo.stats()["requests"]

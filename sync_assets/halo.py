@@ -18,7 +18,7 @@ import dagster as dg
 import polars as pl
 import sqlalchemy as sa
 
-from resources.halo import HaloPSAResource, KeyedEntries, agent_row, key_entries, timesheet_row
+from resources.halo import HaloPSAResource, KeyedEntries, agent_row, date_chunks, key_entries, timesheet_row
 from resources.http import ProviderError
 from resources.mappings import MappingFilesResource, read_agent_mappings
 from resources.warehouse import (
@@ -54,16 +54,6 @@ class TimesheetsConfig(dg.Config):
     """First day to sync (YYYY-MM-DD) within the fiscal year; default the year's first day."""
     end: str | None = None
     """Last day to sync (YYYY-MM-DD) within the fiscal year; default the year's last day."""
-
-
-def date_chunks(first: date, last: date, days: int) -> list[tuple[date, date]]:
-    """[first, last] cut into inclusive ranges of at most `days` days."""
-    chunks = []
-    while first <= last:
-        end = min(first + timedelta(days=days - 1), last)
-        chunks.append((first, end))
-        first = end + timedelta(days=1)
-    return chunks
 
 
 def _provider_failure(error: ProviderError, stats: dict, done: str) -> dg.Failure:
@@ -264,14 +254,11 @@ def halo_timesheets(
     done_through = None
     with halopsa.client(log=context.log.info) as client:
         try:
-            agent_ids = sorted(int(a["id"]) for a in client.agents())
-            chunks = date_chunks(start, end, halopsa.chunk_days)
-            for number, (chunk_start, chunk_end) in enumerate(chunks, start=1):
-                entries = client.time_entries(chunk_start, chunk_end)
-                sheets = client.timesheets(chunk_start, chunk_end, agent_ids)
+            chunks = len(date_chunks(start, end, client.chunk_days))
+            for number, (chunk_start, chunk_end, entries, sheets) in enumerate(client.period(start, end), start=1):
                 counts = _write_chunk(context, warehouse, key, chunk_start, chunk_end, entries, sheets, totals, gone, observed)
                 done_through = chunk_end
-                context.log.info(f"{key} chunk {number}/{len(chunks)} {chunk_start}..{chunk_end}: {counts}")
+                context.log.info(f"{key} chunk {number}/{chunks} {chunk_start}..{chunk_end}: {counts}")
         except ProviderError as error:
             done = f"Days through {done_through} are synced" if done_through else "Nothing was written"
             raise _provider_failure(error, client.stats(), f"{done}, deletions not yet applied; re-run the partition to finish.") from None

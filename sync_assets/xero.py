@@ -49,7 +49,7 @@ from resources.warehouse import (
 from resources.halo_tables import agent_mappings as mappings_table
 from resources.xero_tables import xero_findings as findings_table, xero_ledger as ledger
 from resources.xero import MAX_DURATION_MIN, DayBudgetSpent, EntryLocked, Postpone, XeroClient, XeroResource, utc_stamp
-from sync_assets.halo import agent_mappings, date_chunks
+from sync_assets.halo import agent_mappings
 from sync_assets.runs import today, trigger_of
 
 GROUP = "xero"
@@ -403,8 +403,7 @@ def plan_table(actions: list[Action]) -> str:
 def _read_day(halopsa: HaloPSAResource, context, day: date) -> tuple[HaloDay, dict]:
     """The day from Halo: three requests (agents, entries, timesheets) and the token."""
     with halopsa.client(log=context.log.info) as halo:
-        agent_ids = sorted(int(a["id"]) for a in halo.agents())
-        entries, sheets = halo.time_entries(day, day), halo.timesheets(day, day, agent_ids)
+        ((_, _, entries, sheets),) = halo.period(day, day)
         return read_halo(entries, sheets, halo.outside_range), halo.stats()
 
 
@@ -562,10 +561,9 @@ def open_period() -> tuple[date, date]:
 def _read_period(halopsa: HaloPSAResource, context, first: date, last: date) -> HaloDay:
     entries, sheets = [], []
     with halopsa.client(log=context.log.info) as halo:
-        agent_ids = sorted(int(a["id"]) for a in halo.agents())
-        for start, end in date_chunks(first, last, halopsa.chunk_days):
-            entries += halo.time_entries(start, end)
-            sheets += halo.timesheets(start, end, agent_ids)
+        for _, _, chunk_entries, chunk_sheets in halo.period(first, last):
+            entries += chunk_entries
+            sheets += chunk_sheets
         return read_halo(entries, sheets, halo.outside_range)
 
 
