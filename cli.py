@@ -325,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ensure_dagster_home()
     try:
-        from definitions import defs
+        from definitions import defs as load_definitions
+
+        defs = load_definitions()
         with dg.DagsterInstance.get() as instance:
             if args.command == "add-fiscal-years":
                 print("fiscal years:", " ".join(add_fiscal_years(instance, args.first)))

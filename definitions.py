@@ -1,4 +1,11 @@
-"""The workforce-sync code location: one `dg.Definitions` for the UI, the daemon and the CLI.
+"""The workforce-sync code location: one `dg.Definitions` for the UI, the daemon and the CLI,
+merged from one `dg.Definitions` per provider (its assets, checks, jobs, schedules and sensors)
+and one for the operations around them (the doctor, the daily report, the alerts, the first sync).
+
+Built lazily (`@dg.definitions`): importing this module reads no setting and writes nothing;
+Dagster calls `defs()` when it loads the code location, and only then are the settings checked,
+the provider modules imported (their partitions and crons come from settings) and, locally, the
+Xero token key made.
 
 `SYNC_ENV` picks the resources: `local` (default) talks to the provider emulator and an SQLite
 warehouse with no credentials; `production` talks to the real providers with secrets read
@@ -12,15 +19,12 @@ from datetime import timedelta
 
 import dagster as dg
 
-import schedules
-import sensors
-import sync_assets
 from emulator import employes as employes_emulator, ghl as ghl_emulator, halo as halo_emulator, xero as xero_emulator
 from resources.employes import EmployesResource
 from resources.ghl import GoHighLevelResource
 from resources.halo import HaloPSAResource
 from resources.mappings import MappingFilesResource
-from resources.settings import check_production, local_warehouse_url, setting, sync_env
+from resources.settings import check_production, check_settings, local_warehouse_url, setting, sync_env
 from resources.warehouse import WarehouseResource
 from resources.xero import XeroResource, local_token_key
 
@@ -113,16 +117,35 @@ def production_resources() -> dict:
 RESOURCES = {"local": local_resources, "production": production_resources}
 
 
-def build_definitions() -> dg.Definitions:
-    defs = dg.Definitions(
-        assets=sync_assets.assets,
-        asset_checks=sync_assets.asset_checks,
-        jobs=[*schedules.jobs, *sensors.jobs, *sync_assets.jobs],
-        schedules=schedules.schedules,
-        sensors=sensors.sensors,
-        resources=RESOURCES[sync_env()](),
+def area(assets_module, schedules_module=None, sensors_module=None) -> dg.Definitions:
+    """One area's definitions: what its asset module defines (assets, checks, the jobs that
+    materialize them), with its schedules and sensors."""
+    return dg.Definitions(
+        assets=getattr(assets_module, "assets", []),
+        asset_checks=getattr(assets_module, "asset_checks", []),
+        jobs=getattr(assets_module, "jobs", []),
+        schedules=getattr(schedules_module, "schedules", []),
+        sensors=getattr(sensors_module, "sensors", []),
     )
-    return defs.permissive_map_resolved_asset_specs(func=with_health, selection=dg.AssetSelection.tag(CADENCE_TAG, "hourly") | dg.AssetSelection.tag(CADENCE_TAG, "daily"))
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    # Checked before any module reads a setting, so a bad configuration is one message naming
+    # every bad setting.
+    check_settings()
+    import schedules.employes, schedules.ghl, schedules.halo, schedules.report, schedules.xero  # noqa: E401
+    import sensors.alerts, sensors.first_sync, sensors.halo, sensors.xero  # noqa: E401
+    import sync_assets.doctor, sync_assets.employes, sync_assets.ghl, sync_assets.halo, sync_assets.report, sync_assets.xero  # noqa: E401
+
+    merged = dg.Definitions.merge(
+        area(sync_assets.ghl, schedules.ghl),
+        area(sync_assets.halo, schedules.halo, sensors.halo),
+        area(sync_assets.employes, schedules.employes),
+        area(sync_assets.xero, schedules.xero, sensors.xero),
+        area(sync_assets.report, schedules.report),
+        area(sync_assets.doctor),
+        dg.Definitions(sensors=[*sensors.alerts.sensors, *sensors.first_sync.sensors]),
+        dg.Definitions(resources=RESOURCES[sync_env()]()),
+    )
+    return merged.permissive_map_resolved_asset_specs(func=with_health, selection=dg.AssetSelection.tag(CADENCE_TAG, "hourly") | dg.AssetSelection.tag(CADENCE_TAG, "daily"))

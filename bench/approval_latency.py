@@ -112,7 +112,8 @@ def main() -> None:
 def prepare(emulator: Emulator, dagster: Path, env: dict) -> None:
     import dagster as dg
 
-    from definitions import defs
+    from definitions import defs as load_definitions
+    defs = load_definitions()
     from resources.settings import ensure_dagster_home
     from resources.warehouse import WarehouseResource
     from sensors.xero import stored_agents

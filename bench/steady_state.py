@@ -81,7 +81,8 @@ def report(emulator: Emulator) -> None:
     import dagster as dg
     from dagster._core.test_utils import freeze_time
 
-    from definitions import defs
+    from definitions import defs as load_definitions
+    defs = load_definitions()
     from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar
 
     lines = []  # (provider, what, runs/day, requests/run, rows/run)

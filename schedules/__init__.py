@@ -1,6 +1,1 @@
-"""Every schedule of the code location, one module per provider."""
-
-from schedules import employes, ghl, halo, report, xero
-
-jobs = [*employes.jobs, *report.jobs]
-schedules = [*ghl.schedules, *halo.schedules, *employes.schedules, *xero.schedules, *report.schedules]
+"""Every schedule of the code location, one module per provider, and the morning report."""

@@ -3,12 +3,7 @@ ALERT_WEBHOOK_URL (only logged while that is unset)."""
 
 import dagster as dg
 
-from sync_assets.report import sync_report
-
-# The job's config turns posting on: a report materialized from the UI is not posted.
-sync_report_job = dg.define_asset_job(
-    "sync_report_job", selection=[sync_report], config={"ops": {"sync_report": {"config": {"post": True}}}}
-)
+from sync_assets.report import sync_report_job
 
 # Targets the last complete day, with the day as run_key, so a repeated tick posts once.
 sync_report_morning = dg.build_schedule_from_partitioned_job(
@@ -19,5 +14,4 @@ sync_report_morning = dg.build_schedule_from_partitioned_job(
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 
-jobs = [sync_report_job]
 schedules = [sync_report_morning]

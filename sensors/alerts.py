@@ -250,5 +250,4 @@ def health_alerts(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     return dg.SkipReason("alerted: " + ", ".join(changes) if changes else "no asset turned red or recovered")
 
 
-jobs: list = []
 sensors = [run_failure_alerts, health_alerts]

@@ -90,5 +90,4 @@ def first_sync(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.Skip
     return dg.SensorResult(run_requests=requests)
 
 
-jobs: list = []
 sensors = [first_sync]

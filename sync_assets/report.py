@@ -169,12 +169,12 @@ def sync_report(context: dg.AssetExecutionContext, config: ReportConfig, warehou
     one `workforce-sync status` shows when the report is made. The morning schedule posts it to
     ALERT_WEBHOOK_URL."""
     import cli  # the light is the one `workforce-sync status` shows (imported here: cli loads the definitions)
-    from definitions import defs
+    from definitions import defs as load_definitions
 
     day = date.fromisoformat(context.partition_key)
     start, end = window_of(day)
     by_key = day_of_runs(context.instance, start, end)
-    status_rows = cli.status(defs, context.instance)
+    status_rows = cli.status(load_definitions(), context.instance)
     lights = {row["asset"]: row["health"] for row in status_rows}
     days = {row["asset"]: by_key.get(dg.AssetKey.from_user_string(row["asset"]), SyncDay())
             for row in status_rows if row["asset"] != context.asset_key.to_user_string()}
@@ -205,4 +205,10 @@ def sync_report(context: dg.AssetExecutionContext, config: ReportConfig, warehou
     })
 
 
+# The job's config turns posting on: a report materialized from the UI is not posted.
+sync_report_job = dg.define_asset_job(
+    "sync_report_job", selection=[sync_report], config={"ops": {"sync_report": {"config": {"post": True}}}}
+)
+
 assets = [sync_report]
+jobs = [sync_report_job]

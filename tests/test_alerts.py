@@ -129,8 +129,8 @@ def workspace(instance, emulator, sqlite_warehouse_url, monkeypatch):
 
 
 def health_tick(instance, cursor):
-    from definitions import defs
-
+    from definitions import defs as load_definitions
+    defs = load_definitions()
     context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, sensor_name=health_alerts.name)
     return health_alerts.evaluate_tick(context).cursor
 

@@ -20,13 +20,15 @@ from conftest import employes_resources, ghl_resources, halo_resources
 from dagster._core.test_utils import freeze_time
 from helpers import failure_message, hard_instants, warehouse_contacts
 
-from definitions import defs
+from definitions import defs as load_definitions
 from resources.settings import PROJECT_ROOT, setting
 from sensors.halo import new_fiscal_year
 from sensors.xero import xero_approvals
 from sync_assets.employes import employes_employee_snapshots
 from sync_assets.ghl import HOURLY, asset_checks, ghl_contacts
 from sync_assets.xero import open_period
+
+defs = load_definitions()
 
 INSTANTS = hard_instants()
 DST_ZONE = "Europe/Amsterdam"

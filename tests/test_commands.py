@@ -15,7 +15,9 @@ import pytest
 from helpers import free_port, stop_group, warehouse_contacts
 
 from resources.settings import PROJECT_ROOT
-from definitions import defs
+from definitions import defs as load_definitions
+
+defs = load_definitions()
 
 CLI = str(Path(sys.executable).parent / "workforce-sync")
 

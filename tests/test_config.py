@@ -29,7 +29,7 @@ def production_env(**values) -> dict[str, str]:
 
 
 def load_definitions(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "import definitions"], cwd=PROJECT_ROOT, env=env,
+    return subprocess.run([sys.executable, "-c", "from definitions import defs; defs()"], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -61,6 +61,15 @@ def test_local_definitions_validate():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_importing_the_code_location_reads_no_setting_and_loads_no_sync():
+    # An unusable SYNC_ENV would fail any read of the settings: the import alone must not read them.
+    probe = "import sys, definitions; print(sorted(m for m in sys.modules if m.split('.')[0] in ('sync_assets', 'sensors', 'schedules')))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, env={**os.environ, "SYNC_ENV": "staging"},
+                            capture_output=True, text=True, timeout=600)
+
+    assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
+
+
 def test_unknown_sync_env_is_a_clear_error():
     result = load_definitions({**os.environ, "SYNC_ENV": "staging"})
 
@@ -80,7 +89,7 @@ def test_no_secret_appears_in_logs_metadata_errors_or_the_warehouse(emulator, po
     monkeypatch.setenv("SYNC_ENV", "production")
     import definitions
 
-    job = definitions.build_definitions().resolve_implicit_global_asset_job_def()
+    job = definitions.defs().resolve_implicit_global_asset_job_def()
     with dg.instance_for_test() as instance:
         runs = [
             job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("ghl_contacts_reconciliation")]),

@@ -12,11 +12,13 @@ from conftest import ANCHOR, serving
 from helpers import failure_message
 from dagster._core.test_utils import freeze_time
 
-from definitions import defs
+from definitions import defs as load_definitions
 from emulator import Emulator
 from resources.warehouse import engine_for
 from resources.employes_tables import employes_employee_snapshots as snapshots_table
 from sync_assets.employes import assets, employes_employee_snapshots, employes_employment_history
+
+defs = load_definitions()
 
 DAY_1, DAY_2, DAY_3 = date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)
 

@@ -18,11 +18,14 @@ import pytest
 from dagster._core.test_utils import freeze_time
 
 import cli
-from definitions import defs
+from definitions import defs as load_definitions
+
 from emulator import Emulator
 from resources.settings import PROJECT_ROOT, ensure_dagster_home
 from sensors.first_sync import SENSOR_NAME, first_sync
 from sensors.halo import new_fiscal_year
+
+defs = load_definitions()
 
 BIN = Path(sys.executable).parent
 NOW = datetime(2026, 11, 20, 12, 40, tzinfo=UTC)

@@ -6,10 +6,11 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import freeze_time
 
-from definitions import defs
+from definitions import defs as load_definitions
 from sensors.halo import new_fiscal_year
 from sync_assets.fiscal_years import FISCAL_YEARS
 
+defs = load_definitions()
 
 @pytest.fixture
 def instance():

@@ -11,11 +11,13 @@ from conftest import NOW, halo_resources
 from dagster._core.test_utils import freeze_time
 from helpers import AUTUMN, YEAR, failure_message, halo_entries, halo_keys, meta, stored_entries, sync_reference, sync_year
 
-from definitions import defs
+from definitions import defs as load_definitions
 from resources.warehouse import engine_for, sync_scope
 from resources.halo_tables import halo_agents as agents_table
 from sync_assets.fiscal_years import FISCAL_YEARS
 from sync_assets.halo import halo_timesheets
+
+defs = load_definitions()
 
 # The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW).
 pytestmark = pytest.mark.usefixtures("frozen_clock")

@@ -116,7 +116,7 @@ def test_no_secret_of_any_sync_reaches_logs_runs_events_errors_alerts_or_the_war
     import definitions
     from sensors.alerts import health_alerts, run_failure_alerts
 
-    defs = definitions.build_definitions()
+    defs = definitions.defs()
     job = defs.resolve_implicit_global_asset_job_def()
     emulator.halo.approve(AGENT, DAY)
     home = tmp_path / "dagster_home"

@@ -10,11 +10,14 @@ from conftest import employes_resources, ghl_resources
 from health_daemon import freeze_time
 
 import cli
-from definitions import defs
+from definitions import defs as load_definitions
+
 from resources.warehouse import WarehouseResource
 from sync_assets.employes import assets as employes_assets
 from sync_assets.ghl import ghl_contacts
 from sync_assets.report import sync_report
+
+defs = load_definitions()
 
 DAY = date(2026, 11, 20)  # the day reported; the emulator's contacts change through 12:00 that day
 

@@ -28,7 +28,8 @@ from cryptography.fernet import Fernet
 from dagster._core.test_utils import freeze_time
 
 from cli import xero_connect
-from definitions import defs
+from definitions import defs as load_definitions
+
 from emulator import xero as xero_emulator
 from resources.mappings import MappingFilesResource
 from resources.settings import PROJECT_ROOT
@@ -41,6 +42,8 @@ from sync_assets.xero import (
     xero_reconciliation,
     xero_time_entries,
 )
+
+defs = load_definitions()
 
 # The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW). Every
 # GoHighLevel and Xero exchange is checked against the published descriptions.
