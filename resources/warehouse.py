@@ -13,6 +13,7 @@ import functools
 import io
 import json
 import re
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -61,25 +62,12 @@ def engine_for(url: str, db_schema: str | None = None) -> sa.Engine:
         if options:
             with engine.begin() as conn:
                 conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{db_schema}"'))
-        _ensure_schema_patiently(engine)
+        ensure_schema(engine)
     except sa.exc.OperationalError as error:
         raise ConfigError(
             f"WAREHOUSE_URL: cannot open the warehouse ({redact(str(error.orig), [url, engine.url.password or ''])})"
         ) from None
     return engine
-
-
-def _ensure_schema_patiently(engine: sa.Engine, attempts: int = 5) -> None:
-    """`ensure_schema`, tried again when SQLite answers "database is locked" at once: two runs
-    opening a new warehouse together met it now and then (tests/test_concurrent_runs.py), though
-    the busy timeout should have made the second one wait; the cause is not pinned down."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return ensure_schema(engine)
-        except sa.exc.OperationalError as error:
-            if engine.dialect.name != "sqlite" or "locked" not in str(error.orig) or attempt == attempts:
-                raise
-            time.sleep(0.2 * attempt)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -88,10 +76,26 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # an fsync per commit (the Xero ledger commits twice per entry). A ledger row lost to a power
     # cut is harmless: the retried POST carries the same Idempotency-Key.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    _switch_to_wal(cursor)
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _switch_to_wal(cursor, attempts: int = 50) -> None:
+    """WAL mode, which is kept in the file: set once per database. SQLite answers "database is
+    locked" at once, without waiting out the busy timeout, when processes opening a new
+    database together switch it at the same moment (runs launched together on a fresh install;
+    about one open in twenty when three race), so the switch is tried again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == attempts:
+                raise
+            time.sleep(0.02 * attempt)
 
 
 def ensure_schema(engine: sa.Engine) -> None:

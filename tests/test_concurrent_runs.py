@@ -5,6 +5,8 @@ the provider's truth, nothing lost or duplicated. (Under the deployed instance t
 make the second run wait: tests/test_deployment.py shows it; Xero pushes:
 tests/test_xero_push.py.)"""
 
+import multiprocessing
+import multiprocessing.synchronize
 import threading
 
 import dagster as dg
@@ -13,6 +15,7 @@ from dagster._core.test_utils import freeze_time
 from helpers import Lockstep
 from syncs import NOW, SYNCS, YEAR
 
+from resources.warehouse import engine_for
 from sync_assets.fiscal_years import FISCAL_YEARS
 
 # The requests both runs make before writing what they read.
@@ -52,3 +55,27 @@ def test_two_runs_of_one_partition_at_once_leave_the_warehouse_exact(provider, s
     assert lockstep.met >= 3, f"the runs overlapped on {lockstep.met} pages only"
     final = syncs[0].compare()
     assert final.compared and final.exact, final
+
+
+def _open_warehouse(url: str, number: int, start: multiprocessing.synchronize.Barrier) -> None:
+    engine_for(f"{url}.warm{number}")  # the code paths warm, so the openers reach the new file together
+    start.wait(timeout=60)
+    engine_for(url)
+
+
+def test_processes_opening_a_new_sqlite_warehouse_together_all_succeed(tmp_path):
+    # Runs launched together on a fresh install each open the new file and switch it to WAL at
+    # the same moment, where SQLite answers "database is locked" without waiting: some opens
+    # in a hundred failed before the switch was tried again.
+    context = multiprocessing.get_context("fork")
+    failed = []
+    for attempt in range(60):
+        url = f"sqlite:///{tmp_path / f'warehouse{attempt}.db'}"
+        start = context.Barrier(4)
+        openers = [context.Process(target=_open_warehouse, args=(url, n, start), daemon=True) for n in range(4)]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join(timeout=120)
+        failed += [attempt for opener in openers if opener.exitcode != 0]
+    assert failed == []
