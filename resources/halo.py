@@ -34,7 +34,7 @@ import httpx
 
 from resources.http import ProviderAuthError, ProviderClient, ProviderError, RefreshingAuth, shared_limiter
 from resources.settings import setting
-from resources.records import content_hash, text_value
+from resources.records import UNREADABLE, content_hash, text_value
 
 MAX_INT = 2**31 - 1
 # The fields a ticketless entry is known by. Any edit of one of them makes it a new entry (the
@@ -187,7 +187,7 @@ def key_entries(records: list, fiscal_year: str) -> KeyedEntries:
     for position, record in enumerate(records):
         try:
             keyed.rows.append(entry_row(record, fiscal_year))
-        except (ValueError, TypeError, KeyError) as error:
+        except UNREADABLE as error:  # what records.parse_each catches; the reject also keeps its agent-day
             keyed.rejects.append({"record_id": _record_name(record, position), "reason": str(error), "payload": record,
                                   "agent_day": _agent_day(record)})
     ids = [row["halo_id"] for row in keyed.rows]

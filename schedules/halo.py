@@ -17,12 +17,11 @@ from datetime import date, datetime, timedelta
 import dagster as dg
 
 from resources.settings import setting
-from sensors.halo import halo_timesheets_job
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar
-from sync_assets.halo import agent_mappings, halo_agents
+from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets_job
 from sync_assets.xero import open_days
 
-halo_reference_hourly = dg.ScheduleDefinition(
+halo_agents_hourly = dg.ScheduleDefinition(
     name="halo_agents_hourly",
     cron_schedule="10 * * * *",
     execution_timezone=setting("SYNC_TIMEZONE"),
@@ -88,4 +87,4 @@ def halo_timesheets_nightly(context: dg.ScheduleEvaluationContext) -> dg.RunRequ
     return range_request(key, *calendar.range_for(key), moment)
 
 
-schedules = [halo_reference_hourly, halo_timesheets_hourly, halo_timesheets_nightly]
+schedules = [halo_agents_hourly, halo_timesheets_hourly, halo_timesheets_nightly]

@@ -10,9 +10,7 @@ import dagster as dg
 from sensors.first_sync import first_sync_done
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey, year_of
 from sync_assets.runs import today
-from sync_assets.halo import agent_mappings, halo_timesheets
-
-halo_timesheets_job = dg.define_asset_job("halo_timesheets_job", selection=[halo_timesheets])
+from sync_assets.halo import agent_mappings, halo_timesheets_job
 
 
 def _cursor(text: str | None) -> set[str]:
@@ -25,7 +23,7 @@ def _cursor(text: str | None) -> set[str]:
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
-def new_fiscal_year(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+def halo_new_fiscal_year(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
     """Adds and syncs new fiscal years (calendar, FISCAL_YEAR_FIRST, or the UI's add-partition)."""
     calendar = FiscalCalendar.from_settings()
     existing = context.instance.get_dynamic_partitions(FISCAL_YEARS.name)
@@ -60,5 +58,4 @@ def new_fiscal_year(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg
     )
 
 
-jobs = [halo_timesheets_job]
-sensors = [new_fiscal_year]
+sensors = [halo_new_fiscal_year]

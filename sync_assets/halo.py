@@ -10,28 +10,14 @@ time, a change of identity, unreadable approvals) is reported by the check
 `halo_responses_as_expected`, never swallowed.
 """
 
-import time
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date
 
 import dagster as dg
 import polars as pl
 import sqlalchemy as sa
 
-from resources.halo import HaloPSAResource, KeyedEntries, agent_row, date_chunks, key_entries, timesheet_row
-from resources.http import ProviderError
-from resources.mappings import MappingFilesResource, read_agent_mappings
-from resources.warehouse import (
-    WarehouseResource,
-    key_of,
-    lock_for_replace,
-    record_rejects,
-    rekey,
-    soft_delete,
-    sync_scope,
-    upsert,
-    utcnow,
-)
+from resources.halo import HaloClient, HaloPSAResource, KeyedEntries, agent_row, date_chunks, key_entries, timesheet_row
 from resources.halo_tables import (
     agent_mappings as mappings_table,
     halo_agents as agents_table,
@@ -39,14 +25,18 @@ from resources.halo_tables import (
     halo_time_entries as entries_table,
     halo_timesheets as timesheets_table,
 )
+from resources.mappings import MappingFilesResource, read_agent_mappings
+from resources.records import WRITES, parse_each
+from resources.tables import frame_schema
+from resources.warehouse import WarehouseResource, key_of, lock_for_replace, rekey, soft_delete, sync_scope, upsert, utcnow
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey
-from sync_assets.runs import trigger_of
+from sync_assets.step import SyncStep, listed, sync_step, table_metadata
 
 GROUP = "halopsa"
-LOGGED_REJECTS = 50
-WRITES = ("inserted", "updated", "restored", "deleted")
+KINDS = {"halopsa", "sql"}
 FEWER_SHARE = 0.5  # a sync of a range that gets fewer than this share of the last sync's entries warns
 LISTED = 20  # examples named per finding in the check's metadata
+RESPONSES_CHECK = "halo_responses_as_expected"
 
 
 class TimesheetsConfig(dg.Config):
@@ -56,44 +46,37 @@ class TimesheetsConfig(dg.Config):
     """Last day to sync (YYYY-MM-DD) within the fiscal year; default the year's last day."""
 
 
-def _provider_failure(error: ProviderError, stats: dict, done: str) -> dg.Failure:
-    return dg.Failure(description=f"{error}. {done}", metadata=stats)
+def _frame(rows: list[dict], table: sa.Table) -> pl.DataFrame:
+    """Parsed rows as a frame; with no rows, the table's key and `content_hash` (what `sync_scope` reads)."""
+    if rows:
+        return pl.DataFrame(rows, orient="row", infer_schema_length=None)
+    return pl.DataFrame(schema=frame_schema(table, key_of(table).name, "content_hash"))
 
 
-@dg.asset(group_name=GROUP, kinds={"halopsa", "sql"}, pool=GROUP, tags={"sync/cadence": "hourly"})
+@dg.asset(group_name=GROUP, kinds=KINDS, pool=GROUP, tags={"sync/cadence": "hourly"}, metadata=table_metadata(agents_table))
 def halo_agents(context: dg.AssetExecutionContext, halopsa: HaloPSAResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """HaloPSA agents (table `halo_agents`), enabled and disabled, from `GET /api/Agent`.
 
     Agents Halo no longer lists are soft-deleted."""
-    began = time.monotonic()
-    with halopsa.client(log=context.log.info) as client:
-        try:
-            records = client.agents()
-        except ProviderError as error:
-            raise _provider_failure(error, client.stats(), "Nothing was written.") from None
-        stats = client.stats()
-    frame, rejects = _parse(records, agent_row, "agent")
+    with sync_step(context, GROUP) as step, step.open(halopsa) as client:
+        records = client.agents()
+    rows, rejects = parse_each(records, agent_row, "agent ")
     if rejects:
-        raise dg.Failure(description="Halo returned agents that cannot be read: " + "; ".join(f"{r['record_id']}: {r['reason']}" for r in rejects))
+        # Every mapping and every timesheet hangs off the agents: a partial list is not written.
+        raise step.failure("Halo returned agents that cannot be read: " + "; ".join(f"{r['record_id']}: {r['reason']}" for r in rejects))
     with warehouse.engine.begin() as conn:
-        counts, gone = sync_scope(conn, agents_table, frame, sa.true())
+        counts, gone = sync_scope(conn, agents_table, _frame(rows, agents_table), sa.true())
         counts["deleted"] = soft_delete(conn, agents_table, gone)
-    disabled = int(frame["is_disabled"].sum())
-    context.log.info(f"{len(frame)} agents ({disabled} disabled): {dict(counts)}")
-    return dg.MaterializeResult(
-        metadata={
-            "agents": len(frame),
-            "disabled": disabled,
-            "fetched": len(records),
-            "written": sum(counts[k] for k in WRITES),
-            **{k: counts[k] for k in WRITES},
-            **stats,
-            "duration_s": round(time.monotonic() - began, 3),
-        }
-    )
+        stored = conn.execute(sa.select(sa.func.count()).select_from(agents_table)).scalar_one()
+    disabled = sum(row["is_disabled"] for row in rows)
+    counts.update(fetched=len(records), written=sum(counts[k] for k in (*WRITES, "deleted")))
+    context.log.info(f"{len(rows)} agents ({disabled} disabled): {dict(counts)}")
+    return step.result(counts, agents=len(rows), disabled=disabled, **{k: counts[k] for k in (*WRITES, "deleted")},
+                       **{"dagster/row_count": stored})
 
 
-@dg.asset(deps=[halo_agents], group_name=GROUP, kinds={"csv", "sql"}, tags={"sync/cadence": "hourly"})
+@dg.asset(deps=[halo_agents], group_name=GROUP, kinds={"csv", "sql"}, tags={"sync/cadence": "hourly"},
+          metadata=table_metadata(mappings_table))
 def agent_mappings(context: dg.AssetExecutionContext, mapping_files: MappingFilesResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Which Halo agent is which person (table `agent_mappings`), loaded from the mapping file
     (`AGENT_MAPPINGS_FILE`, default `config/agent_mappings.csv`).
@@ -101,28 +84,24 @@ def agent_mappings(context: dg.AssetExecutionContext, mapping_files: MappingFile
     A file with any problem (a duplicate, a line that is not a mapping) is rejected whole with
     every problem named by line, and the last good mappings stay in place. Mappings to agents
     Halo does not know or has disabled are loaded and flagged by the check `mappings_match_agents`."""
-    path = mapping_files.agent_mappings_path()
-    mappings, problems = read_agent_mappings(path)
-    if problems:
-        raise dg.Failure(
-            description=f"{path.name}: {len(problems)} problem(s), nothing loaded (the previous mappings stay):\n" + "\n".join(problems),
-            allow_retries=False,
-        )
-    now = utcnow()
-    with warehouse.engine.begin() as conn:
-        lock_for_replace(conn, mappings_table)
-        conn.execute(mappings_table.delete())
-        if mappings:
-            conn.execute(mappings_table.insert(), [{**m.__dict__, "loaded_at": now} for m in mappings])
-        enabled = conn.execute(
-            sa.select(agents_table.c.id).where(agents_table.c.deleted_at.is_(None), agents_table.c.is_disabled.is_(False))
-        ).scalars().all()
+    with sync_step(context, GROUP) as step:
+        path = mapping_files.agent_mappings_path()
+        mappings, problems = read_agent_mappings(path)
+        if problems:
+            raise step.refuse(f"{path.name}: {len(problems)} problem(s), nothing loaded (the previous mappings stay):\n" + "\n".join(problems))
+        now = utcnow()
+        with warehouse.engine.begin() as conn:
+            lock_for_replace(conn, mappings_table)
+            conn.execute(mappings_table.delete())
+            if mappings:
+                conn.execute(mappings_table.insert(), [{**m.__dict__, "loaded_at": now} for m in mappings])
+            enabled = conn.execute(
+                sa.select(agents_table.c.id).where(agents_table.c.deleted_at.is_(None), agents_table.c.is_disabled.is_(False))
+            ).scalars().all()
     unmapped = sorted(set(enabled) - {m.halo_agent_id for m in mappings})
     context.log.info(f"{len(mappings)} mappings loaded from {path.name}; enabled agents without one: {unmapped or 'none'}")
-    return dg.MaterializeResult(
-        metadata={"mappings": len(mappings), "fetched": len(mappings), "written": len(mappings), "file": path.name,
-                  "enabled_agents_unmapped": len(unmapped)}
-    )
+    return step.result({"fetched": len(mappings), "written": len(mappings)}, mappings=len(mappings), file=path.name,
+                       enabled_agents_unmapped=len(unmapped), **{"dagster/row_count": len(mappings)})
 
 
 @dg.asset_check(asset=agent_mappings, name="mappings_match_agents", additional_deps=[halo_agents])
@@ -138,35 +117,24 @@ def mappings_match_agents(mapping_files: MappingFilesResource, warehouse: Wareho
     ]
     return dg.AssetCheckResult(
         passed=not problems,
-        metadata={"problems": len(problems), "details": "\n".join(problems) or "none", "file": mapping_files.agent_mappings_path().name},
+        metadata={"problems": len(problems), "details": listed(problems), "file": mapping_files.agent_mappings_path().name},
     )
 
 
-def _sync_range(first: date, last: date, key: str, config: TimesheetsConfig) -> tuple[date, date]:
+def _sync_range(step: SyncStep, key: str, config: TimesheetsConfig) -> tuple[date, date]:
     """The days this run syncs: the fiscal year, or the part of it the run config asks for."""
+    try:
+        first, last = FiscalCalendar.from_settings().range_for(key)
+    except MalformedKey as error:
+        raise step.refuse(str(error)) from None
     try:
         start = date.fromisoformat(config.start) if config.start else first
         end = date.fromisoformat(config.end) if config.end else last
     except ValueError as error:
-        raise dg.Failure(description=f"run config start/end must be dates as YYYY-MM-DD ({error})", allow_retries=False) from None
+        raise step.refuse(f"run config start/end must be dates as YYYY-MM-DD ({error})") from None
     if not first <= start <= end <= last:
-        raise dg.Failure(
-            description=f"run config range {start}..{end} is not within {key} ({first}..{last})", allow_retries=False
-        )
+        raise step.refuse(f"run config range {start}..{end} is not within {key} ({first}..{last})")
     return start, end
-
-
-def _parse(records: list, parse, kind: str, *args) -> tuple[pl.DataFrame, list[dict]]:
-    """Records -> a frame of rows, plus the rejects with their reasons."""
-    rows, rejects = [], []
-    for position, record in enumerate(records):
-        try:
-            rows.append(parse(record, *args))
-        except (ValueError, TypeError, KeyError) as error:
-            record_id = record.get("id") if isinstance(record, dict) else None
-            rejects.append({"record_id": str(record_id if record_id is not None else f"{kind} item {position}"),
-                            "reason": str(error), "payload": record})
-    return pl.DataFrame(rows, orient="row", infer_schema_length=None) if rows else pl.DataFrame(schema={"id": pl.Int64, "content_hash": pl.String}), rejects
 
 
 def _kept(table: sa.Table, rejects: list[dict]) -> sa.ColumnElement[bool]:
@@ -193,6 +161,7 @@ class Observed:
         self.missing_time: list[str] = []  # agent-days whose timesheet has time but no entries came
         self.approval_problems: list[str] = []
         self.rekeyed = 0
+        self.outside_range = 0  # records Halo returned outside the dates or agents asked for
 
     def see(self, keyed: KeyedEntries, sheet_frame: pl.DataFrame) -> set[tuple[int, date]]:
         """Note what the chunk's answers show; returns the agent-days whose timesheet has time
@@ -217,16 +186,95 @@ class Observed:
     def identity(self) -> str:
         return "/".join(sorted(self.identities)) or "none"
 
+    @property
+    def received(self) -> int:
+        return sum(self.kinds.values())
+
+    def metadata(self) -> dict:
+        return {
+            "identity": self.identity,
+            **{f"keyed_by_{k}": self.kinds[k] for k in ("id", "ticket", "fingerprint")},
+            "rekeyed": self.rekeyed,
+            "outside_range": self.outside_range,
+            "repeated_keys": len(self.repeated),
+            "days_with_time_but_no_entries": len(self.missing_time),
+            "malformed_approvals": len(self.approval_problems),
+        }
+
+
+class YearSync:
+    """One run of `halo_timesheets` over the days [start, end] of fiscal year `key`: what its
+    chunks wrote (`totals`), the rows their days no longer have (`gone`, soft-deleted once every
+    chunk is in: a row missing from its chunk may have moved to a later one), what they saw."""
+
+    def __init__(self, step: SyncStep, warehouse: WarehouseResource, key: str, start: date, end: date):
+        self.step, self.warehouse, self.key, self.start, self.end = step, warehouse, key, start, end
+        self.totals: Counter = Counter()
+        self.gone: dict[sa.Table, set] = {entries_table: set(), timesheets_table: set()}
+        self.observed = Observed()
+
+    def write_chunks(self, client: HaloClient) -> None:
+        """Fetch and write the range chunk by chunk; a failure leaves the written chunks whole."""
+        chunks = len(date_chunks(self.start, self.end, client.chunk_days))
+        self.step.if_failed = "Nothing was written, deletions not yet applied; re-run the partition to finish."
+        for number, (first, last, entries, sheets) in enumerate(client.period(self.start, self.end), start=1):
+            counts = self.write_chunk(first, last, entries, sheets)
+            self.step.if_failed = f"Days through {last} are synced, deletions not yet applied; re-run the partition to finish."
+            self.step.context.log.info(f"{self.key} chunk {number}/{chunks} {first}..{last}: {counts}")
+        self.observed.outside_range = client.outside_range
+
+    def write_chunk(self, first: date, last: date, entries: list, sheets: list) -> dict:
+        """Upsert one chunk in one transaction; collects the keys its days no longer have into `gone`."""
+        keyed = key_entries(entries, self.key)
+        entry_frame = _frame(keyed.rows, entries_table)
+        sheet_rows, sheet_rejects = parse_each(sheets, timesheet_row, "timesheet ", self.key)
+        sheet_frame = _frame(sheet_rows, timesheets_table)
+        # Time on a timesheet but no entries: Halo's answer is wrong somewhere, so those entries stay.
+        missing = [{"agent_day": day} for day in self.observed.see(keyed, sheet_frame)]
+
+        def days(table: sa.Table, rejects: list[dict]) -> sa.ColumnElement[bool]:
+            in_chunk = table.c.work_date.between(first, last)
+            return in_chunk & ~_kept(table, rejects) if rejects else in_chunk
+
+        with self.warehouse.engine.begin() as conn:
+            self.observed.rekeyed += len(rekey(conn, entries_table, keyed.rows, entries_table.c.work_date.between(first, last)))
+            entry_counts, entries_gone = sync_scope(conn, entries_table, entry_frame, days(entries_table, keyed.rejects + missing))
+            sheet_counts, sheets_gone = sync_scope(conn, timesheets_table, sheet_frame, days(timesheets_table, sheet_rejects))
+            self.step.keep_rejects(conn, "time entry", keyed.rejects)
+            self.step.keep_rejects(conn, "timesheet", sheet_rejects)
+        for table, frame, now_gone in ((entries_table, entry_frame, entries_gone), (timesheets_table, sheet_frame, sheets_gone)):
+            self.gone[table] = (self.gone[table] | now_gone) - set(frame[key_of(table).name].to_list())
+        for name, counts in (("entries", entry_counts), ("days", sheet_counts)):
+            self.totals.update({f"{name}_{k}": v for k, v in counts.items()})
+            self.totals["written"] += sum(counts[k] for k in WRITES)
+        self.totals["fetched"] += len(entries) + len(sheets)
+        return {"entries": len(entry_frame), "days": len(sheet_frame), "rejected": len(keyed.rejects) + len(sheet_rejects)}
+
+    def finish(self) -> sa.Row | None:
+        """Soft-delete what the range no longer has and note what it received; returns what the
+        previous sync of the same range received (None for the first)."""
+        r = ranges_table
+        with self.warehouse.engine.begin() as conn:
+            self.totals["entries_deleted"] = soft_delete(conn, entries_table, self.gone[entries_table])
+            self.totals["days_deleted"] = soft_delete(conn, timesheets_table, self.gone[timesheets_table])
+            previous = conn.execute(sa.select(r).where(r.c.fiscal_year == self.key, r.c.range_start == self.start,
+                                                       r.c.range_end == self.end)).first()
+            upsert(conn, r, [{"fiscal_year": self.key, "range_start": self.start, "range_end": self.end,
+                              "identity": self.observed.identity, "entries": self.observed.received, "synced_at": utcnow()}])
+        self.totals["written"] += self.totals["entries_deleted"] + self.totals["days_deleted"]
+        return previous
+
 
 @dg.asset(
     partitions_def=FISCAL_YEARS,
     deps=[agent_mappings],
     group_name=GROUP,
-    kinds={"halopsa", "sql"},
+    kinds=KINDS,
     pool=GROUP,
     tags={"sync/cadence": "hourly"},
+    metadata=table_metadata(entries_table),
     check_specs=[dg.AssetCheckSpec(
-        "halo_responses_as_expected", asset="halo_timesheets",
+        RESPONSES_CHECK, asset="halo_timesheets",
         description="Warns when Halo's answers contradict the sync's assumptions: repeated entry keys or timesheet ids, "
                     "time on a timesheet without entries, far fewer entries than the last sync of the range, "
                     "a change of entry identity, unreadable approvals, records outside the range asked for.")],
@@ -242,69 +290,32 @@ def halo_timesheets(
     else a fingerprint). Entries of agents without a mapping are kept and counted (check
     `no_unmapped_agents`). Requests: one for agents, then two per chunk of `chunk_days` days."""
     key = context.partition_key
-    try:
-        first, last = FiscalCalendar.from_settings().range_for(key)
-    except MalformedKey as error:
-        raise dg.Failure(description=str(error), allow_retries=False) from None
-    start, end = _sync_range(first, last, key, config)
-    began = time.monotonic()
-    totals: Counter = Counter()
-    gone: dict[sa.Table, set] = {entries_table: set(), timesheets_table: set()}
-    observed = Observed()
-    done_through = None
-    with halopsa.client(log=context.log.info) as client:
-        try:
-            chunks = len(date_chunks(start, end, client.chunk_days))
-            for number, (chunk_start, chunk_end, entries, sheets) in enumerate(client.period(start, end), start=1):
-                counts = _write_chunk(context, warehouse, key, chunk_start, chunk_end, entries, sheets, totals, gone, observed)
-                done_through = chunk_end
-                context.log.info(f"{key} chunk {number}/{chunks} {chunk_start}..{chunk_end}: {counts}")
-        except ProviderError as error:
-            done = f"Days through {done_through} are synced" if done_through else "Nothing was written"
-            raise _provider_failure(error, client.stats(), f"{done}, deletions not yet applied; re-run the partition to finish.") from None
-        stats = client.stats()
-        outside_range = client.outside_range
-    # Only now is a row missing from its days known to be deleted rather than moved to a later chunk.
-    with warehouse.engine.begin() as conn:
-        totals["entries_deleted"] = soft_delete(conn, entries_table, gone[entries_table])
-        totals["days_deleted"] = soft_delete(conn, timesheets_table, gone[timesheets_table])
-        previous = conn.execute(sa.select(ranges_table).where(ranges_table.c.fiscal_year == key, ranges_table.c.range_start == start,
-                                                              ranges_table.c.range_end == end)).first()
-        received = sum(observed.kinds.values())
-        upsert(conn, ranges_table, [{"fiscal_year": key, "range_start": start, "range_end": end, "identity": observed.identity,
-                                     "entries": received, "synced_at": utcnow()}])
-    totals["written"] += totals["entries_deleted"] + totals["days_deleted"]
+    with sync_step(context, GROUP) as step, step.open(halopsa) as client:
+        start, end = _sync_range(step, key, config)
+        run = YearSync(step, warehouse, key, start, end)
+        run.write_chunks(client)
+    previous = run.finish()
     summary = _year_summary(warehouse, key, start, end)
-    findings = _findings(observed, previous, received, outside_range)
+    findings = _findings(run.observed, previous)
     for finding in findings:
         context.log.warning(f"{key} {start}..{end}: {finding}")
-    context.log.info(f"{key} {start}..{end}: {summary}, identity {observed.identity}, {stats['requests']} requests")
-    return dg.MaterializeResult(
-        metadata={
-            "fiscal_year": key,
-            "range": f"{start}..{end}",
-            **summary,
-            **{k: int(totals[k]) for k in ("entries_inserted", "entries_updated", "entries_restored", "entries_deleted",
-                                           "days_inserted", "days_updated", "days_deleted", "rejected", "fetched", "written")},
-            "identity": observed.identity,
-            **{f"keyed_by_{k}": observed.kinds[k] for k in ("id", "ticket", "fingerprint")},
-            "rekeyed": observed.rekeyed,
-            "outside_range": outside_range,
-            "repeated_keys": len(observed.repeated),
-            "days_with_time_but_no_entries": len(observed.missing_time),
-            "malformed_approvals": len(observed.approval_problems),
-            **stats,
-            "duration_s": round(time.monotonic() - began, 3),
-            "triggered_by": trigger_of(context),
-        },
-        check_results=[dg.AssetCheckResult(
-            check_name="halo_responses_as_expected", passed=not findings, severity=dg.AssetCheckSeverity.WARN,
-            metadata={"findings": len(findings), "details": "\n".join(findings) or "none"})],
+    context.log.info(f"{key} {start}..{end}: {summary}, identity {run.observed.identity}, {step.stats()['requests']} requests")
+    changes = ("entries_inserted", "entries_updated", "entries_restored", "entries_deleted", "days_inserted", "days_updated", "days_deleted")
+    return step.result(
+        run.totals,
+        check_results=[dg.AssetCheckResult(check_name=RESPONSES_CHECK, passed=not findings, severity=dg.AssetCheckSeverity.WARN,
+                                           metadata={"findings": len(findings), "details": listed(findings)})],
+        fiscal_year=key,
+        range=f"{start}..{end}",
+        **summary,
+        **{name: int(run.totals[name]) for name in changes},
+        **run.observed.metadata(),
     )
 
 
-def _findings(observed: Observed, previous, received: int, outside_range: int) -> list[str]:
+def _findings(observed: Observed, previous: sa.Row | None) -> list[str]:
     """What this sync saw that it did not expect, each named with examples."""
+    received, outside_range = observed.received, observed.outside_range
     def some(items: list[str]) -> str:
         return "; ".join(items[:LISTED]) + (f"; and {len(items) - LISTED} more" if len(items) > LISTED else "")
 
@@ -329,39 +340,6 @@ def _findings(observed: Observed, previous, received: int, outside_range: int) -
     if outside_range:
         found.append(f"Halo returned {outside_range} records outside the dates or agents asked for (dropped)")
     return found
-
-
-def _write_chunk(context, warehouse: WarehouseResource, key: str, first: date, last: date,
-                 entries: list, sheets: list, totals: Counter, gone: dict[sa.Table, set], observed: Observed) -> dict:
-    """Upsert one chunk in one transaction; collects the keys its days no longer have into `gone`."""
-    keyed = key_entries(entries, key)
-    entry_rejects = keyed.rejects
-    entry_frame = (pl.DataFrame(keyed.rows, orient="row", infer_schema_length=None) if keyed.rows
-                   else pl.DataFrame(schema={"entry_key": pl.String, "content_hash": pl.String}))
-    sheet_frame, sheet_rejects = _parse(sheets, timesheet_row, "timesheet", key)
-    # Time on a timesheet but no entries: Halo's answer is wrong somewhere, so those entries stay.
-    missing = [{"agent_day": day} for day in observed.see(keyed, sheet_frame)]
-
-    def days(table: sa.Table, rejects: list[dict]) -> sa.ColumnElement[bool]:
-        return table.c.work_date.between(first, last) & ~_kept(table, rejects) if rejects else table.c.work_date.between(first, last)
-
-    with warehouse.engine.begin() as conn:
-        observed.rekeyed += len(rekey(conn, entries_table, keyed.rows, entries_table.c.work_date.between(first, last)))
-        entry_counts, entries_gone = sync_scope(conn, entries_table, entry_frame, days(entries_table, entry_rejects + missing))
-        sheet_counts, sheets_gone = sync_scope(conn, timesheets_table, sheet_frame, days(timesheets_table, sheet_rejects))
-        record_rejects(conn, "halopsa", "time entry", entry_rejects, context.run.run_id)
-        record_rejects(conn, "halopsa", "timesheet", sheet_rejects, context.run.run_id)
-    for reject in entry_rejects + sheet_rejects:
-        if totals["rejected"] < LOGGED_REJECTS:
-            context.log.warning(f"skipped Halo record {reject['record_id']}: {reject['reason']}")
-        totals["rejected"] += 1
-    for table, frame, now_gone in ((entries_table, entry_frame, entries_gone), (timesheets_table, sheet_frame, sheets_gone)):
-        gone[table] = (gone[table] | now_gone) - set(frame[key_of(table).name].to_list())
-    for name, counts in (("entries", entry_counts), ("days", sheet_counts)):
-        totals.update({f"{name}_{k}": v for k, v in counts.items()})
-        totals["written"] += sum(counts[k] for k in WRITES)
-    totals["fetched"] += len(entries) + len(sheets)
-    return {"entries": len(entry_frame), "days": len(sheet_frame), "rejected": len(entry_rejects) + len(sheet_rejects)}
 
 
 def _year_summary(warehouse: WarehouseResource, key: str, first: date, last: date) -> dict[str, int]:
@@ -400,10 +378,13 @@ def no_unmapped_agents(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         metadata={
             "unmapped_agents": len(rows),
             "entries": sum(r.entries for r in rows),
-            "agents": "\n".join(f"agent {r.agent_id} ({r.name or 'unknown'}): {r.entries} entries" for r in rows) or "none",
+            "agents": listed([f"agent {r.agent_id} ({r.name or 'unknown'}): {r.entries} entries" for r in rows]),
         },
     )
 
 
+halo_timesheets_job = dg.define_asset_job("halo_timesheets_job", selection=[halo_timesheets])
+
 assets = [halo_agents, agent_mappings, halo_timesheets]
 asset_checks = [mappings_match_agents, no_unmapped_agents]
+jobs = [halo_timesheets_job]

@@ -22,7 +22,7 @@ from helpers import failure_message, hard_instants, warehouse_contacts
 
 from definitions import defs as load_definitions
 from resources.settings import PROJECT_ROOT, setting
-from sensors.halo import new_fiscal_year
+from sensors.halo import halo_new_fiscal_year
 from sensors.xero import xero_approvals
 from sync_assets.employes import employes_employee_snapshots
 from sync_assets.ghl import HOURLY, asset_checks, ghl_contacts
@@ -66,7 +66,7 @@ def test_the_new_fiscal_year_sensor_adds_the_year_of_today(now):
         # Past the first start: the sensor waits for agent_mappings' first sync (test_first_sync).
         instance.report_runless_asset_event(dg.AssetMaterialization("agent_mappings"))
         context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), definitions=defs)
-        result = new_fiscal_year.evaluate_tick(context)
+        result = halo_new_fiscal_year.evaluate_tick(context)
 
     assert [r.partition_key for r in result.run_requests] == [f"FY{now.year}"]  # FISCAL_YEAR_START 01-01
 

@@ -23,7 +23,7 @@ from definitions import defs as load_definitions
 from emulator import Emulator
 from resources.settings import PROJECT_ROOT, ensure_dagster_home
 from sensors.first_sync import SENSOR_NAME, first_sync
-from sensors.halo import new_fiscal_year
+from sensors.halo import halo_new_fiscal_year
 
 defs = load_definitions()
 
@@ -45,7 +45,7 @@ def requested(result) -> dict[str, str | None]:
 def test_the_first_wave_is_the_assets_without_upstreams_at_their_schedules_partitions():
     with dg.instance_for_test() as instance:
         first = requested(tick(first_sync, instance))
-        fiscal_year = tick(new_fiscal_year, instance)
+        fiscal_year = tick(halo_new_fiscal_year, instance)
         assert first == {
             "ghl_contacts": "2026-11-20-11:00",  # the last complete hour
             "ghl_contacts_reconciliation": None,

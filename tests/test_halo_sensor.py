@@ -7,7 +7,7 @@ import pytest
 from dagster._core.test_utils import freeze_time
 
 from definitions import defs as load_definitions
-from sensors.halo import new_fiscal_year
+from sensors.halo import halo_new_fiscal_year
 from sync_assets.fiscal_years import FISCAL_YEARS
 
 defs = load_definitions()
@@ -31,7 +31,7 @@ class Daemon:
         with freeze_time(moment):
             context = dg.build_sensor_context(instance=self.instance, instance_ref=self.instance.get_ref(), cursor=self.cursor,
                                              definitions=defs)
-            result = new_fiscal_year.evaluate_tick(context)
+            result = halo_new_fiscal_year.evaluate_tick(context)
         for request in result.dynamic_partitions_requests or []:
             self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
         self.cursor = result.cursor or self.cursor

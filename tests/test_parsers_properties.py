@@ -14,7 +14,7 @@ from resources.halo import agent_row, entry_row, key_entries, timesheet_row
 from resources.mappings import ProjectMappings, read_agent_mappings, read_project_mappings
 from sync_assets.xero import read_halo, wanted_entries
 
-# What the assets catch around each parser (sync_assets/halo.py `_parse`, sync_assets/employes.py).
+# What the assets catch around each parser (resources/records.py `parse_each`, sync_assets/employes.py).
 HALO_REJECTS = (ValueError, TypeError, KeyError)
 EMPLOYES_REJECTS = (ValueError,)
 
