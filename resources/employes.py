@@ -14,15 +14,14 @@ copied out of the API response, not even into the kept record (`kept_record`).
 """
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import dagster as dg
-import polars as pl
 
+from resources.employes_tables import employee_fields
 from resources.http import BearerAuth, ProviderClient, ProviderError, RequestRejected, shared_limiter
 from resources.records import content_hash, text_value
 
@@ -31,12 +30,9 @@ LIST_READS = 3
 NO_DATE_PREFIX = "0001-01-01"
 CENT = Decimal("0.01")
 
-# The fields a snapshot keeps, and the ones whose changes are detected and historised.
-TRACKED = (
-    "employee_number", "first_name", "surname_prefix", "surname", "status", "department", "role",
-    "employment_start", "employment_end", "hours_per_week", "days_per_week", "employee_type",
-    "hour_wage", "month_wage", "yearly_wage",
-)
+# The fields a snapshot keeps, and the ones whose changes are detected and historised: the
+# table's employee columns, in their order (the content hash lists them in this order).
+TRACKED = tuple(column.name for column in employee_fields())
 
 
 # Fields of an employee record that are never stored, wherever they appear in it (the kept
@@ -273,14 +269,3 @@ class EmployesResource(dg.ConfigurableResource):
         with http:
             yield EmployesClient(http, self.company_id, min(self.per_page, MAX_PER_PAGE))
 
-
-def snapshot_schema() -> dict[str, pl.DataType]:
-    """The polars shape of snapshot rows (and of history rows, with valid_from/valid_to)."""
-    amounts = {"hours_per_week", "days_per_week", "hour_wage", "month_wage", "yearly_wage"}
-    dates = {"employment_start", "employment_end"}
-    return {
-        "snapshot_date": pl.Date,
-        "employee_id": pl.String,
-        **{f: pl.Decimal(12, 2) if f in amounts else pl.Date if f in dates else pl.String for f in TRACKED},
-        "content_hash": pl.String,
-    }

@@ -2,5 +2,5 @@
 
 from schedules import employes, ghl, halo, report, xero
 
-jobs = [*employes.jobs, *report.jobs]
+jobs = [*report.jobs]
 schedules = [*ghl.schedules, *halo.schedules, *employes.schedules, *xero.schedules, *report.schedules]
