@@ -41,9 +41,9 @@ PERIOD_TABLES = {"employments": employes_employments, "salary": employes_salary_
                  "hours": employes_hours_periods, "contracts": employes_contract_periods}
 # The polars shape of snapshot rows, from the table. Amounts take the table's own precision
 # (Numeric(6, 2) hours, Numeric(4, 2) days, Numeric(12, 2) wages), not one Decimal(12, 2) for
-# all: changes compare amounts as text, which only the scale (2 everywhere) shapes, so "28.50"
-# reads the same; the emulator's and any real week's hours fit; and a value the column cannot
-# hold fails the run before anything is written, as PostgreSQL would refuse it at the insert.
+# all as before: changes compare amounts as text, which only the scale (2 everywhere) shapes,
+# so "28.50" reads the same; the emulator's and any real hours fit; and a record whose amount
+# the column cannot hold is rejected by `snapshot_row`, so no stored snapshot overflows it.
 SNAPSHOT_SCHEMA = frame_schema(snapshots_table, "snapshot_date", "employee_id", *TRACKED, "content_hash")
 
 
@@ -132,13 +132,11 @@ def _snapshot_row(record: dict, day: date) -> dict:
 def _write_snapshot(conn: sa.Connection, day: date, rows: list[dict], rejected_ids: list[str]) -> int:
     """Replace the day's snapshot with `rows`, and the previous day's rows of the rejected
     employees; returns the rows the day holds."""
-    # Through the schema: a value the table cannot hold fails here, before anything is written.
-    frame = pl.DataFrame(rows, schema={**SNAPSHOT_SCHEMA, "raw": pl.String}, orient="row")
     lock_for_replace(conn, snapshots_table)
     conn.execute(snapshots_table.delete().where(snapshots_table.c.snapshot_date == day))
     if rows:
         fetched_at = utcnow()
-        conn.execute(snapshots_table.insert(), [{**row, "fetched_at": fetched_at} for row in frame.to_dicts()])
+        conn.execute(snapshots_table.insert(), [{**row, "fetched_at": fetched_at} for row in rows])
     return len(rows) + _carry_forward(conn, day, rejected_ids)
 
 
