@@ -97,7 +97,7 @@ def employes_employee_snapshots(
     )
 
 
-def _read_employees(step: SyncStep, client: EmployesClient) -> tuple[list[list], int]:
+def _read_employees(step: SyncStep, client: EmployesClient) -> tuple[list[list[dict]], int]:
     """Each listed employee's own record, page by page, without the personal fields never stored,
     and how many records were read (a listed entry without an id is taken as it is)."""
     pages, records_read = [], 0
@@ -114,7 +114,7 @@ def _read_employees(step: SyncStep, client: EmployesClient) -> tuple[list[list],
     return pages, records_read
 
 
-def _snapshot_rows(pages: list[list], day: date) -> tuple[list[dict], list[dict]]:
+def _snapshot_rows(pages: list[list[dict]], day: date) -> tuple[list[dict], list[dict]]:
     """The day's rows (each with its record as sent, `raw`) and the records rejected."""
     rows, rejects = [], []
     for number, records in enumerate(pages, start=1):
