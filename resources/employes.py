@@ -14,15 +14,15 @@ copied out of the API response, not even into the kept record (`kept_record`).
 """
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import dagster as dg
-import polars as pl
+import sqlalchemy as sa
 
+from resources.employes_tables import employee_fields
 from resources.http import BearerAuth, ProviderClient, ProviderError, RequestRejected, shared_limiter
 from resources.records import content_hash, text_value
 
@@ -31,12 +31,12 @@ LIST_READS = 3
 NO_DATE_PREFIX = "0001-01-01"
 CENT = Decimal("0.01")
 
-# The fields a snapshot keeps, and the ones whose changes are detected and historised.
-TRACKED = (
-    "employee_number", "first_name", "surname_prefix", "surname", "status", "department", "role",
-    "employment_start", "employment_end", "hours_per_week", "days_per_week", "employee_type",
-    "hour_wage", "month_wage", "yearly_wage",
-)
+# The fields a snapshot keeps, and the ones whose changes are detected and historised: the
+# table's employee columns, in their order (the content hash lists them in this order).
+TRACKED = tuple(column.name for column in employee_fields())
+# Digits before the point each amount column holds: a record with more is rejected (and its
+# previous row kept), not left to fail the whole snapshot when written.
+WHOLE_DIGITS = {c.name: c.type.precision - c.type.scale for c in employee_fields() if isinstance(c.type, sa.Numeric)}
 
 
 # Fields of an employee record that are never stored, wherever they appear in it (the kept
@@ -78,7 +78,10 @@ def amount(value: Any) -> Decimal | None:
         raise ValueError(f"not a number: {value!r}") from None
     if not number.is_finite():
         raise ValueError(f"not a number: {value!r}")
-    return number.quantize(CENT)
+    try:
+        return number.quantize(CENT)
+    except InvalidOperation:  # more digits than decimal's context holds (28): no column takes it
+        raise ValueError(f"too large: {value!r}") from None
 
 
 def _object(parent: dict, field: str) -> dict:
@@ -125,6 +128,9 @@ def snapshot_row(record: dict, snapshot_date: date) -> dict:
         }
     except (TypeError, ValueError) as error:
         raise ValueError(f"unreadable field ({error})") from None
+    for field, digits in WHOLE_DIGITS.items():
+        if row[field] is not None and row[field].adjusted() >= digits:
+            raise ValueError(f"{field} {row[field]} does not fit the column ({digits} digits before the point)")
     row["content_hash"] = content_hash([row[f] for f in TRACKED])
     return row
 
@@ -273,14 +279,3 @@ class EmployesResource(dg.ConfigurableResource):
         with http:
             yield EmployesClient(http, self.company_id, min(self.per_page, MAX_PER_PAGE))
 
-
-def snapshot_schema() -> dict[str, pl.DataType]:
-    """The polars shape of snapshot rows (and of history rows, with valid_from/valid_to)."""
-    amounts = {"hours_per_week", "days_per_week", "hour_wage", "month_wage", "yearly_wage"}
-    dates = {"employment_start", "employment_end"}
-    return {
-        "snapshot_date": pl.Date,
-        "employee_id": pl.String,
-        **{f: pl.Decimal(12, 2) if f in amounts else pl.Date if f in dates else pl.String for f in TRACKED},
-        "content_hash": pl.String,
-    }

@@ -5,9 +5,12 @@ import sqlalchemy as sa
 
 from resources.tables import TABLES, RawJSON
 
-# Employes. Wages are personal data, stored because salary changes are a feature; IBAN,
-# birth date, address, phone, e-mail and gender are not stored anywhere.
+
+# Wages are personal data, stored because salary changes are a feature; IBAN, birth date,
+# address, phone, e-mail and gender are not stored anywhere.
 def employee_fields() -> list[sa.Column]:
+    """An employee's fields as a snapshot and a history version keep them (new columns for each
+    table). The tracked fields (resources/employes.py `TRACKED`) are these, in this order."""
     return [
         sa.Column("employee_number", sa.Text),
         sa.Column("first_name", sa.Text),
@@ -25,6 +28,7 @@ def employee_fields() -> list[sa.Column]:
         sa.Column("month_wage", sa.Numeric(12, 2)),
         sa.Column("yearly_wage", sa.Numeric(12, 2)),
     ]
+
 
 employes_employee_snapshots = sa.Table(
     "employes_employee_snapshots",

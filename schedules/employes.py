@@ -3,9 +3,7 @@
 import dagster as dg
 
 from resources.settings import setting
-from sync_assets.employes import assets
-
-employes_nightly_job = dg.define_asset_job("employes_nightly_job", selection=assets)
+from sync_assets.employes import employes_nightly_job
 
 
 @dg.schedule(
@@ -21,5 +19,4 @@ def employes_nightly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     return dg.RunRequest(run_key=day, partition_key=day)
 
 
-jobs = [employes_nightly_job]
 schedules = [employes_nightly]

@@ -8,7 +8,6 @@ half-way leaves the warehouse as it was and a re-run completes the day.
 """
 
 import json
-import time
 from collections import Counter
 from datetime import date
 
@@ -16,15 +15,7 @@ import dagster as dg
 import polars as pl
 import sqlalchemy as sa
 
-from resources.employes import TRACKED, EmployesResource, employment_rows, kept_record, snapshot_row, snapshot_schema
-from resources.http import ProviderError
-from resources.settings import setting
-from resources.warehouse import (
-    WarehouseResource,
-    lock_for_replace,
-    record_rejects,
-    utcnow,
-)
+from resources.employes import TRACKED, EmployesClient, EmployesResource, employment_rows, kept_record, snapshot_row
 from resources.employes_tables import (
     employes_contract_periods,
     employes_employee_changes as changes_table,
@@ -34,7 +25,12 @@ from resources.employes_tables import (
     employes_hours_periods,
     employes_salary_periods,
 )
-from sync_assets.runs import today, trigger_of
+from resources.records import parse_each, reject
+from resources.settings import setting
+from resources.tables import frame_schema
+from resources.warehouse import WarehouseResource, lock_for_replace, utcnow
+from sync_assets.runs import today
+from sync_assets.step import SyncStep, sync_step, table_metadata
 
 GROUP = "employes"
 KINDS = {"employes", "sql"}
@@ -43,38 +39,32 @@ TAGS = {"sync/cadence": "daily"}
 DAILY = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1, timezone=setting("SYNC_TIMEZONE"))
 PERIOD_TABLES = {"employments": employes_employments, "salary": employes_salary_periods,
                  "hours": employes_hours_periods, "contracts": employes_contract_periods}
-LOGGED_REJECTS = 50
+# The polars shape of snapshot rows, from the table. Amounts take the table's own precision
+# (Numeric(6, 2) hours, Numeric(4, 2) days, Numeric(12, 2) wages), not one Decimal(12, 2) for
+# all as before: changes compare amounts as text, which only the scale (2 everywhere) shapes,
+# so "28.50" reads the same; the emulator's and any real hours fit; and a record whose amount
+# the column cannot hold is rejected by `snapshot_row`, so no stored snapshot overflows it.
+SNAPSHOT_SCHEMA = frame_schema(snapshots_table, "snapshot_date", "employee_id", *TRACKED, "content_hash")
 
 
-def _todays_partition(context: dg.AssetExecutionContext) -> date:
-    day = date.fromisoformat(context.partition_key)
+def _todays_partition(step: SyncStep) -> date:
+    day = date.fromisoformat(step.context.partition_key)
     if day != today():
-        raise dg.Failure(
-            description=(
-                f"{day} is not today ({today()}, {setting('SYNC_TIMEZONE')}): Employes only tells the current state, so "
-                "only today's snapshot can be taken; past snapshots stay as they were. Run today's partition."
-            ),
-            allow_retries=False,
+        raise step.refuse(
+            f"{day} is not today ({today()}, {setting('SYNC_TIMEZONE')}): Employes only tells the current state, so "
+            "only today's snapshot can be taken; past snapshots stay as they were. Run today's partition."
         )
     return day
 
 
-def _log_rejects(context: dg.AssetExecutionContext, rejects: list[dict], what: str) -> None:
-    for reject in rejects[:LOGGED_REJECTS]:
-        context.log.warning(f"skipped {what} {reject['record_id']}: {reject['reason']}")
-    if len(rejects) > LOGGED_REJECTS:
-        context.log.warning(f"... and {len(rejects) - LOGGED_REJECTS} more (table sync_rejects)")
-
-
 def _read_snapshot(conn: sa.Connection, day: date | None) -> pl.DataFrame:
-    columns = list(snapshot_schema())
-    query = sa.select(*(snapshots_table.c[c] for c in columns))
+    query = sa.select(*(snapshots_table.c[c] for c in SNAPSHOT_SCHEMA))
     if day is not None:
         query = query.where(snapshots_table.c.snapshot_date == day)
-    return pl.DataFrame(conn.execute(query).all(), schema=snapshot_schema(), orient="row")
+    return pl.DataFrame(conn.execute(query).all(), schema=SNAPSHOT_SCHEMA, orient="row")
 
 
-@dg.asset(partitions_def=DAILY, group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS)
+@dg.asset(partitions_def=DAILY, group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS, metadata=table_metadata(snapshots_table))
 def employes_employee_snapshots(
     context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
@@ -87,56 +77,67 @@ def employes_employee_snapshots(
     Re-running today replaces today's snapshot. An employee record that cannot be read keeps its
     previous day's row (and is logged and kept in `sync_rejects`), so it is never reported as
     having left; one removed between the list and its read is left out."""
-    day = _todays_partition(context)
-    began = time.monotonic()
-    rows, rejects, raws, records_read = [], [], {}, 0
-    with employes.client(log=context.log.info) as client:
-        try:
-            for number, page in enumerate(client.employees(), start=1):
-                for listed in page:
-                    listed_id = listed.get("id") if isinstance(listed, dict) else None
-                    record = client.employee(str(listed_id)) if listed_id else listed
-                    records_read += bool(listed_id)
-                    if record is None:
-                        continue  # removed since the list was read
-                    try:
-                        rows.append(snapshot_row(record, day))
-                        raws[rows[-1]["employee_id"]] = json.dumps(kept_record(record), default=str)
-                    except ValueError as error:
-                        record_id = record.get("id") if isinstance(record, dict) else None
-                        rejects.append({"record_id": str(record_id or f"page {number}"), "reason": str(error),
-                                        "payload": kept_record(record)})
-                context.log.info(f"page {number}: {len(rows)} employees so far")
-        except ProviderError as error:
-            raise dg.Failure(description=f"{error}. Nothing was written; earlier snapshots are unchanged.",
-                             metadata=client.http.stats.as_metadata()) from None
-        stats = client.http.stats.as_metadata()
-    _log_rejects(context, rejects, "employee")
-    frame = pl.DataFrame(rows, schema=snapshot_schema(), orient="row")
-    with warehouse.engine.begin() as conn:
-        lock_for_replace(conn, snapshots_table)
-        conn.execute(snapshots_table.delete().where(snapshots_table.c.snapshot_date == day))
-        if rows:
-            fetched_at = utcnow()
-            conn.execute(snapshots_table.insert(),
-                         [{**row, "raw": raws[row["employee_id"]], "fetched_at": fetched_at} for row in frame.to_dicts()])
-        carried = _carry_forward(conn, day, [r["record_id"] for r in rejects])
-        record_rejects(conn, "employes", "employee", rejects, context.run.run_id)
-    statuses = Counter(frame["status"].to_list())
-    context.log.info(f"snapshot {day}: {len(frame)} employees {dict(statuses)}, {len(rejects)} rejected, {stats['requests']} requests")
-    return dg.MaterializeResult(
-        metadata={
-            "employees": len(frame) + carried,
-            **{f"status_{status.replace(' ', '_')}": n for status, n in statuses.items() if status},
-            "fetched": len(rows) + len(rejects),
-            "written": len(frame) + carried,
-            "rejected": len(rejects),
-            "employee_records_read": records_read,
-            **stats,
-            "duration_s": round(time.monotonic() - began, 3),
-            "triggered_by": trigger_of(context),
-        }
+    with sync_step(context, GROUP) as step:
+        day = _todays_partition(step)
+        with step.open(employes) as client:
+            step.if_failed = "Nothing was written; earlier snapshots are unchanged."
+            pages, records_read = _read_employees(step, client)
+        rows, rejects = _snapshot_rows(pages, day)
+        with warehouse.engine.begin() as conn:
+            written = _write_snapshot(conn, day, rows, [r["record_id"] for r in rejects])
+            step.keep_rejects(conn, "employee", rejects)
+    statuses = Counter(row["status"] for row in rows)
+    context.log.info(f"snapshot {day}: {len(rows)} employees {dict(statuses)}, {len(rejects)} rejected, "
+                     f"{step.stats()['requests']} requests")
+    return step.result(
+        {"fetched": len(rows) + len(rejects), "written": written},
+        employees=written,
+        **{f"status_{status.replace(' ', '_')}": n for status, n in statuses.items() if status},
+        employee_records_read=records_read,
     )
+
+
+def _read_employees(step: SyncStep, client: EmployesClient) -> tuple[list[list[dict]], int]:
+    """Each listed employee's own record, page by page, without the personal fields never stored,
+    and how many records were read (a listed entry without an id is taken as it is)."""
+    pages, records_read = [], 0
+    for number, page in enumerate(client.employees(), start=1):
+        records = []
+        for listed in page:
+            listed_id = listed.get("id") if isinstance(listed, dict) else None
+            record = client.employee(str(listed_id)) if listed_id else listed
+            records_read += bool(listed_id)
+            if record is not None:  # None: removed since the list was read
+                records.append(kept_record(record))
+        pages.append(records)
+        step.context.log.info(f"page {number}: {sum(map(len, pages))} employee records so far")
+    return pages, records_read
+
+
+def _snapshot_rows(pages: list[list[dict]], day: date) -> tuple[list[dict], list[dict]]:
+    """The day's rows (each with its record as sent, `raw`) and the records rejected."""
+    rows, rejects = [], []
+    for number, records in enumerate(pages, start=1):
+        page_rows, page_rejects = parse_each(records, _snapshot_row, f"page {number} ", day)
+        rows += page_rows
+        rejects += page_rejects
+    return rows, rejects
+
+
+def _snapshot_row(record: dict, day: date) -> dict:
+    # `record` is already the kept record: snapshot_row reads none of the personal fields.
+    return {**snapshot_row(record, day), "raw": json.dumps(record, default=str)}
+
+
+def _write_snapshot(conn: sa.Connection, day: date, rows: list[dict], rejected_ids: list[str]) -> int:
+    """Replace the day's snapshot with `rows`, and the previous day's rows of the rejected
+    employees; returns the rows the day holds."""
+    lock_for_replace(conn, snapshots_table)
+    conn.execute(snapshots_table.delete().where(snapshots_table.c.snapshot_date == day))
+    if rows:
+        fetched_at = utcnow()
+        conn.execute(snapshots_table.insert(), [{**row, "fetched_at": fetched_at} for row in rows])
+    return len(rows) + _carry_forward(conn, day, rejected_ids)
 
 
 def _carry_forward(conn: sa.Connection, day: date, employee_ids: list[str]) -> int:
@@ -157,58 +158,50 @@ def employes_employment_history(
     `employes_salary_periods`, `employes_hours_periods`, `employes_contract_periods`
     (Employes' `0001-01-01` is stored as no date). Fetched for everyone in today's snapshot and
     written in one transaction at the end: a failure half-way changes nothing."""
-    day = _todays_partition(context)
-    began = time.monotonic()
-    with warehouse.engine.connect() as conn:
-        employee_ids = conn.execute(
-            sa.select(snapshots_table.c.employee_id).where(snapshots_table.c.snapshot_date == day).order_by(snapshots_table.c.employee_id)
-        ).scalars().all()
+    with sync_step(context, GROUP) as step:
+        day = _todays_partition(step)
+        with warehouse.engine.connect() as conn:
+            t = snapshots_table
+            employee_ids = conn.execute(sa.select(t.c.employee_id).where(t.c.snapshot_date == day).order_by(t.c.employee_id)).scalars().all()
+        with step.open(employes) as client:
+            fetched, done, rejects = _read_employments(step, client, employee_ids)
+        with warehouse.engine.begin() as conn:
+            _write_employments(conn, day, fetched, done)
+            step.keep_rejects(conn, "employment history", rejects)
+    counts = {f"{kind}_rows": len(rows) for kind, rows in fetched.items()}
+    context.log.info(f"history {day}: {len(done)} employees, {counts}, {step.stats()['requests']} requests")
+    return step.result({"fetched": len(employee_ids), "written": sum(counts.values())}, employees=len(done), **counts)
+
+
+def _read_employments(step: SyncStep, client: EmployesClient, employee_ids: list[str]) -> tuple[dict[str, list[dict]], list[str], list[dict]]:
+    """Each employee's periods by kind, the employees read, and those whose answer was rejected."""
     fetched: dict[str, list[dict]] = {kind: [] for kind in PERIOD_TABLES}
     done, rejects = [], []
-    with employes.client(log=context.log.info) as client:
+    for number, employee_id in enumerate(employee_ids, start=1):
+        step.if_failed = (f"Stopped after {len(done)} of {len(employee_ids)} employees; nothing was written, "
+                          "the previous history is unchanged. Re-run today's partition to complete the day.")
+        items = client.employments(employee_id)
         try:
-            for number, employee_id in enumerate(employee_ids, start=1):
-                items = client.employments(employee_id)
-                try:
-                    rows = employment_rows(employee_id, items)
-                except ValueError as error:
-                    rejects.append({"record_id": employee_id, "reason": str(error), "payload": items})
-                    continue
-                for kind, kind_rows in rows.items():
-                    fetched[kind] += kind_rows
-                done.append(employee_id)
-                if number % 50 == 0:
-                    context.log.info(f"employments of {number}/{len(employee_ids)} employees fetched")
-        except ProviderError as error:
-            raise dg.Failure(
-                description=f"{error}. Stopped after {len(done)} of {len(employee_ids)} employees; nothing was written, "
-                "the previous history is unchanged. Re-run today's partition to complete the day.",
-                metadata=client.http.stats.as_metadata(),
-            ) from None
-        stats = client.http.stats.as_metadata()
-    _log_rejects(context, rejects, "employment history of")
-    with warehouse.engine.begin() as conn:
-        lock_for_replace(conn, *PERIOD_TABLES.values())
-        for kind, table in PERIOD_TABLES.items():
-            for start in range(0, len(done), 500):
-                conn.execute(table.delete().where(table.c.employee_id.in_(done[start : start + 500])))
-            if fetched[kind]:
-                conn.execute(table.insert(), [{**row, "snapshot_date": day} for row in fetched[kind]])
-        record_rejects(conn, "employes", "employment history", rejects, context.run.run_id)
-    counts = {f"{kind}_rows": len(rows) for kind, rows in fetched.items()}
-    context.log.info(f"history {day}: {len(done)} employees, {counts}, {stats['requests']} requests")
-    return dg.MaterializeResult(
-        metadata={
-            "employees": len(done),
-            **counts,
-            "fetched": len(employee_ids),
-            "written": sum(counts.values()),
-            "rejected": len(rejects),
-            **stats,
-            "duration_s": round(time.monotonic() - began, 3),
-            "triggered_by": trigger_of(context),
-        }
-    )
+            rows = employment_rows(employee_id, items)
+        except ValueError as error:
+            rejects.append(reject(items, str(error), employee_id))
+            continue
+        for kind, kind_rows in rows.items():
+            fetched[kind] += kind_rows
+        done.append(employee_id)
+        if number % 50 == 0:
+            step.context.log.info(f"employments of {number}/{len(employee_ids)} employees fetched")
+    return fetched, done, rejects
+
+
+def _write_employments(conn: sa.Connection, day: date, fetched: dict[str, list[dict]], done: list[str]) -> None:
+    """Replace the periods of the employees read with those fetched."""
+    lock_for_replace(conn, *PERIOD_TABLES.values())
+    for kind, table in PERIOD_TABLES.items():
+        for start in range(0, len(done), 500):  # bound the IN list: SQLite limits a statement's parameters
+            conn.execute(table.delete().where(table.c.employee_id.in_(done[start : start + 500])))
+        if fetched[kind]:
+            conn.execute(table.insert(), [{**row, "snapshot_date": day} for row in fetched[kind]])
 
 
 def detect_changes(previous: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
@@ -261,52 +254,63 @@ def build_history(snapshots: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-@dg.asset(partitions_def=DAILY, deps=[employes_employment_history], group_name=GROUP, kinds={"polars", "sql"}, tags=TAGS)
+@dg.asset(partitions_def=DAILY, deps=[employes_employment_history], group_name=GROUP, kinds={"polars", "sql"}, tags=TAGS,
+          metadata=table_metadata(changes_table))
 def employes_employee_changes(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """What changed between the partition's snapshot and the one before it (table
     `employes_employee_changes`: employee, field, old value, new value), and the per-employee
     history rebuilt from all snapshots (table `employes_employee_history`, valid_from/valid_to),
     so "what were this person's hours on date X" is one query."""
     day = date.fromisoformat(context.partition_key)
-    with warehouse.engine.connect() as conn:
-        current = _read_snapshot(conn, day)
-        previous_day = conn.execute(
-            sa.select(sa.func.max(snapshots_table.c.snapshot_date)).where(snapshots_table.c.snapshot_date < day)
-        ).scalar_one()
-        previous = _read_snapshot(conn, previous_day) if previous_day else current
-        history = build_history(_read_snapshot(conn, None))
-    if current.is_empty():
-        raise dg.Failure(description=f"there is no snapshot of {day}; materialize employes_employee_snapshots for it first",
-                         allow_retries=False)
-    changes = detect_changes(previous, current)
-    now = utcnow()
-    with warehouse.engine.begin() as conn:
-        lock_for_replace(conn, changes_table, history_table)
-        conn.execute(changes_table.delete().where(changes_table.c.snapshot_date == day))
-        if not changes.is_empty():
-            conn.execute(changes_table.insert(), changes.with_columns(
-                snapshot_date=pl.lit(day), previous_snapshot_date=pl.lit(previous_day, pl.Date), detected_at=pl.lit(now)
-            ).to_dicts())
-        conn.execute(history_table.delete())
-        conn.execute(history_table.insert(), history.to_dicts())
+    with sync_step(context, GROUP) as step:
+        with warehouse.engine.connect() as conn:
+            current = _read_snapshot(conn, day)
+            previous_day = conn.execute(
+                sa.select(sa.func.max(snapshots_table.c.snapshot_date)).where(snapshots_table.c.snapshot_date < day)
+            ).scalar_one()
+            previous = _read_snapshot(conn, previous_day) if previous_day else current
+            history = build_history(_read_snapshot(conn, None))
+        if current.is_empty():
+            raise step.refuse(f"there is no snapshot of {day}; materialize employes_employee_snapshots for it first")
+        changes = detect_changes(previous, current)
+        with warehouse.engine.begin() as conn:
+            _write_changes(conn, day, previous_day, changes, history)
+    summary = _summary(current, changes)
+    context.log.info(f"changes {previous_day or '(first snapshot)'} -> {day}: {summary}")
+    return step.result(
+        {"written": len(changes) + len(history)},
+        **summary,
+        previous_snapshot=str(previous_day) if previous_day else "none (first snapshot)",
+        history_rows=len(history),
+    )
+
+
+def _write_changes(conn: sa.Connection, day: date, previous_day: date | None, changes: pl.DataFrame, history: pl.DataFrame) -> None:
+    """Replace the day's changes, and the whole history (rebuilt from every snapshot)."""
+    lock_for_replace(conn, changes_table, history_table)
+    conn.execute(changes_table.delete().where(changes_table.c.snapshot_date == day))
+    if not changes.is_empty():
+        conn.execute(changes_table.insert(), changes.with_columns(
+            snapshot_date=pl.lit(day), previous_snapshot_date=pl.lit(previous_day, pl.Date), detected_at=pl.lit(utcnow())
+        ).to_dicts())
+    conn.execute(history_table.delete())
+    conn.execute(history_table.insert(), history.to_dicts())
+
+
+def _summary(current: pl.DataFrame, changes: pl.DataFrame) -> dict[str, int]:
+    """Employees, hires, leavers (removed, or now out of service), employees changed, changes."""
     employee_rows = changes.filter(pl.col("field") == "employee")
     status_left = changes.filter((pl.col("field") == "status") & (pl.col("new_value") == "out of service"))
-    summary = {
+    return {
         "employees": len(current),
         "hired": int((employee_rows["new_value"] == "hired").sum()),
         "left": int((employee_rows["new_value"] == "removed").sum()) + len(status_left),
         "changed": changes.filter(pl.col("field") != "employee")["employee_id"].n_unique(),
         "changes": len(changes),
     }
-    context.log.info(f"changes {previous_day or '(first snapshot)'} -> {day}: {summary}")
-    return dg.MaterializeResult(
-        metadata={
-            **summary,
-            "previous_snapshot": str(previous_day) if previous_day else "none (first snapshot)",
-            "history_rows": len(history),
-            "triggered_by": trigger_of(context),
-        }
-    )
 
 
 assets = [employes_employee_snapshots, employes_employment_history, employes_employee_changes]
+# Run by the schedule `employes_nightly` (schedules/employes.py): today's partition of all three.
+employes_nightly_job = dg.define_asset_job("employes_nightly_job", selection=assets)
+jobs = [employes_nightly_job]

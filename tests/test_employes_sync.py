@@ -171,6 +171,8 @@ def test_a_past_day_cannot_be_snapshotted_again(emulator, sqlite_warehouse_url, 
 
     assert "2026-11-20 is not today (2026-11-21" in failure_message(result)
     assert emulator.requests("employes") == []
+    (run,) = instance.get_runs()
+    assert run.tags.get("dagster/retry_on_asset_or_op_failure") == "false"  # run retries cannot help either
 
 
 def test_failure_half_way_through_history_leaves_the_previous_day_and_the_rerun_completes(emulator, warehouse_url, instance):
