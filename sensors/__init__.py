@@ -4,5 +4,5 @@ ALERT_WEBHOOK_URL), and `first_sync` (every asset once on a new installation).""
 
 from sensors import alerts, first_sync, halo, xero
 
-jobs = [*halo.jobs, *xero.jobs, *alerts.jobs, *first_sync.jobs]
+jobs = [*halo.jobs, *alerts.jobs, *first_sync.jobs]
 sensors = [*halo.sensors, *xero.sensors, *alerts.sensors, *first_sync.sensors]

@@ -10,4 +10,4 @@ from sync_assets import doctor, employes, ghl, halo, report, xero  # noqa: E402
 
 assets = [*ghl.assets, *halo.assets, *employes.assets, *xero.assets, *report.assets]
 asset_checks = [*ghl.asset_checks, *halo.asset_checks, *xero.asset_checks]
-jobs = [*doctor.jobs, *ghl.jobs]
+jobs = [*doctor.jobs, *ghl.jobs, *xero.jobs]
