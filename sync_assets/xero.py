@@ -43,7 +43,9 @@ from sync_assets.halo import agent_mappings
 from sync_assets.runs import today
 from sync_assets.step import SyncStep, listed, sync_step, table_metadata
 from sync_assets.xero_ledger import Ledger, adopt_listing, apply, read_held
-from sync_assets.xero_plan import PLAN_ROWS, Action, HaloDay, Listing, findings, keep_markers, plan, plan_table, read_halo, wanted_entries
+from sync_assets.xero_plan import (
+    PLAN_ROWS, Action, HaloDay, Held, Listing, Wanted, findings, keep_markers, plan, plan_table, read_halo, wanted_entries,
+)
 
 GROUP = "xero"
 # A dry run that lists nothing opens no Xero client: these keep its metadata's keys the same.
@@ -111,7 +113,7 @@ class Push:
     surprises: tuple[str, ...] = ()
     rekeyed: int = 0
     approved: int = 0
-    actions: tuple[Action, ...] = ()
+    actions: list[Action] = field(default_factory=list)
     listing: Listing = field(default_factory=Listing)
     done: Counter = field(default_factory=Counter)
 
@@ -139,19 +141,24 @@ def read_halo_day(step: SyncStep, halopsa: HaloPSAResource, push: Push) -> None:
         step.context.log.warning(f"{push.day}: {surprise}")
 
 
-def push_to_xero(step: SyncStep, xero: XeroResource, warehouse: WarehouseResource, push: Push, projects: ProjectMappings) -> None:
-    """Compare the ledger (after a listing of the day in Xero, when one is needed) with what should
-    be, and, unless a dry run, make the differences."""
-    rows = push.halo.keyed.rows
+def read_ledger(warehouse: WarehouseResource, push: Push, projects: ProjectMappings) -> tuple[dict[str, Held], dict[str, Wanted], dict[str, str]]:
+    """What the ledger holds for the day's entries (re-keyed where their key changed: committed
+    unless a dry run), what should be in Xero, and the approved entries that cannot go."""
     with warehouse.engine.connect() as conn:
-        held, moved = read_held(conn, push.day, rows)
+        held, moved = read_held(conn, push.day, push.halo.keyed.rows)
         if not push.dry_run:
             conn.commit()
     push.rekeyed = len(moved)
     wanted, invalid = wanted_entries(push.halo, xero_users(warehouse), projects)
-    wanted = keep_markers(wanted, held)
     push.approved = len(wanted) + len(invalid)
-    ledger = Ledger(warehouse, push.day, {r["entry_key"]: r for r in rows})
+    return held, keep_markers(wanted, held), invalid
+
+
+def push_to_xero(step: SyncStep, xero: XeroResource, warehouse: WarehouseResource, push: Push, projects: ProjectMappings,
+                 held: dict[str, Held], wanted: dict[str, Wanted], invalid: dict[str, str]) -> None:
+    """List the day in Xero when needed (a force run, or a run that died mid-POST), plan, and,
+    unless a dry run, make the differences."""
+    ledger = Ledger(warehouse, push.day, {r["entry_key"]: r for r in push.halo.keyed.rows})
     pending = {h.project_id for h in held.values() if h.status == "pending" and h.project_id}
     # A dry run with nothing to list needs no Xero connection (a new installation has none yet).
     needs_xero = bool(pending) or push.force or not push.dry_run
@@ -160,10 +167,10 @@ def push_to_xero(step: SyncStep, xero: XeroResource, warehouse: WarehouseResourc
         if push.force or pending:
             to_list = (projects.project_ids() | {h.project_id for h in held.values() if h.project_id}) if push.force else pending
             push.listing = adopt_listing(client, to_list, push.day, held, None if push.dry_run else ledger)
-        push.actions = tuple(plan(wanted, invalid, held, push.force))
+        push.actions = plan(wanted, invalid, held, push.force)
         if not push.dry_run:
-            ledger.write_verdicts(list(push.actions))
-            push.done = apply(step.context, client, ledger, list(push.actions), push.listing, push.force)
+            ledger.write_verdicts(push.actions)
+            push.done = apply(step.context, client, ledger, push.actions, push.listing, push.force)
 
 
 @dg.asset(
@@ -196,7 +203,8 @@ def xero_time_entries(
     with sync_step(context, GROUP) as step:
         projects = project_mappings(step, mapping_files, ": nothing pushed")
         read_halo_day(step, halopsa, push)
-        push_to_xero(step, xero, warehouse, push, projects)
+        held, wanted, invalid = read_ledger(warehouse, push, projects)
+        push_to_xero(step, xero, warehouse, push, projects, held, wanted, invalid)
     return push_report(step, push)
 
 
@@ -228,7 +236,7 @@ def push_report(step: SyncStep, push: Push) -> dg.MaterializeResult:
         outside_range=halo.outside_range,
         unreadable_approvals=len(halo.unreadable),
         repeated_keys=len(halo.keyed.repeated),
-        plan=dg.MetadataValue.md(plan_table(list(push.actions))),
+        plan=dg.MetadataValue.md(plan_table(push.actions)),
         **({} if "xero" in step.clients else {**NO_XERO_CLIENT, "halopsa_requests": step.stats()["requests"]}),
     )
 
