@@ -23,11 +23,8 @@ from resources.http import ProviderError
 from resources.settings import setting
 from resources.warehouse import WarehouseResource
 from resources.halo_tables import halo_agents
-from sync_assets.xero import open_period, xero_time_entries
+from sync_assets.xero import open_period, xero_push_job
 
-# The sensor's cursor moves on when it asks for a run, so a run that dies must be retried by
-# Dagster (run_retries in the instance's dagster.yaml); pushing a day again is harmless.
-xero_push_job = dg.define_asset_job("xero_push_job", selection=[xero_time_entries], tags={"dagster/max_retries": "3"})
 NEVER = datetime(1, 1, 1)
 
 
@@ -116,5 +113,4 @@ def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource
     )
 
 
-jobs = [xero_push_job]
 sensors = [xero_approvals]

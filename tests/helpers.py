@@ -25,7 +25,8 @@ from resources.settings import setting
 from resources.warehouse import engine_for
 from sync_assets.ghl import ghl_contacts_reconciliation
 from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets, mappings_match_agents, no_unmapped_agents
-from sync_assets.xero import MARKER, xero_entries_pushable, xero_no_locked_conflicts, xero_time_entries
+from sync_assets.xero import xero_entries_pushable, xero_no_locked_conflicts, xero_time_entries
+from sync_assets.xero_plan import MARKER
 
 FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "
 

@@ -15,7 +15,7 @@ from deployment import AGENT, ARTIFACTS, ASSETS_SHOWN, CHROMIUM, IN_PROGRESS, WA
 from helpers import halo_keys, wait_until
 from playwright.sync_api import sync_playwright
 
-from sync_assets.xero import MARKER
+from sync_assets.xero_plan import MARKER
 
 pytestmark = pytest.mark.slow  # minutes: left out of the quick run (scripts/test -m "not slow")
 

@@ -12,7 +12,7 @@ from resources.employes import employment_rows, snapshot_row
 from resources.ghl import parse_contacts
 from resources.halo import agent_row, entry_row, key_entries, timesheet_row
 from resources.mappings import ProjectMappings, read_agent_mappings, read_project_mappings
-from sync_assets.xero import read_halo, wanted_entries
+from sync_assets.xero_plan import read_halo, wanted_entries
 
 # What the assets catch around each parser (resources/records.py `parse_each`, sync_assets/employes.py).
 HALO_REJECTS = (ValueError, TypeError, KeyError)
