@@ -19,11 +19,10 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import dagster as dg
 import sqlalchemy as sa
 
 from resources.employes_tables import employee_fields
-from resources.http import BearerAuth, ProviderClient, ProviderError, RequestRejected, shared_limiter
+from resources.http import BearerAuth, ProviderClient, ProviderError, ProviderResource, shared_limiter
 from resources.records import content_hash, text_value
 
 MAX_PER_PAGE = 100
@@ -227,12 +226,9 @@ class EmployesClient:
     def employee(self, employee_id: str) -> dict | None:
         """The employee's own record (`{data: {...}}` or the bare object), or None when Employes no
         longer has them (404: removed since the list was read)."""
-        try:
-            body = self.http.request_json("GET", f"/{self.company_id}/employees/{employee_id}")
-        except RequestRejected as error:
-            if error.status == 404:
-                return None
-            raise
+        body = self.http.request_json_or_none("GET", f"/{self.company_id}/employees/{employee_id}")
+        if body is None:
+            return None
         record = body.get("data") if isinstance(body, dict) and isinstance(body.get("data"), dict) else body
         if not isinstance(record, dict):
             raise ProviderError(f"employes GET employee {employee_id}: the answer is not an employee record")
@@ -248,7 +244,7 @@ class EmployesClient:
         return data
 
 
-class EmployesResource(dg.ConfigurableResource):
+class EmployesResource(ProviderResource):
     """Employes API v4 with the company's API token (a JWT, valid for a year)."""
 
     base_url: str
@@ -257,24 +253,18 @@ class EmployesResource(dg.ConfigurableResource):
     per_page: int = MAX_PER_PAGE
     # Published limit: 5 requests per second.
     requests_per_second: int = 5
-    timeout_s: float = 30.0
-    max_attempts: int = 6
-    backoff_initial_s: float = 1.0
 
     @contextlib.contextmanager
     def client(self, log: Callable[[str], None] | None = None) -> Iterator[EmployesClient]:
-        http = ProviderClient(
+        http = self.provider_client(
             "employes",
             self.base_url,
             auth=BearerAuth(self.token),
             limiter=shared_limiter(f"employes {self.base_url} {self.company_id}", self.requests_per_second, 1.0),
             secrets=[self.token],
+            log=log,
             credential_hint="check EMPLOYES_TOKEN (tokens are valid for one year) and EMPLOYES_COMPANY_ID",
             headers={"Accept": "application/json"},
-            timeout_s=self.timeout_s,
-            max_attempts=self.max_attempts,
-            backoff_initial_s=self.backoff_initial_s,
-            log=log,
         )
         with http:
             yield EmployesClient(http, self.company_id, min(self.per_page, MAX_PER_PAGE))

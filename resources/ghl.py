@@ -23,11 +23,10 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import dagster as dg
 import httpx
 import polars as pl
 
-from resources.http import BearerAuth, ProviderClient, ProviderError, shared_limiter
+from resources.http import BearerAuth, ProviderClient, ProviderError, ProviderResource, shared_limiter
 from resources.ghl_tables import ghl_contacts
 from resources.records import content_hash, parse_each, text_value
 from resources.tables import frame_schema
@@ -217,7 +216,7 @@ class GoHighLevelClient:
         return [int(updated.replace(tzinfo=UTC).timestamp() * 1000), contact["id"]]
 
 
-class GoHighLevelResource(dg.ConfigurableResource):
+class GoHighLevelResource(ProviderResource):
     """GoHighLevel API v2 with a Private Integration Token (scope contacts.readonly)."""
 
     base_url: str
@@ -226,8 +225,6 @@ class GoHighLevelResource(dg.ConfigurableResource):
     page_size: int = MAX_PAGE_SIZE
     # Published limit: 100 requests per 10 s per location.
     requests_per_10s: int = 100
-    timeout_s: float = 30.0
-    max_attempts: int = 6
     backoff_initial_s: float = 0.5
     # Calls of the location's 200,000 a day left for others (the UI, other apps on the same
     # location): a sync stops before it eats into them.
@@ -238,18 +235,15 @@ class GoHighLevelResource(dg.ConfigurableResource):
         if not 1 <= self.page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"GoHighLevel page_size must be 1..{MAX_PAGE_SIZE}, not {self.page_size}")
         budget = DailyBudget(self.daily_reserve)
-        http = ProviderClient(
+        http = self.provider_client(
             "gohighlevel",
             self.base_url,
             auth=BearerAuth(self.token),
             limiter=shared_limiter(f"gohighlevel {self.base_url} {self.location_id}", self.requests_per_10s, 10.0),
             secrets=[self.token],
+            log=log,
             credential_hint="check GHL_TOKEN (a Private Integration Token with contacts.readonly)",
             headers={"Version": API_VERSION, "Accept": "application/json"},
-            timeout_s=self.timeout_s,
-            max_attempts=self.max_attempts,
-            backoff_initial_s=self.backoff_initial_s,
-            log=log,
             on_response=budget.read,
         )
         with http:

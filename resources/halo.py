@@ -29,10 +29,9 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import dagster as dg
 import httpx
 
-from resources.http import ProviderAuthError, ProviderClient, ProviderError, RefreshingAuth, shared_limiter
+from resources.http import ProviderAuthError, ProviderClient, ProviderError, ProviderResource, RefreshingAuth, shared_limiter
 from resources.settings import setting
 from resources.records import UNREADABLE, content_hash, text_value
 
@@ -379,7 +378,7 @@ class HaloClient:
 _KEPT_TOKENS: dict[tuple, RefreshingAuth] = {}
 
 
-class HaloPSAResource(dg.ConfigurableResource):
+class HaloPSAResource(ProviderResource):
     """HaloPSA API with an application's client credentials (client_credentials grant, scope all)."""
 
     base_url: str
@@ -391,23 +390,15 @@ class HaloPSAResource(dg.ConfigurableResource):
     requests_per_minute: int = 300
     chunk_days: int = 31
     timeout_s: float = 60.0
-    max_attempts: int = 6
-    backoff_initial_s: float = 1.0
 
     @contextlib.contextmanager
     def client(self, log: Callable[[str], None] | None = None, keep_token: bool = False) -> Iterator[HaloClient]:
         """A client for one run or tick. `keep_token`: reuse the token of this process's earlier
         clients of the same application until it expires (a sensor ticking every few seconds
         would otherwise spend a token request per tick)."""
-        common = dict(
-            limiter=shared_limiter(f"halopsa {self.base_url}", self.requests_per_minute, 60.0),
-            secrets=[self.client_secret],
-            timeout_s=self.timeout_s,
-            max_attempts=self.max_attempts,
-            backoff_initial_s=self.backoff_initial_s,
-            log=log,
-        )
-        token_http = ProviderClient(
+        common = dict(limiter=shared_limiter(f"halopsa {self.base_url}", self.requests_per_minute, 60.0),
+                      secrets=[self.client_secret], log=log)
+        token_http = self.provider_client(
             "halopsa", self.auth_url, auth=httpx.Auth(),
             credential_hint="check HALO_CLIENT_ID and HALO_CLIENT_SECRET (and HALO_AUTH_URL, HALO_TENANT)", **common
         )
@@ -419,7 +410,7 @@ class HaloPSAResource(dg.ConfigurableResource):
             auth = _KEPT_TOKENS.setdefault(self._application(), RefreshingAuth(fetch)).fetching_with(fetch)
         else:
             auth = RefreshingAuth(fetch)
-        http = ProviderClient(
+        http = self.provider_client(
             "halopsa", self.base_url, auth=auth,
             credential_hint="the token was refused right after it was issued; check the API application's permissions",
             headers={"Accept": "application/json"}, **common,

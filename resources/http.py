@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import dagster as dg
 import httpx
 import tenacity
 
@@ -269,6 +270,15 @@ class ProviderClient:
             self.limiter.pause(error.retry_after)
         self._log(f"{self.provider}: {error}; retry {state.attempt_number} in {wait:.1f}s")
 
+    def request_json_or_none(self, method: str, path: str, **kwargs: Any) -> Any:
+        """`request_json`, or None when the provider answers 404: the record is gone."""
+        try:
+            return self.request_json(method, path, **kwargs)
+        except RequestRejected as error:
+            if error.status == 404:
+                return None
+            raise
+
     def request_json(self, method: str, path: str, **kwargs) -> Any:
         """Send a request and return its JSON body, retrying what is worth retrying."""
         try:
@@ -308,3 +318,17 @@ class ProviderClient:
 
     def _safe(self, value: object) -> str:
         return redact(str(value), self._secrets)
+
+
+class ProviderResource(dg.ConfigurableResource):
+    """What every provider's resource shares: the settings of the retry rules, and the HTTP
+    client built from them (each resource adds its credentials, limit and headers)."""
+
+    timeout_s: float = 30.0
+    max_attempts: int = 6
+    backoff_initial_s: float = 1.0
+
+    def provider_client(self, provider: str, base_url: str, *, limiter: RateLimiter, secrets: Iterable[str],
+                        log: Callable[[str], None] | None, **options: Any) -> ProviderClient:
+        return ProviderClient(provider, base_url, limiter=limiter, secrets=secrets, log=log, timeout_s=self.timeout_s,
+                              max_attempts=self.max_attempts, backoff_initial_s=self.backoff_initial_s, **options)

@@ -20,6 +20,7 @@ its client.
 """
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,14 @@ class AgentMapping:
     line: int
 
 
+def _lines(reader: csv.DictReader) -> Iterator[tuple[int, dict[str, str]]]:
+    """Each non-blank line of a mapping file after its header: (line number, stripped values)."""
+    for line, raw in enumerate(reader, start=2):
+        values = {k: (v or "").strip() for k, v in raw.items() if k}
+        if any(values.values()):
+            yield line, values
+
+
 def read_agent_mappings(path: Path) -> tuple[list[AgentMapping], list[str]]:
     """The mappings, and every problem found, each naming its line. Problems mean: use none."""
     try:
@@ -52,10 +61,7 @@ def read_agent_mappings(path: Path) -> tuple[list[AgentMapping], list[str]]:
     mappings: list[AgentMapping] = []
     problems: list[str] = []
     first_line: dict[tuple[str, str], int] = {}
-    for line, raw in enumerate(reader, start=2):
-        values = {k: (v or "").strip() for k, v in raw.items() if k}
-        if not any(values.values()):
-            continue
+    for line, values in _lines(reader):
         try:
             agent_id = int(values["halo_agent_id"])
         except ValueError:
@@ -117,10 +123,7 @@ def read_project_mappings(path: Path) -> tuple[ProjectMappings, list[str]]:
         return ProjectMappings({}), [f"line 1: the header must name {', '.join(PROJECT_COLUMNS)}; missing {', '.join(missing)}"]
     lines: dict[tuple[int, int | None, int | None], ProjectMapping] = {}
     problems: list[str] = []
-    for line, raw in enumerate(reader, start=2):
-        values = {k: (v or "").strip() for k, v in raw.items() if k}
-        if not any(values.values()):
-            continue
+    for line, values in _lines(reader):
         try:
             key = (int(values["halo_client_id"]), _optional_int(values, "halo_contract_id"), _optional_int(values, "halo_ticket_id"))
         except ValueError:

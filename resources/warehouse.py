@@ -238,6 +238,15 @@ def lock_for_replace(conn: sa.Connection, *tables: sa.Table) -> None:
         conn.execute(sa.text(f"LOCK TABLE {', '.join(t.name for t in tables)} IN SHARE ROW EXCLUSIVE MODE"))
 
 
+def replace_rows(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
+                 where: sa.ColumnElement[bool] | None = None) -> None:
+    """Make `rows` the table's rows (those matching `where`, or all), other writers held off."""
+    lock_for_replace(conn, table)
+    conn.execute(table.delete().where(where) if where is not None else table.delete())
+    if rows:
+        conn.execute(table.insert(), list(rows))
+
+
 def sync_scope(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, scope: sa.ColumnElement[bool]) -> tuple[Counter, set]:
     """Upsert `frame` (rows with the table's key and `content_hash`) into `table`: insert new rows,
     update changed ones, restore returning ones. Returns the counts of each, and the keys of live

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-import dagster as dg
 import httpx
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
@@ -30,6 +29,7 @@ from resources.http import (
     ProviderAuthError,
     ProviderClient,
     ProviderError,
+    ProviderResource,
     RefreshingAuth,
     RequestRejected,
     parse_retry_after,
@@ -214,12 +214,7 @@ class XeroClient:
         if day is not None:
             found = [e for e in self.time_entries(project_id, day, day) if str(e.get("timeEntryId")).lower() == entry_id.lower()]
             return str(found[0].get("status")) if found else None
-        try:
-            entry = self.http.request_json("GET", f"{PROJECTS}/{project_id}/Time/{entry_id}")
-        except RequestRejected as error:
-            if error.status == 404:
-                return None
-            raise
+        entry = self.http.request_json_or_none("GET", f"{PROJECTS}/{project_id}/Time/{entry_id}")
         return str(entry.get("status")) if isinstance(entry, dict) else None
 
     def _refusal(self, error: RequestRejected, project_id: str, entry_id: str, day: date | None) -> RequestRejected:
@@ -232,7 +227,7 @@ class XeroClient:
         return error
 
 
-class XeroResource(dg.ConfigurableResource):
+class XeroResource(ProviderResource):
     """Xero Projects API for one organisation (tenant), through an OAuth2 app's refresh token."""
 
     api_url: str
@@ -247,9 +242,6 @@ class XeroResource(dg.ConfigurableResource):
     calls_per_window: int = 60
     window_s: float = 60.0
     day_reserve: int = 100
-    timeout_s: float = 30.0
-    max_attempts: int = 6
-    backoff_initial_s: float = 1.0
 
     def token_store(self, engine: sa.Engine) -> TokenStore:
         store = TokenStore(engine, self.tenant_id, self.token_key)
@@ -261,18 +253,12 @@ class XeroResource(dg.ConfigurableResource):
     def client(self, engine: sa.Engine, log: Callable[[str], None] | None = None) -> Iterator[XeroClient]:
         budget = Budget()
         store = self.token_store(engine)
-        common = dict(
-            limiter=shared_limiter(f"xero {self.api_url} {self.tenant_id}", self.calls_per_window, self.window_s),
-            secrets=[self.client_secret, self.token_key],
-            timeout_s=self.timeout_s,
-            max_attempts=self.max_attempts,
-            backoff_initial_s=self.backoff_initial_s,
-            log=log,
-        )
-        token_http = ProviderClient("xero", self.identity_url, auth=httpx.Auth(),
+        common = dict(limiter=shared_limiter(f"xero {self.api_url} {self.tenant_id}", self.calls_per_window, self.window_s),
+                      secrets=[self.client_secret, self.token_key], log=log)
+        token_http = self.provider_client("xero", self.identity_url, auth=httpx.Auth(),
                                     credential_hint="check XERO_CLIENT_ID and XERO_CLIENT_SECRET", **common)
         auth = RefreshingAuth(lambda: self._access_token(store, token_http))
-        http = ProviderClient(
+        http = self.provider_client(
             "xero", self.api_url,
             auth=auth,
             credential_hint="the access token was refused right after a refresh; check the app's scopes (projects)",

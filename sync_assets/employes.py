@@ -28,7 +28,7 @@ from resources.employes_tables import (
 from resources.records import parse_each, reject
 from resources.settings import setting
 from resources.tables import frame_schema
-from resources.warehouse import WarehouseResource, lock_for_replace, utcnow
+from resources.warehouse import WarehouseResource, lock_for_replace, replace_rows, utcnow
 from sync_assets.runs import today
 from sync_assets.step import SyncStep, sync_step, table_metadata
 
@@ -132,11 +132,8 @@ def _snapshot_row(record: dict, day: date) -> dict:
 def _write_snapshot(conn: sa.Connection, day: date, rows: list[dict], rejected_ids: list[str]) -> int:
     """Replace the day's snapshot with `rows`, and the previous day's rows of the rejected
     employees; returns the rows the day holds."""
-    lock_for_replace(conn, snapshots_table)
-    conn.execute(snapshots_table.delete().where(snapshots_table.c.snapshot_date == day))
-    if rows:
-        fetched_at = utcnow()
-        conn.execute(snapshots_table.insert(), [{**row, "fetched_at": fetched_at} for row in rows])
+    fetched_at = utcnow()
+    replace_rows(conn, snapshots_table, [{**row, "fetched_at": fetched_at} for row in rows], snapshots_table.c.snapshot_date == day)
     return len(rows) + _carry_forward(conn, day, rejected_ids)
 
 
@@ -287,14 +284,10 @@ def employes_employee_changes(context: dg.AssetExecutionContext, warehouse: Ware
 
 def _write_changes(conn: sa.Connection, day: date, previous_day: date | None, changes: pl.DataFrame, history: pl.DataFrame) -> None:
     """Replace the day's changes, and the whole history (rebuilt from every snapshot)."""
-    lock_for_replace(conn, changes_table, history_table)
-    conn.execute(changes_table.delete().where(changes_table.c.snapshot_date == day))
-    if not changes.is_empty():
-        conn.execute(changes_table.insert(), changes.with_columns(
-            snapshot_date=pl.lit(day), previous_snapshot_date=pl.lit(previous_day, pl.Date), detected_at=pl.lit(utcnow())
-        ).to_dicts())
-    conn.execute(history_table.delete())
-    conn.execute(history_table.insert(), history.to_dicts())
+    replace_rows(conn, changes_table, changes.with_columns(
+        snapshot_date=pl.lit(day), previous_snapshot_date=pl.lit(previous_day, pl.Date), detected_at=pl.lit(utcnow())
+    ).to_dicts(), changes_table.c.snapshot_date == day)
+    replace_rows(conn, history_table, history.to_dicts())
 
 
 def _summary(current: pl.DataFrame, changes: pl.DataFrame) -> dict[str, int]:

@@ -28,7 +28,7 @@ from resources.halo_tables import (
 from resources.mappings import MappingFilesResource, read_agent_mappings
 from resources.records import WRITES, parse_each
 from resources.tables import frame_schema
-from resources.warehouse import WarehouseResource, key_of, lock_for_replace, rekey, soft_delete, sync_scope, upsert, utcnow
+from resources.warehouse import WarehouseResource, key_of, rekey, replace_rows, soft_delete, sync_scope, upsert, utcnow
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey
 from sync_assets.step import SyncStep, listed, sync_step, table_metadata
 
@@ -91,10 +91,7 @@ def agent_mappings(context: dg.AssetExecutionContext, mapping_files: MappingFile
             raise step.refuse(f"{path.name}: {len(problems)} problem(s), nothing loaded (the previous mappings stay):\n" + "\n".join(problems))
         now = utcnow()
         with warehouse.engine.begin() as conn:
-            lock_for_replace(conn, mappings_table)
-            conn.execute(mappings_table.delete())
-            if mappings:
-                conn.execute(mappings_table.insert(), [{**m.__dict__, "loaded_at": now} for m in mappings])
+            replace_rows(conn, mappings_table, [{**m.__dict__, "loaded_at": now} for m in mappings])
             enabled = conn.execute(
                 sa.select(agents_table.c.id).where(agents_table.c.deleted_at.is_(None), agents_table.c.is_disabled.is_(False))
             ).scalars().all()

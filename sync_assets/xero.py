@@ -36,7 +36,7 @@ from resources.halo import HaloClient, HaloPSAResource
 from resources.halo_tables import agent_mappings as mappings_table
 from resources.mappings import MappingFilesResource, ProjectMappings, read_project_mappings
 from resources.settings import setting, sync_env
-from resources.warehouse import WarehouseResource, lock_for_replace, utcnow
+from resources.warehouse import WarehouseResource, replace_rows, utcnow
 from resources.xero import XeroResource
 from resources.xero_tables import xero_findings as findings_table, xero_ledger as ledger_table
 from sync_assets.halo import agent_mappings
@@ -283,10 +283,7 @@ RECONCILE_CHECKS = {
 def keep_findings(warehouse: WarehouseResource, found: list[dict]) -> None:
     """Replace the table `xero_findings` with this reconciliation's findings."""
     with warehouse.engine.begin() as conn:
-        lock_for_replace(conn, findings_table)
-        conn.execute(findings_table.delete())
-        if found:
-            conn.execute(findings_table.insert(), [{**f, "found_at": utcnow()} for f in found])
+        replace_rows(conn, findings_table, [{**f, "found_at": utcnow()} for f in found])
 
 
 def reconcile_checks(found: list[dict], token_age: timedelta | None) -> list[dg.AssetCheckResult]:
