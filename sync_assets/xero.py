@@ -51,7 +51,7 @@ GROUP = "xero"
 # A dry run that lists nothing opens no Xero client: these keep its metadata's keys the same.
 NO_XERO_CLIENT = {"xero_requests": 0, "day_limit_remaining": None, "minute_limit_remaining": None}
 
-# Settings are validated once, by check_settings (sync_assets/__init__.py).
+# Settings are validated once, by check_settings, before the code location imports this module (definitions.py).
 WORK_DATES = dg.DailyPartitionsDefinition(start_date=setting("XERO_FIRST_DAY"), timezone=setting("SYNC_TIMEZONE"), end_offset=1)
 
 

@@ -140,7 +140,7 @@ BAD_VALUES = {
 
 @pytest.mark.parametrize("name", BAD_VALUES)
 def test_a_malformed_setting_is_refused_with_its_name(name):
-    # In-process: check_settings is what loading the code location runs first (sync_assets/__init__.py);
+    # In-process: check_settings is what loading the code location runs first (definitions.defs);
     # the test below loads it for real.
     with pytest.raises(ConfigError) as refused:
         check_settings({**os.environ, name: BAD_VALUES[name]})
