@@ -269,7 +269,11 @@ def xero_no_locked_conflicts(warehouse: WarehouseResource) -> dg.AssetCheckResul
 
 # The sensor's cursor moves on when it asks for a run, so a run that dies must be retried by
 # Dagster (run_retries in the instance's dagster.yaml); pushing a day again is harmless.
-xero_push_job = dg.define_asset_job("xero_push_job", selection=[xero_time_entries], tags={"dagster/max_retries": "3"})
+# In-process steps: the push and its two checks run in the run's own process instead of starting
+# a process each, a few seconds of every approval's wait (bench/approval_latency.py); the `xero`
+# pool holds the same.
+xero_push_job = dg.define_asset_job("xero_push_job", selection=[xero_time_entries], tags={"dagster/max_retries": "3"},
+                                    executor_def=dg.in_process_executor)
 
 
 RECONCILE_CHECKS = {

@@ -4,7 +4,7 @@ Dagster's private test helpers (`freeze_time`, the daemon workspace context, the
 for the alert and status tests, kept to this one module."""
 
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import dagster as dg
 from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
@@ -13,7 +13,17 @@ from dagster._daemon.freshness import FreshnessDaemon
 
 from resources.settings import PROJECT_ROOT
 
-__all__ = ["daemon_workspace", "freeze_time", "step_health"]
+__all__ = ["daemon_workspace", "freeze_time", "move_frozen_clock", "step_health"]
+
+
+def move_frozen_clock(seconds: float) -> None:
+    """Move the clock `freeze_time` holds on by `seconds`, from any thread (an emulator observer
+    moves it in the middle of a run, so that the run lasts a known time on the clock)."""
+    import dagster._time as dagster_time
+
+    moved = dagster_time._mockable_get_current_datetime.return_value + timedelta(seconds=seconds)
+    dagster_time._mockable_get_current_datetime.return_value = moved
+    dagster_time._mockable_get_current_timestamp.return_value = moved.timestamp()
 
 
 @contextmanager

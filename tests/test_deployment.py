@@ -128,6 +128,12 @@ def test_a_failed_push_the_sensor_asked_for_is_retried_by_dagster(deployment):
     # The sensor's cursor has moved past this approval once it asks for the run, so a failed run
     # must be retried (run_retries, and the push job's dagster/max_retries tag).
     emulator, retried_day = deployment.emulator, deployment.days.retried
+
+    def reconciled_once():  # the first sync's run of xero_reconciliation also asks Xero for a token
+        return any(r.tags.get("dagster/run_key") == "first-sync-xero_reconciliation" and r.status not in IN_PROGRESS
+                   for r in deployment.runs())
+
+    wait_for("the first sync of xero_reconciliation", reconciled_once, seen=deployment.seen)  # so the refusal is the push's
     emulator.inject("xero", "revoked_token", path="/connect/token")
     emulator.on_request(lambda served: served.fault == "revoked_token" and emulator.clear_faults())  # one refusal only
     emulator.halo.approve(AGENT, retried_day)

@@ -1,13 +1,14 @@
 """The daily sync report: its numbers are the run history of the day it covers. Runs are seeded
 with known outcomes (real runs against the emulator, some throttled or refused by injected
-faults) on a frozen clock, the day before and the day after included to show the window holds."""
+faults) and known durations on a frozen clock, the day before and the day after included to show
+the window holds."""
 
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import pytest
 from conftest import employes_resources, ghl_resources
-from health_daemon import freeze_time
+from health_daemon import freeze_time, move_frozen_clock
 
 import cli
 from definitions import defs as load_definitions
@@ -32,11 +33,29 @@ def instance():
         yield instance
 
 
-def contacts_run(instance, resources, moment: datetime, emulator=None, new_contacts: int = 0) -> dg.ExecuteInProcessResult:
+class RunClock:
+    """Gives a run a known duration on the frozen clock: the run's first request to the emulator
+    moves the clock on by the seconds asked for, so the run starts at its moment and ends that
+    many seconds later."""
+
+    def __init__(self, emulator):
+        self.pending_s = 0.0
+        emulator.on_request(self._served)
+
+    def _served(self, served) -> None:
+        if self.pending_s:
+            move_frozen_clock(self.pending_s)
+            self.pending_s = 0.0
+
+
+def contacts_run(instance, resources, moment: datetime, emulator=None, new_contacts: int = 0,
+                 clock: RunClock | None = None, lasting_s: float = 0.0) -> dg.ExecuteInProcessResult:
     """The hourly sync of the hour before `moment`, as its schedule runs it, after `new_contacts`
-    contacts were added in that hour."""
+    contacts were added in that hour; with a `clock`, the run lasts `lasting_s`."""
     for _ in range(new_contacts):
         emulator.ghl.add(at=moment - timedelta(minutes=30))
+    if clock is not None:
+        clock.pending_s = lasting_s
     with freeze_time(moment):
         partition = (moment - timedelta(hours=1)).strftime("%Y-%m-%d-%H:00")
         return dg.materialize([ghl_contacts], resources=resources, instance=instance, partition_key=partition, raise_on_error=False)
@@ -64,18 +83,20 @@ def test_the_report_is_the_days_run_history(small_emulator, sqlite_warehouse_url
     assert employes_run(instance, employes, DAY - timedelta(days=1)).success
     hired = small_emulator.employes.hire(start=DAY)
     assert employes_run(instance, employes, DAY).success  # 01:30: snapshot, history, changes
-    seeded = [contacts_run(instance, ghl, at(9, 5), small_emulator, 2)]
+    clock = RunClock(small_emulator)
+    seeded = [contacts_run(instance, ghl, at(9, 5), small_emulator, 2, clock, lasting_s=40)]
     small_emulator.inject("gohighlevel", "429", retry_after=1, times=1)  # retried after a second
     paced = ghl_resources(small_emulator, sqlite_warehouse_url, page_size=1, requests_per_10s=2)
-    seeded.append(contacts_run(instance, paced, at(10, 5), small_emulator, 3))  # one contact a page, two requests per 10 s: throttled
+    # One contact a page, two requests per 10 s: throttled.
+    seeded.append(contacts_run(instance, paced, at(10, 5), small_emulator, 3, clock, lasting_s=15))
     small_emulator.ghl.token = "revoked"
-    seeded.append(contacts_run(instance, ghl, at(11, 5), small_emulator, 1))  # refused: fails
+    seeded.append(contacts_run(instance, ghl, at(11, 5), small_emulator, 1, clock, lasting_s=5))  # refused: fails
     small_emulator.ghl.token = ghl["gohighlevel"].token
-    seeded.append(contacts_run(instance, ghl, at(12, 5), small_emulator, 4))
+    seeded.append(contacts_run(instance, ghl, at(12, 5), small_emulator, 4, clock, lasting_s=90))
     assert [r.success for r in seeded] == [True, True, False, True]
     assert contacts_run(instance, ghl, at(5, 5, DAY + timedelta(days=1))).success  # the day after: not reported
     records = [instance.get_run_record_by_id(r.run_id) for r in seeded]
-    durations = sorted(r.end_time - r.start_time for r in records)
+    assert [r.end_time - r.start_time for r in records] == [40, 15, 5, 90]  # as seeded: the clock moved inside each run
     seeded_numbers = [numbers(r) for r in seeded]
 
     with freeze_time(at(7, 0, DAY + timedelta(days=1))):  # the morning schedule's moment
@@ -92,7 +113,8 @@ def test_the_report_is_the_days_run_history(small_emulator, sqlite_warehouse_url
     assert meta["ghl_contacts/rows_written"] == sum(n.get("written", 0) for n in seeded_numbers) >= 2 + 3 + 4
     assert meta["ghl_contacts/requests"] == sum(n["requests"] for n in seeded_numbers)
     assert meta["ghl_contacts/throttled_s"] == round(sum(n["throttled_s"] for n in seeded_numbers), 2)
-    assert (meta["ghl_contacts/p50_s"], meta["ghl_contacts/p95_s"]) == (round(durations[1], 3), round(durations[3], 3))
+    # Nearest rank over 5, 15, 40 and 90 s: the 2nd and the 4th.
+    assert (meta["ghl_contacts/p50_s"], meta["ghl_contacts/p95_s"]) == (15, 90)
     assert meta["employes_employee_snapshots/runs"] == meta["employes_employee_changes/runs"] == 1
     assert meta["ghl_contacts_reconciliation/runs"] == 0 and "ghl_contacts_reconciliation/p50_s" not in meta
     assert meta["runs"] == 4 + 3 and meta["failed_runs"] == 1
