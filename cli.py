@@ -294,7 +294,7 @@ def manage_users(args: argparse.Namespace) -> str:
     return "\n".join(f"{name}  {role}" for name, (_, role) in listed.items()) or f"no users in {path}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workforce-sync", description="Run the workforce syncs without the UI.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run-once", help="materialize every sync once and print a per-asset summary")
@@ -315,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     user_remove = user_commands.add_parser("remove", help="remove a user")
     user_remove.add_argument("name")
     user_commands.add_parser("list", help="list the users and their roles")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
     if args.command == "user":  # needs neither the instance nor the code location's settings
         try:
             print(manage_users(args))
