@@ -149,7 +149,8 @@ def ghl_contacts_reconciliation(
         f"reconciliation: {totals['seen']} seen, {totals['inserted']} inserted, {totals['updated']} updated, "
         f"{deleted} deleted, {totals['restored']} restored, {step.stats()['requests']} requests"
     )
-    return step.result(totals, **_counts(totals, "seen", "inserted", "updated", "deleted", "restored", "unchanged"), live_contacts=live)
+    return step.result(totals, **_counts(totals, "seen", "inserted", "updated", "deleted", "restored", "unchanged"), live_contacts=live,
+                       **{"dagster/row_count": live})
 
 
 def _budget_failure(step: SyncStep, error: DailyBudgetSpent, outcome: str) -> dg.Failure:
