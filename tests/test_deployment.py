@@ -15,6 +15,7 @@ from deployment import AGENT, ARTIFACTS, ASSETS_SHOWN, CHROMIUM, IN_PROGRESS, WA
 from helpers import halo_keys, wait_until
 from playwright.sync_api import sync_playwright
 
+from resources.xero import XeroResource
 from sync_assets.xero_plan import MARKER
 
 pytestmark = pytest.mark.slow  # minutes: left out of the quick run (scripts/test -m "not slow")
@@ -133,9 +134,10 @@ def test_a_failed_push_the_sensor_asked_for_is_retried_by_dagster(deployment):
         return any(r.tags.get("dagster/run_key") == "first-sync-xero_reconciliation" and r.status not in IN_PROGRESS
                    for r in deployment.runs())
 
-    wait_for("the first sync of xero_reconciliation", reconciled_once, seen=deployment.seen)  # so the refusal is the push's
-    emulator.inject("xero", "revoked_token", path="/connect/token")
-    emulator.on_request(lambda served: served.fault == "revoked_token" and emulator.clear_faults())  # one refusal only
+    wait_for("the first sync of xero_reconciliation", reconciled_once, seen=deployment.seen)  # so the outage is the push's
+    # Xero failing every attempt of the push's first POST, then well again: a failure retrying can
+    # fix. (A refused token is not retried: tests/test_run_retries.py.)
+    emulator.inject("xero", "500", path="/Time", method="POST", times=XeroResource.model_fields["max_attempts"].default)
     emulator.halo.approve(AGENT, retried_day)
 
     def day_runs():
