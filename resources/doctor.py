@@ -33,8 +33,8 @@ from dagster._time import get_current_datetime
 
 from resources.http import ProviderAuthError, ProviderClient, ProviderError, RequestRejected
 from resources.settings import setting
-from resources.warehouse import utcnow
 from resources.tables import doctor_results
+from resources.warehouse import utcnow
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 SKEW_WARN = timedelta(seconds=30)

@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 import polars as pl
 
-from resources.http import BearerAuth, ProviderClient, ProviderError, ProviderResource, shared_limiter
 from resources.ghl_tables import ghl_contacts
+from resources.http import BearerAuth, ProviderClient, ProviderError, ProviderResource, shared_limiter
 from resources.records import content_hash, parse_each, text_value
 from resources.tables import frame_schema
 

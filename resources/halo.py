@@ -32,8 +32,8 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from resources.http import ProviderAuthError, ProviderClient, ProviderError, ProviderResource, RefreshingAuth, shared_limiter
-from resources.settings import setting
 from resources.records import UNREADABLE, content_hash, text_value
+from resources.settings import setting
 
 MAX_INT = 2**31 - 1
 # The fields a ticketless entry is known by. Any edit of one of them makes it a new entry (the

@@ -19,10 +19,10 @@ import dagster as dg
 import sqlalchemy as sa
 
 from resources.halo import HaloPSAResource, timesheet_row
+from resources.halo_tables import halo_agents
 from resources.http import ProviderError
 from resources.settings import setting
 from resources.warehouse import WarehouseResource
-from resources.halo_tables import halo_agents
 from sync_assets.xero import open_period, xero_push_job
 
 NEVER = datetime(1, 1, 1)

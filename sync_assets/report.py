@@ -15,9 +15,9 @@ import dagster as dg
 import sqlalchemy as sa
 from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
 
+from resources.employes_tables import employes_employee_changes as changes_table
 from resources.settings import setting
 from resources.warehouse import WarehouseResource
-from resources.employes_tables import employes_employee_changes as changes_table
 from sync_assets.runs import trigger_of
 
 # The failure reasons, escaping and posting are the alerts' own (sensors/alerts.py), imported
