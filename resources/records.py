@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -17,6 +19,8 @@ import polars as pl
 # What a parser raises for a record it cannot read: the record becomes a reject, the batch goes on.
 UNREADABLE = (ValueError, TypeError, KeyError)
 WRITES = ("inserted", "updated", "restored")
+# What classify calls a received row that is in the warehouse afterwards: the books count each as stored.
+STORED = (*WRITES, "unchanged", "stale")
 
 
 def content_hash(value: Any) -> str:
@@ -63,3 +67,64 @@ def classify(fetched: pl.DataFrame, stored: pl.DataFrame, key: str, *, newer: st
               .when(pl.col("content_hash") != pl.col("content_hash_stored")).then(pl.lit("updated"))
               .otherwise(pl.lit("unchanged")))
     return fetched.join(stored, on=key, how="full", coalesce=True).with_columns(change=change)
+
+
+@dataclass
+class Books:
+    """Where every record a run received went: stored (inserted, updated, restored, unchanged or
+    stale), rejected (kept in `sync_rejects` with the reason) or excluded (with a reason, counted
+    by reason). The books balance when nothing is left over and no two different records claimed
+    one key; a run whose books do not balance has lost something, and must fail loudly."""
+
+    received: int = 0
+    stored: Counter = field(default_factory=Counter)
+    rejected: int = 0
+    excluded: Counter = field(default_factory=Counter)
+    collisions: list[str] = field(default_factory=list)
+    _claims: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def receive(self, count: int) -> None:
+        self.received += count
+
+    def store(self, changes: Counter | dict[str, int]) -> None:
+        """Rows classified by `classify` (only the STORED kinds count; `gone` rows were not received)."""
+        self.stored.update({kind: changes.get(kind, 0) for kind in STORED})
+
+    def reject(self, count: int) -> None:
+        self.rejected += count
+
+    def exclude(self, reason: str, count: int = 1) -> None:
+        if count:
+            self.excluded[reason] += count
+
+    def claim(self, key: str, content: str, what: str = "") -> bool:
+        """Note that a record with `content` (its hash) lands on `key`; False, and a collision
+        noted, when another record of this run already landed there with other content."""
+        held = self._claims.setdefault(key, content)
+        if held != content:
+            self.collisions.append(f"{what}{key}")
+            return False
+        return True
+
+    @property
+    def unaccounted(self) -> int:
+        return self.received - sum(self.stored.values()) - self.rejected - sum(self.excluded.values())
+
+    @property
+    def balanced(self) -> bool:
+        return self.unaccounted == 0 and not self.collisions
+
+    def metadata(self) -> dict[str, Any]:
+        return {"received": self.received, "stored": sum(self.stored.values()), "rejected": self.rejected,
+                "excluded": sum(self.excluded.values()), "unaccounted": self.unaccounted, "collisions": len(self.collisions)}
+
+    def summary(self) -> str:
+        """One line for the log and the check: the books, and what does not add up."""
+        excluded = ", ".join(f"{n} {reason}" for reason, n in sorted(self.excluded.items()))
+        text = (f"received {self.received} = stored {sum(self.stored.values())} + rejected {self.rejected} "
+                f"+ excluded {sum(self.excluded.values())}" + (f" ({excluded})" if excluded else ""))
+        if self.unaccounted:
+            text += f"; {self.unaccounted} records unaccounted for"
+        if self.collisions:
+            text += f"; {len(self.collisions)} keys claimed by two different records: " + ", ".join(self.collisions[:20])
+        return text

@@ -7,6 +7,12 @@ and count rejected records, and report the same metadata keys from every asset.
         step.if_failed = "Days through 2026-03-31 are synced; re-run the partition to finish."
     return step.result(counts, fiscal_year=key)
 
+Every step keeps books (`step.books`, resources/records.py `Books`): each record received is
+stored, rejected or excluded with a reason, and no two different records may land on one key.
+`step.result` reports them (`received`, `stored`, `rejected`, `excluded`, `unaccounted`,
+`collisions`) and, where the asset declares it (`check_specs=[nothing_lost(...)]`), answers the
+blocking check `nothing_lost`, which fails the run when the books do not balance.
+
 A failure that retrying cannot fix (configuration, credentials, a mapping file, a spent day
 budget) is raised with `step.refuse`: besides `allow_retries=False` (the asset's own retry
 policy) it tags the run so that Dagster's run retries skip it too.
@@ -24,6 +30,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from resources.http import ProviderError
+from resources.records import Books
 from resources.warehouse import record_rejects
 from sync_assets.runs import trigger_of
 
@@ -32,6 +39,14 @@ from sync_assets.runs import trigger_of
 NO_RUN_RETRY = {"dagster/retry_on_asset_or_op_failure": "false"}
 COUNTED = ("fetched", "written", "rejected")
 LOGGED_REJECTS = 50  # per run: a million bad records must not bury the log
+NOTHING_LOST = "nothing_lost"
+
+
+def nothing_lost(asset: str) -> dg.AssetCheckSpec:
+    """The blocking check every sync asset declares: its run's books balance."""
+    return dg.AssetCheckSpec(NOTHING_LOST, asset=asset, blocking=True,
+                             description="Fails the run unless every record received was stored, rejected (with the reason, "
+                                         "table sync_rejects) or excluded with a reason, and no two different records landed on one key.")
 
 
 class SyncStep:
@@ -43,6 +58,7 @@ class SyncStep:
         self.began = time.monotonic()
         self.clients: dict[str, Any] = {}
         self.rejected = 0
+        self.books = Books()
         self.if_failed = "Nothing was written; re-run it."
 
     @contextlib.contextmanager
@@ -72,6 +88,7 @@ class SyncStep:
         """Store rejected records in `sync_rejects` (in the caller's transaction) and name them in
         the log, the first LOGGED_REJECTS of the run."""
         record_rejects(conn, self.provider, entity, rejects, self.context.run.run_id)
+        self.books.reject(len(rejects))
         for reject in rejects:
             if self.rejected < LOGGED_REJECTS:
                 self.context.log.warning(f"skipped {entity} {reject['record_id']}: {reject['reason']}")
@@ -99,12 +116,28 @@ class SyncStep:
             metadata={
                 **metadata,
                 **{name: int(counts[name]) for name in COUNTED},
+                **self.books.metadata(),
                 **self.stats(),
                 "duration_s": round(time.monotonic() - self.began, 3),
                 "triggered_by": trigger_of(self.context),
             },
-            check_results=list(check_results),
+            check_results=[*check_results, *self._books_check()],
         )
+
+    def _books_check(self) -> list[dg.AssetCheckResult]:
+        """The `nothing_lost` check's result, when the asset declares it (and the run selected it)."""
+        books, line = self.books, self.books.summary()
+        if books.balanced:
+            self.context.log.info(f"books: {line}")
+        else:
+            self.context.log.error(f"books do not balance: {line}")
+        key = dg.AssetCheckKey(self.context.asset_key, NOTHING_LOST)
+        if key not in self.context.selected_asset_check_keys:
+            return []
+        return [dg.AssetCheckResult(
+            check_name=NOTHING_LOST, passed=books.balanced, severity=dg.AssetCheckSeverity.ERROR,
+            metadata={**books.metadata(), "books": line,
+                      "excluded_by_reason": dg.MetadataValue.json(dict(sorted(books.excluded.items())))})]
 
 
 @contextlib.contextmanager
