@@ -15,13 +15,20 @@ By default it behaves as public evidence says real tenants do (`Midtown-Technolo
 - `count`/`page` are ignored: each call answers everything in range, as a bare array;
 - a date-only `end_date` is read as midnight at the start of that day, so that whole day is
   silently dropped (ISO date-times filter as asked);
-- about one entry in twenty is time without a ticket (no `ticket_id`/`action_number`); ticket
-  time carries a unique (`ticket_id`, `action_number`);
+- about one entry in twenty is time without a ticket; ticket time carries a unique
+  (`ticket_id`, `action_number`). As a .NET API does, absent numbers come out as `0`: time
+  without a ticket carries `ticket_id: 0, action_number: 0`, breaks and leave `client_id: 0` too;
+- breaks and leave are TimesheetEvents as real tenants record them (`Panic3n/time-calculator-app`):
+  on about one agent-day in three a lunch break (`event_type` 1, `break_type` 2, `break_type_name`
+  "Lunch break", charge type "Break"), and about one agent-day in forty a day of leave instead of
+  work (`holiday_id` > 0, charge type "Holiday"); `GET /api/Holiday` lists the absences (agent
+  absences with `agent_id` > 0, public holidays with `agent_id` 0);
 - `GET /api/Timesheet` ignores the agent filter (the swagger documents no query parameters for
   it) and answers every agent's timesheets in range.
 `HaloPSA(ideal=True)` (`Emulator(halo_ideal=True)`, `python -m emulator --halo-ideal`) serves the
-ideal API instead: real ids, date-only ranges meaning whole days, agent filters honoured. Either
-way `entries()` is the truth, by the emulator's own entry ids.
+ideal API instead: real ids (and null where there is none), date-only ranges meaning whole days,
+agent filters honoured. Either way `entries()` is the truth, by the emulator's own entry ids, and
+`kind(entry_id)` says whether an entry is work, a break or leave.
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ MAX_RANGE_DAYS = 366
 NO_TICKET_SHARE = 0.05
 TARGET_HOURS = 8.0
 BREAK_HOURS = 0.5
+BREAK_EVERY = 3  # one agent-day in BREAK_EVERY logs a lunch break
+LEAVE_EVERY = 40  # one agent-day in LEAVE_EVERY is a day of leave
+LUNCH_AFTER = 2  # the lunch break follows the day's second entry
+PUBLIC_HOLIDAYS = ((1, 1, "New Year's Day"), (12, 25, "Christmas Day"), (12, 26, "Boxing Day"))
 
 FIRST = ["Anna", "Bram", "Chloe", "Daan", "Emma", "Finn", "Grace", "Hugo", "Iris", "Jens", "Kim", "Lars",
          "Mila", "Noah", "Olivia", "Pieter", "Quinn", "Ruby", "Sam", "Tess", "Umar", "Vera", "Wout", "Yara", "Zoë"]
@@ -69,6 +80,10 @@ SUBJECTS = ["Password reset", "Printer offline", "Mailbox migration", "Firewall 
 QUARTERS = [15, 30, 45, 60, 60, 75, 90, 90, 105, 120, 120, 135, 150, 165, 180]
 ODD_MINUTES = [10, 20, 40, 50, 70, 80, 100, 110, 130]  # hours that are not short decimals
 DAY_BUDGET_MIN = 9 * 60  # n entries in a day take at most this / n minutes each (mostly over a third of that)
+
+
+# The numbers Halo sends as 0 when an entry has none.
+ZERO_FILLED = ("ticket_id", "action_number", "client_id", "site_id", "contract_id", "holiday_id", "break_type")
 
 
 def hours(minutes: int) -> float:
@@ -113,6 +128,9 @@ class HaloPSA:
         self._minutes: dict[int, int] = {}  # id -> whole minutes, the truth behind `timetaken`
         self._by_day: dict[date, dict[int, list[int]]] = {}  # day -> agent id -> entry ids
         self._sheets: dict[tuple[int, date], dict[str, Any]] = {}  # (agent id, day) -> timesheet, no events
+        self.realistic = not ideal  # breaks and leave among the seeded events
+        self._holidays: dict[int, dict[str, Any]] = {}  # id -> absence, as /api/Holiday serves it
+        self._holiday_ids = itertools.count(1)
         self._entry_ids = itertools.count(1)
         self._sheet_ids = itertools.count(1)
         self._approval_ids = itertools.count(1)
@@ -128,6 +146,7 @@ class HaloPSA:
         emulator.route("halopsa", "GET", r"/api/Agent", self.list_agents)
         emulator.route("halopsa", "GET", r"/api/Timesheet", self.list_timesheets)
         emulator.route("halopsa", "GET", r"/api/TimesheetEvent", self.list_entries)
+        emulator.route("halopsa", "GET", r"/api/Holiday", self.list_holidays)
 
     def _seed(self, anchor: date, entries_per_day: int | None = None, days_off: frozenset[date] = frozenset()) -> None:
         rng = self.random
@@ -148,10 +167,17 @@ class HaloPSA:
                         sheet["approval"].update(approvalstatus=APPROVED, approvedby=1, approver=approver,
                                                  submissiondate=f"{(day + timedelta(days=1)).isoformat()}T09:00:00")
                     ids = by_agent[agent_id] = []
+                    if self.realistic and (agent_id * 7 + day.toordinal()) % LEAVE_EVERY == 0:
+                        ids.append(self._seed_leave(agent_id, day))
+                        continue
                     start = DAY_START_MIN
                     count = entries_per_day or rng.randint(3, 6)
                     quarters, odd = lengths[count]
-                    for _ in range(count):
+                    lunch = self.realistic and (agent_id + day.toordinal()) % BREAK_EVERY == 0
+                    for number in range(count):
+                        if lunch and number == LUNCH_AFTER:
+                            ids.append(self._seed_break(agent_id, day, start))
+                            start += int(BREAK_HOURS * 60)
                         minutes = rng.choice(odd) if rng.random() < 0.1 else rng.choice(quarters)
                         entry_id = next(self._entry_ids)
                         self._entries[entry_id] = self._new_entry(entry_id, agent_id, day, start, minutes, iso_day)
@@ -159,6 +185,38 @@ class HaloPSA:
                         ids.append(entry_id)
                         start += minutes
             day += timedelta(days=1)
+
+    def _seed_break(self, agent_id: int, day: date, start: int) -> int:
+        """A lunch break as tenants log it: a ticketless event of type 1 with its break type."""
+        minutes = int(BREAK_HOURS * 60)
+        return self._put(self._new_event(agent_id, day, start, minutes, event_type=1, break_type=2, break_type_name="Lunch break",
+                                         charge_type_name="Break", subject="Lunch break"), minutes)
+
+    def _seed_leave(self, agent_id: int, day: date) -> int:
+        """A day of leave: an event carrying the absence's `holiday_id`, and the absence itself."""
+        minutes = int(TARGET_HOURS * 60)
+        holiday_id = next(self._holiday_ids)
+        self._holidays[holiday_id] = {"id": holiday_id, "agent_id": agent_id, "name": "Annual leave", "holiday_type": 1,
+                                      "start_date": f"{day.isoformat()}T{DAY_START_MIN // 60:02d}:{DAY_START_MIN % 60:02d}:00",
+                                      "end_date": stamp(day, DAY_START_MIN + minutes), "duration": TARGET_HOURS}
+        return self._put(self._new_event(agent_id, day, DAY_START_MIN, minutes, holiday_id=holiday_id, charge_type_name="Holiday",
+                                         subject="Annual leave"), minutes)
+
+    def _put(self, entry: dict[str, Any], minutes: int) -> int:
+        self._entries[entry["id"]] = entry
+        self._minutes[entry["id"]] = minutes
+        return entry["id"]
+
+    def _new_event(self, agent_id: int, day: date, start: int, minutes: int, **fields: Any) -> dict[str, Any]:
+        """A ticketless event (break or leave): no client, no ticket, no charge."""
+        return {**self._blank_event(next(self._entry_ids), agent_id, day, start, minutes), **fields}
+
+    def _blank_event(self, entry_id: int, agent_id: int, day: date, start: int, minutes: int) -> dict[str, Any]:
+        return {"id": entry_id, "event_type": 0, "subject": "", "start_date": stamp(day, start), "end_date": stamp(day, start + minutes),
+                "timetaken": hours(minutes), "agent_id": agent_id, "ticket_id": None, "action_number": None, "note": "",
+                "customer": None, "client_id": None, "site_id": None, "charge_rate": 0.0, "contract_id": None,
+                "holiday_id": None, "break_type": None, "break_type_name": None, "charge_type_name": None,
+                "traveltime": 0, "mileage": 0}
 
     # -- building records ----------------------------------------------------------------------
     def _agent_name(self, agent_id: int) -> str:
@@ -189,6 +247,9 @@ class HaloPSA:
             "charge_rate": rate,
             "contract_id": contract if contract is not None and rng.random() < 0.8 else None,
             "holiday_id": None,
+            "break_type": None,
+            "break_type_name": None,
+            "charge_type_name": "Remote Support" if ticket is not None else "Internal",
             "traveltime": 0,
             "mileage": 0,
         }
@@ -198,8 +259,11 @@ class HaloPSA:
         return self._actions[ticket]
 
     def _served(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """An entry as the API shows it: a real tenant's API view says `id: 0` on every row."""
-        return dict(entry) if self.ideal else {**entry, "id": 0}
+        """An entry as the API shows it: a real tenant's API view says `id: 0` on every row, and
+        `0` for every number it does not have (a .NET default), ticket and client among them."""
+        if self.ideal:
+            return dict(entry)
+        return {**entry, "id": 0, **{name: 0 for name in ZERO_FILLED if entry.get(name) is None}}
 
     def _new_sheet(self, agent_id: int, day: date) -> dict[str, Any]:
         sheet_id = next(self._sheet_ids)
@@ -367,6 +431,12 @@ class HaloPSA:
         with self.emulator.lock:
             return {key: self._render_sheet(sheet, key[1]) for key, sheet in self._sheets.items()}
 
+    def kind(self, entry_id: int) -> str:
+        """The truth about an entry's kind of time: work, break or leave."""
+        with self.emulator.lock:
+            entry = self._entries[entry_id]
+        return "leave" if entry.get("holiday_id") else "break" if entry.get("break_type") or entry.get("event_type") == 1 else "work"
+
     def minutes(self, entry_id: int) -> int:
         with self.emulator.lock:
             return self._minutes[entry_id]
@@ -445,6 +515,26 @@ class HaloPSA:
             day += timedelta(days=1)
         found.sort(key=lambda i: (self._entries[i]["start_date"], i))
         return Response(200, [self._served(self._entries[i]) for i in found])
+
+
+    def list_holidays(self, request: Request) -> Response:
+        """Absences overlapping the range: agents' leave and, with `agent_id` 0, public holidays."""
+        denied = self._denied(request)
+        if denied:
+            return denied
+        try:
+            start, end = _date_range(request.query, self.ideal)
+        except _BadRequest as error:
+            return _error(400, str(error))
+        found = [dict(h) for h in self._holidays.values()
+                 if datetime.fromisoformat(h["start_date"]) <= end and datetime.fromisoformat(h["end_date"]) >= start]
+        for year in range(start.year, end.year + 1):
+            for month, day_of_month, name in PUBLIC_HOLIDAYS:
+                day = datetime(year, month, day_of_month)
+                if start.date() <= day.date() <= end.date():
+                    found.append({"id": 0, "agent_id": 0, "name": name, "holiday_type": 0, "start_date": day.isoformat(),
+                                  "end_date": stamp(day.date(), 24 * 60 - 1), "duration": TARGET_HOURS})
+        return Response(200, sorted(found, key=lambda h: (h["start_date"], h["agent_id"])))
 
 
 def _flag(value: str | None, default: bool) -> bool:

@@ -2,11 +2,20 @@
 and the parsers from Halo's JSON to warehouse rows.
 
 What real tenants do, and how this module copes (sources in the README's HaloPSA section):
-- `GET /TimesheetEvent` shows `id = 0` on every row, so a time entry is known by its *entry
-  key* (`key_entries`): `#<id>` only when every id in the response is non-zero and unique;
-  otherwise `t<ticket_id>.<action_number>` for ticket time, and for time without a ticket
-  `f<fingerprint>`, a digest of the entry's own fields (FINGERPRINT_FIELDS). Keys that still
-  repeat within one response get `~2`, `~3`, ... and are reported.
+- Halo is a .NET API: an absent number comes out as `0`. `GET /TimesheetEvent` shows `id = 0`
+  on every row, and time without a ticket (ticketless work, breaks, leave) carries
+  `ticket_id: 0, action_number: 0`; so `0` and empty read as absent for every id (`_id`).
+- A time entry is known by its *entry key*, which depends on the entry alone, the same in every
+  window, chunk and run (`entry_key`): `#<id>` when the entry has a real id; else
+  `t<ticket_id>.<action_number>` for ticket time; else `f<fingerprint>`, a digest of the entry's own
+  fields as Halo sent them (FINGERPRINT_FIELDS). Entries so identical that they share a
+  fingerprint (same agent, same start, same everything) are told apart as `~2`, `~3`, ... by their
+  order among themselves, which every read sees whole: a read always covers whole days, and
+  twins share their day. Two *different* records on one `#id` or ticket key are a collision:
+  both are held back (rejects) and the run fails its `nothing_lost` check.
+- Breaks and leave are TimesheetEvents too (`break_type > 0`, `holiday_id > 0`, `event_type`
+  1 = break, charge types named holiday/vacation/break): each entry's kind of time (`time_kind`:
+  work, break, leave, other) is stored, and only work is ever pushed to Xero.
 - date-only ranges mis-filter, so every range goes out as ISO date-times (the days' start and
   the next day's midnight in SYNC_TIMEZONE, with `utcoffset`) and what comes back is filtered
   again here: records outside the range asked for are dropped and counted (`outside_range`).
@@ -21,7 +30,7 @@ What real tenants do, and how this module copes (sources in the README's HaloPSA
 import contextlib
 import hashlib
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -36,10 +45,17 @@ from resources.records import UNREADABLE, content_hash, text_value
 from resources.settings import setting
 
 MAX_INT = 2**31 - 1
-# The fields a ticketless entry is known by. Any edit of one of them makes it a new entry (the
-# old one is deleted, in the warehouse and in Xero): Halo gives such time no other identity.
-FINGERPRINT_FIELDS = ("agent_id", "start_at", "end_at", "minutes", "event_type", "client_id", "subject", "note")
+# The fields a ticketless entry is known by, as Halo sent them. Any edit of one of them makes it a
+# new entry (the old one is deleted, in the warehouse and in Xero): Halo gives such time no other identity.
+FINGERPRINT_FIELDS = ("agent_id", "start_sent", "end_sent", "minutes", "event_type", "client_id", "subject", "note")
 ID, NATURAL = "id", "ticket+fingerprint"  # the identities a response's entries can be keyed by
+TIME_KINDS = ("work", "break", "leave", "other")
+BREAK_EVENT_TYPE = 1  # Halo's event_type: 0 work, 1 break (Midtown-Technology-Group/halocli)
+
+
+def names_setting(name: str) -> frozenset[str]:
+    """A setting listing names (comma separated), lower-cased for matching."""
+    return frozenset(v.strip().lower() for v in (setting(name) or "").split(",") if v.strip())
 
 
 def approved_statuses() -> frozenset[int]:
@@ -96,6 +112,11 @@ def _int_or_none(value: Any) -> int | None:
         raise ValueError(f"not a whole number: {str(value)[:40]!r}") from None
 
 
+def _id(value: Any) -> int | None:
+    """An id as Halo sends it: `0` and empty are absent (.NET's default for a missing number)."""
+    return _int_or_none(value) or None
+
+
 def agent_row(record: dict) -> dict:
     """One Agent as a `halo_agents` row."""
     if not isinstance(record, dict) or _int_or_none(record.get("id")) is None or isinstance(record.get("id"), str):
@@ -116,22 +137,40 @@ def agent_row(record: dict) -> dict:
 
 
 def ticket_key(ticket_id: int | None, action_number: int | None) -> str | None:
-    return f"t{ticket_id}.{action_number}" if ticket_id is not None and action_number is not None else None
+    return f"t{ticket_id}.{action_number}" if ticket_id and action_number else None
 
 
 def fingerprint(row: dict) -> str:
-    """The digest of an entry's own fields; the same from a fresh record and a stored row."""
-    values = [row[name] for name in FINGERPRINT_FIELDS]
+    """The digest of an entry's own fields as Halo sent them; the same from a fresh record and a
+    stored row (whose `start_sent`/`end_sent` are its stored times where it has no others)."""
+    values = [row.get(name, row.get(name.replace("_sent", "_at"))) for name in FINGERPRINT_FIELDS]
     return "f" + hashlib.blake2b(json.dumps(values, default=str).encode(), digest_size=10).hexdigest()
 
 
+def time_kind(row: dict, break_names: frozenset[str] | None = None, leave_names: frozenset[str] | None = None) -> str:
+    """What kind of time an entry is: leave (`holiday_id`, or a charge type named as leave), break
+    (`break_type`, event type 1, or a charge or break type named as a break), other (an event type
+    that is neither work nor break), else work. Names come from HALO_BREAK_NAMES / HALO_LEAVE_NAMES."""
+    breaks = names_setting("HALO_BREAK_NAMES") if break_names is None else break_names
+    leave = names_setting("HALO_LEAVE_NAMES") if leave_names is None else leave_names
+    charge = (row.get("charge_type_name") or "").strip().lower()
+    if row.get("holiday_id") or charge in leave:
+        return "leave"
+    if row.get("break_type") or row.get("event_type") == BREAK_EVENT_TYPE or charge in breaks \
+            or (row.get("break_type_name") or "").strip().lower() in breaks - {""}:
+        return "break"
+    if row.get("event_type") not in (None, 0):
+        return "other"
+    return "work"
+
+
 def entry_row(record: dict, fiscal_year: str) -> dict:
-    """One TimesheetEvent as a `halo_time_entries` row, without its entry key (that depends on
-    the whole response: `key_entries`); raises ValueError naming the problem."""
+    """One TimesheetEvent as a `halo_time_entries` row with its entry key (`entry_key`: of this
+    record alone); raises ValueError naming the problem."""
     if not isinstance(record, dict):
         raise ValueError(f"not an object but {type(record).__name__}")
-    try:  # kept as sent, never needed: real tenants send 0 (see `key_entries`)
-        halo_id = _int_or_none(record.get("id")) if not isinstance(record.get("id"), str) else None
+    try:  # kept as sent, when real: real tenants send 0
+        halo_id = _id(record.get("id")) if not isinstance(record.get("id"), str) else None
     except ValueError:
         halo_id = None
     try:
@@ -141,7 +180,7 @@ def entry_row(record: dict, fiscal_year: str) -> dict:
         raise ValueError(f"unparsable date ({error})") from None
     if start is None:
         raise ValueError("no start_date")
-    agent_id = _int_or_none(record.get("agent_id"))
+    agent_id = _id(record.get("agent_id"))
     if agent_id is None:
         raise ValueError("no agent_id")
     row = {
@@ -151,22 +190,36 @@ def entry_row(record: dict, fiscal_year: str) -> dict:
         "work_date": start.date(),
         "start_at": start,
         "end_at": end,
+        "start_sent": start,
+        "end_sent": end,
         "minutes": minutes_of(record.get("timetaken")),
         "hours_raw": str(record.get("timetaken")),
-        "ticket_id": _int_or_none(record.get("ticket_id")),
-        "action_number": _int_or_none(record.get("action_number")),
-        "client_id": _int_or_none(record.get("client_id")),
+        "ticket_id": _id(record.get("ticket_id")),
+        "action_number": _id(record.get("action_number")),
+        "client_id": _id(record.get("client_id")),
         "client_name": text_value(record.get("customer")),
-        "contract_id": _int_or_none(record.get("contract_id")),
-        "site_id": _int_or_none(record.get("site_id")),
+        "contract_id": _id(record.get("contract_id")),
+        "site_id": _id(record.get("site_id")),
         "event_type": _int_or_none(record.get("event_type")),
+        "break_type": _id(record.get("break_type")),
+        "break_type_name": text_value(record.get("break_type_name")) or None,
+        "holiday_id": _id(record.get("holiday_id")),
+        "charge_type_name": text_value(record.get("charge_type_name")) or None,
         "subject": text_value(record.get("subject")),
         "note": text_value(record.get("note")),
         "charge_rate": text_value(record.get("charge_rate")),
     }
+    row["time_kind"] = time_kind(row)
     row["ticket_key"] = ticket_key(row["ticket_id"], row["action_number"])
     row["fingerprint"] = fingerprint(row)
+    row["entry_key"] = f"#{halo_id}" if halo_id else row["ticket_key"] or row["fingerprint"]
+    row["raw"] = json.dumps(record, default=str)
     return row
+
+
+def key_kind(entry_key: str) -> str:
+    """How an entry key was made: `id`, `ticket` or `fingerprint`."""
+    return {"#": "id", "t": "ticket"}.get(entry_key[:1], "fingerprint")
 
 
 @dataclass
@@ -174,58 +227,76 @@ class KeyedEntries:
     """One response's entries as rows with their entry keys, and what the keying saw."""
 
     rows: list[dict] = field(default_factory=list)
-    rejects: list[dict] = field(default_factory=list)
-    identity: str = NATURAL  # ID when the response's ids were usable
+    rejects: list[dict] = field(default_factory=list)  # unreadable, or colliding on one key
+    identity: str = NATURAL  # ID when every entry had a real id
     kinds: dict[str, int] = field(default_factory=dict)  # entries keyed by id / ticket / fingerprint
-    repeated: list[str] = field(default_factory=list)  # keys seen more than once (then suffixed ~2, ~3, ...)
+    repeated: list[str] = field(default_factory=list)  # fingerprints shared by identical entries (then ~2, ~3, ...)
+    collisions: list[str] = field(default_factory=list)  # ids or ticket keys claimed by different records
+    sent_twice: int = 0  # records Halo sent twice, identical, in one response (one is kept)
+
+    @property
+    def received(self) -> int:
+        return len(self.rows) + len(self.rejects) + self.sent_twice
 
 
 def key_entries(records: list, fiscal_year: str) -> KeyedEntries:
-    """Parse a response's TimesheetEvents and give each its entry key (see the module docstring)."""
+    """Parse a response's TimesheetEvents; each row's key is its own (see the module docstring)."""
     keyed = KeyedEntries()
+    parsed = []
     for position, record in enumerate(records):
         try:
-            keyed.rows.append(entry_row(record, fiscal_year))
+            parsed.append((record, entry_row(record, fiscal_year)))
         except UNREADABLE as error:  # what records.parse_each catches; the reject also keeps its agent-day
-            keyed.rejects.append({"record_id": _record_name(record, position), "reason": str(error), "payload": record,
-                                  "agent_day": _agent_day(record)})
-    ids = [row["halo_id"] for row in keyed.rows]
-    if ids and all(ids) and len(set(ids)) == len(ids):
-        keyed.identity = ID
-    kinds = defaultdict(int)
-    for row in keyed.rows:
-        kind = "id" if keyed.identity == ID else "ticket" if row["ticket_key"] else "fingerprint"
-        row["entry_key"] = {"id": f"#{row['halo_id']}", "ticket": row["ticket_key"], "fingerprint": row["fingerprint"]}[kind]
-        kinds[kind] += 1
-    keyed.kinds = dict(kinds)
-    keyed.repeated = _disambiguate(keyed.rows)
-    for row in keyed.rows:
+            keyed.rejects.append(_entry_reject(record, position, str(error)))
+    groups = defaultdict(list)
+    for record, row in parsed:
         row["content_hash"] = content_hash(row)
+        groups[row["entry_key"]].append((record, row))
+    for key, group in groups.items():
+        if len(group) == 1:
+            keyed.rows.append(group[0][1])
+        elif key_kind(key) == "fingerprint":
+            keyed.repeated.append(key)
+            keyed.rows += _twins([row for _, row in group])
+        elif len({row["content_hash"] for _, row in group}) == 1:
+            keyed.rows.append(group[0][1])
+            keyed.sent_twice += len(group) - 1
+        else:  # two different records on one id or ticket key: neither is written, the run fails
+            keyed.collisions.append(key)
+            keyed.rejects += [_entry_reject(record, None, f"{len(group)} different records share the key {key}")
+                              for record, _ in group]
+    keyed.rows.sort(key=lambda row: (row["start_at"], row["entry_key"]))
+    kinds = Counter(key_kind(row["entry_key"]) for row in keyed.rows)
+    keyed.kinds = dict(kinds)
+    keyed.identity = ID if keyed.rows and set(kinds) == {"id"} else NATURAL
+    keyed.repeated.sort()
+    keyed.collisions.sort()
     return keyed
 
 
-def _disambiguate(rows: list[dict]) -> list[str]:
-    """Keys shared by several rows of one response: the first (in content order, so the same
-    rows get the same keys next time) keeps the key, the others get `~2`, `~3`, ... Nothing is lost."""
-    groups = defaultdict(list)
-    for row in rows:
-        groups[row["entry_key"]].append(row)
-    repeated = []
-    for key, group in groups.items():
-        if len(group) > 1:
-            repeated.append(key)
-            for number, row in enumerate(sorted(group, key=content_hash), start=1):
-                row["entry_key"] = key if number == 1 else f"{key}~{number}"
-    return sorted(repeated)
+def _twins(rows: list[dict]) -> list[dict]:
+    """Entries sharing a fingerprint (identical in every field it covers): the first, in content
+    order, keeps the key, the others get `~2`, `~3`, ... Twins share their agent and start, so they
+    share a day, and every read of that day sees all of them: the same keys every time."""
+    ordered = sorted(rows, key=lambda row: row["content_hash"])
+    for number, row in enumerate(ordered[1:], start=2):
+        row["entry_key"] = f"{row['entry_key']}~{number}"
+    return ordered
 
 
-def _record_name(record: Any, position: int) -> str:
+def _entry_reject(record: Any, position: int | None, reason: str) -> dict:
+    return {"record_id": _record_name(record, position), "reason": reason, "payload": record, "agent_day": _agent_day(record)}
+
+
+def _record_name(record: Any, position: int | None) -> str:
     """How a rejected entry is named in logs: its key fields when readable, else its position."""
     if isinstance(record, dict):
         for name in ("id", "ticket_id"):
             if record.get(name) not in (None, 0, ""):
                 return f"{name} {str(record[name])[:40]}" + (f" action {str(record.get('action_number'))[:20]}" if name == "ticket_id" else "")
-    return f"entry item {position}"
+        if record.get("agent_id") not in (None, 0, "") and record.get("start_date"):
+            return f"agent {str(record['agent_id'])[:20]} at {str(record['start_date'])[:40]}"
+    return f"entry item {position}" if position is not None else "entry"
 
 
 def _agent_day(record: Any) -> tuple[int, date] | None:

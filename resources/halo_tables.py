@@ -3,7 +3,7 @@ what each synced date range last received."""
 
 import sqlalchemy as sa
 
-from resources.tables import TABLES, synced_columns
+from resources.tables import TABLES, RawJSON, synced_columns
 
 halo_agents = sa.Table(
     "halo_agents",
@@ -31,15 +31,15 @@ agent_mappings = sa.Table(
     sa.Column("loaded_at", sa.DateTime, nullable=False),
 )
 
-# A time entry's key is what the tenant really provides (resources/halo.py, `key_entries`):
-# `#<id>` where Halo's ids are usable, else `t<ticket>.<action>` or `f<fingerprint>`.
+# A time entry's key is its own (resources/halo.py, `entry_row`): `#<id>` where Halo shows a real
+# id, else `t<ticket>.<action>`, else `f<fingerprint>` (`~2`, `~3` for identical twins).
 ENTRY_KEY = sa.String(80)
 
 halo_time_entries = sa.Table(
     "halo_time_entries",
     TABLES,
-    sa.Column("entry_key", ENTRY_KEY, primary_key=True, comment="#<id>, t<ticket_id>.<action_number> or f<fingerprint>"),
-    sa.Column("halo_id", sa.Integer, comment="the id Halo sent (0 on tenants that hide it)"),
+    sa.Column("entry_key", ENTRY_KEY, primary_key=True, comment="#(id), t(ticket_id).(action_number) or f(fingerprint)"),
+    sa.Column("halo_id", sa.Integer, comment="the id Halo sent, when real (tenants that hide it send 0)"),
     sa.Column("ticket_key", sa.String(40), comment="t<ticket_id>.<action_number> for ticket time"),
     sa.Column("fingerprint", sa.String(32), comment="digest of the entry's own fields (resources/halo.py FINGERPRINT_FIELDS)"),
     sa.Column("fiscal_year", sa.String(16), nullable=False),
@@ -55,10 +55,16 @@ halo_time_entries = sa.Table(
     sa.Column("client_name", sa.Text),
     sa.Column("contract_id", sa.Integer),
     sa.Column("site_id", sa.Integer),
-    sa.Column("event_type", sa.Integer),
+    sa.Column("event_type", sa.Integer, comment="Halo's event_type: 0 work, 1 break"),
+    sa.Column("time_kind", sa.String(8), comment="work, break, leave or other (resources/halo.py time_kind); only work goes to Xero"),
+    sa.Column("break_type", sa.Integer, comment="Halo's break_type (1 short break, 2 lunch), when a break"),
+    sa.Column("break_type_name", sa.Text),
+    sa.Column("holiday_id", sa.Integer, comment="the leave (Halo Holiday) this time is, when leave"),
+    sa.Column("charge_type_name", sa.Text),
     sa.Column("subject", sa.Text),
     sa.Column("note", sa.Text),
     sa.Column("charge_rate", sa.Text, comment="decimal as text, exactly as sent"),
+    sa.Column("raw", RawJSON, comment="the entry exactly as Halo sent it"),
     *synced_columns(deleted="set when Halo no longer has the entry"),
     sa.Index("ix_halo_entries_work_date", "work_date"),
 )

@@ -17,7 +17,7 @@ import dagster as dg
 import polars as pl
 import sqlalchemy as sa
 
-from resources.halo import HaloClient, HaloPSAResource, KeyedEntries, agent_row, date_chunks, key_entries, timesheet_row
+from resources.halo import TIME_KINDS, HaloClient, HaloPSAResource, KeyedEntries, agent_row, date_chunks, key_entries, timesheet_row
 from resources.halo_tables import (
     agent_mappings as mappings_table,
     halo_agents as agents_table,
@@ -26,11 +26,11 @@ from resources.halo_tables import (
     halo_timesheets as timesheets_table,
 )
 from resources.mappings import MappingFilesResource, read_agent_mappings
-from resources.records import WRITES, parse_each
+from resources.records import WRITES, Books, parse_each
 from resources.tables import frame_schema
 from resources.warehouse import WarehouseResource, key_of, rekey, replace_rows, soft_delete, sync_scope, upsert, utcnow
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey
-from sync_assets.step import SyncStep, listed, sync_step, table_metadata
+from sync_assets.step import SyncStep, listed, nothing_lost, sync_step, table_metadata
 
 GROUP = "halopsa"
 KINDS = {"halopsa", "sql"}
@@ -47,25 +47,31 @@ class TimesheetsConfig(dg.Config):
 
 
 def _frame(rows: list[dict], table: sa.Table) -> pl.DataFrame:
-    """Parsed rows as a frame; with no rows, the table's key and `content_hash` (what `sync_scope` reads)."""
+    """Parsed rows as a frame of the table's columns; with no rows, the table's key and
+    `content_hash` (what `sync_scope` reads)."""
     if rows:
-        return pl.DataFrame(rows, orient="row", infer_schema_length=None)
+        names = [c.name for c in table.columns if c.name in rows[0]]
+        return pl.DataFrame([{n: r[n] for n in names} for r in rows], orient="row", infer_schema_length=None,
+                            schema_overrides={n: t for n, t in frame_schema(table, *names).items() if n == "raw"})
     return pl.DataFrame(schema=frame_schema(table, key_of(table).name, "content_hash"))
 
 
-@dg.asset(group_name=GROUP, kinds=KINDS, pool=GROUP, tags={"sync/cadence": "hourly"}, metadata=table_metadata(agents_table))
+@dg.asset(group_name=GROUP, kinds=KINDS, pool=GROUP, tags={"sync/cadence": "hourly"}, metadata=table_metadata(agents_table),
+          check_specs=[nothing_lost("halo_agents")])
 def halo_agents(context: dg.AssetExecutionContext, halopsa: HaloPSAResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """HaloPSA agents (table `halo_agents`), enabled and disabled, from `GET /api/Agent`.
 
     Agents Halo no longer lists are soft-deleted."""
     with sync_step(context, GROUP) as step, step.open(halopsa) as client:
         records = client.agents()
+    step.books.receive(len(records))
     rows, rejects = parse_each(records, agent_row, "agent ")
     if rejects:
         # Every mapping and every timesheet hangs off the agents: a partial list is not written.
         raise step.failure("Halo returned agents that cannot be read: " + "; ".join(f"{r['record_id']}: {r['reason']}" for r in rejects))
     with warehouse.engine.begin() as conn:
         counts, gone = sync_scope(conn, agents_table, _frame(rows, agents_table), sa.true())
+        step.books.store(counts)
         counts["deleted"] = soft_delete(conn, agents_table, gone)
         stored = conn.execute(sa.select(sa.func.count()).select_from(agents_table)).scalar_one()
     disabled = sum(row["is_disabled"] for row in rows)
@@ -76,7 +82,7 @@ def halo_agents(context: dg.AssetExecutionContext, halopsa: HaloPSAResource, war
 
 
 @dg.asset(deps=[halo_agents], group_name=GROUP, kinds={"csv", "sql"}, tags={"sync/cadence": "hourly"},
-          metadata=table_metadata(mappings_table))
+          metadata=table_metadata(mappings_table), check_specs=[nothing_lost("agent_mappings")])
 def agent_mappings(context: dg.AssetExecutionContext, mapping_files: MappingFilesResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Which Halo agent is which person (table `agent_mappings`), loaded from the mapping file
     (`AGENT_MAPPINGS_FILE`, default `config/agent_mappings.csv`).
@@ -90,11 +96,13 @@ def agent_mappings(context: dg.AssetExecutionContext, mapping_files: MappingFile
         if problems:
             raise step.refuse(f"{path.name}: {len(problems)} problem(s), nothing loaded (the previous mappings stay):\n" + "\n".join(problems))
         now = utcnow()
+        step.books.receive(len(mappings))
         with warehouse.engine.begin() as conn:
             replace_rows(conn, mappings_table, [{**m.__dict__, "loaded_at": now} for m in mappings])
             enabled = conn.execute(
                 sa.select(agents_table.c.id).where(agents_table.c.deleted_at.is_(None), agents_table.c.is_disabled.is_(False))
             ).scalars().all()
+        step.books.store({"inserted": len(mappings)})
     unmapped = sorted(set(enabled) - {m.halo_agent_id for m in mappings})
     context.log.info(f"{len(mappings)} mappings loaded from {path.name}; enabled agents without one: {unmapped or 'none'}")
     return step.result({"fetched": len(mappings), "written": len(mappings)}, mappings=len(mappings), file=path.name,
@@ -147,13 +155,27 @@ def _kept(table: sa.Table, rejects: list[dict]) -> sa.ColumnElement[bool]:
                                 {r["agent_day"] for r in rejects}])
 
 
+def _claimed(books: Books, rows: list[dict], key: str, what: str) -> tuple[list[dict], list[dict]]:
+    """The rows whose key no other record of this run holds, and the others as rejects."""
+    kept, rejects = [], []
+    for row in rows:
+        if books.claim(str(row[key]), row["content_hash"], what):
+            kept.append(row)
+        else:
+            rejects.append({"record_id": f"{what}{row[key]}", "reason": f"another record of this run already has the key {row[key]}",
+                            "payload": row.get("raw") or {k: row[k] for k in ("agent_id", "work_date")},
+                            "agent_day": (row["agent_id"], row["work_date"])})
+    return kept, rejects
+
+
 class Observed:
     """What a sync saw that contradicts its own assumptions, for the check and the metadata."""
 
     def __init__(self):
         self.kinds: Counter = Counter()  # entries keyed by id / ticket / fingerprint
         self.identities: set[str] = set()
-        self.repeated: list[str] = []  # entry keys repeated within one response
+        self.repeated: list[str] = []  # fingerprints shared by identical entries (kept apart as ~2, ~3)
+        self.collisions: list[str] = []  # ids or ticket keys claimed by different records of one response
         self.repeated_sheets: list[str] = []  # timesheet ids repeated within one response
         self.missing_time: list[str] = []  # agent-days whose timesheet has time but no entries came
         self.approval_problems: list[str] = []
@@ -167,6 +189,7 @@ class Observed:
         if keyed.rows:
             self.identities.add(keyed.identity)
         self.repeated += keyed.repeated
+        self.collisions += keyed.collisions
         missing = set()
         if not sheet_frame.is_empty():
             self.repeated_sheets += sorted(str(i) for i, n in Counter(sheet_frame["id"].to_list()).items() if n > 1)
@@ -193,7 +216,8 @@ class Observed:
             **{f"keyed_by_{k}": self.kinds[k] for k in ("id", "ticket", "fingerprint")},
             "rekeyed": self.rekeyed,
             "outside_range": self.outside_range,
-            "repeated_keys": len(self.repeated),
+            "identical_twins": len(self.repeated),
+            "key_collisions": len(self.collisions),
             "days_with_time_but_no_entries": len(self.missing_time),
             "malformed_approvals": len(self.approval_problems),
         }
@@ -219,13 +243,23 @@ class YearSync:
             self.step.if_failed = f"Days through {last} are synced, deletions not yet applied; re-run the partition to finish."
             self.step.context.log.info(f"{self.key} chunk {number}/{chunks} {first}..{last}: {counts}")
         self.observed.outside_range = client.outside_range
+        self.step.books.receive(client.outside_range)
+        self.step.books.exclude("outside the days or agents asked for", client.outside_range)
 
     def write_chunk(self, first: date, last: date, entries: list, sheets: list) -> dict:
         """Upsert one chunk in one transaction; collects the keys its days no longer have into `gone`."""
+        books = self.step.books
+        books.receive(len(entries) + len(sheets))
         keyed = key_entries(entries, self.key)
-        entry_frame = _frame(keyed.rows, entries_table)
+        books.exclude("sent twice, identical, in one response", keyed.sent_twice)
         sheet_rows, sheet_rejects = parse_each(sheets, timesheet_row, "timesheet ", self.key)
-        sheet_frame = _frame(sheet_rows, timesheets_table)
+        # A key another chunk of this run already gave a different record is a collision: the
+        # record is held back (a reject, kept in sync_rejects) rather than written over the other.
+        entry_rows, collided = _claimed(books, keyed.rows, "entry_key", "time entry ")
+        sheet_rows, sheets_collided = _claimed(books, sheet_rows, "id", "timesheet ")
+        keyed.rejects += collided
+        sheet_rejects += sheets_collided
+        entry_frame, sheet_frame = _frame(entry_rows, entries_table), _frame(sheet_rows, timesheets_table)
         # Time on a timesheet but no entries: Halo's answer is wrong somewhere, so those entries stay.
         missing = [{"agent_day": day} for day in self.observed.see(keyed, sheet_frame)]
 
@@ -234,11 +268,13 @@ class YearSync:
             return in_chunk & ~_kept(table, rejects) if rejects else in_chunk
 
         with self.warehouse.engine.begin() as conn:
-            self.observed.rekeyed += len(rekey(conn, entries_table, keyed.rows, entries_table.c.work_date.between(first, last)))
+            self.observed.rekeyed += len(rekey(conn, entries_table, entry_rows, entries_table.c.work_date.between(first, last)))
             entry_counts, entries_gone = sync_scope(conn, entries_table, entry_frame, days(entries_table, keyed.rejects + missing))
             sheet_counts, sheets_gone = sync_scope(conn, timesheets_table, sheet_frame, days(timesheets_table, sheet_rejects))
             self.step.keep_rejects(conn, "time entry", keyed.rejects)
             self.step.keep_rejects(conn, "timesheet", sheet_rejects)
+        books.store(entry_counts)
+        books.store(sheet_counts)
         for table, frame, now_gone in ((entries_table, entry_frame, entries_gone), (timesheets_table, sheet_frame, sheets_gone)):
             self.gone[table] = (self.gone[table] | now_gone) - set(frame[key_of(table).name].to_list())
         for name, counts in (("entries", entry_counts), ("days", sheet_counts)):
@@ -274,7 +310,8 @@ class YearSync:
         RESPONSES_CHECK, asset="halo_timesheets",
         description="Warns when Halo's answers contradict the sync's assumptions: repeated entry keys or timesheet ids, "
                     "time on a timesheet without entries, far fewer entries than the last sync of the range, "
-                    "a change of entry identity, unreadable approvals, records outside the range asked for.")],
+                    "a change of entry identity, unreadable approvals, records outside the range asked for."),
+        nothing_lost("halo_timesheets")],
 )
 def halo_timesheets(
     context: dg.AssetExecutionContext, config: TimesheetsConfig, halopsa: HaloPSAResource, warehouse: WarehouseResource
@@ -317,8 +354,11 @@ def _findings(observed: Observed, previous: sa.Row | None) -> list[str]:
         return "; ".join(items[:LISTED]) + (f"; and {len(items) - LISTED} more" if len(items) > LISTED else "")
 
     found = []
+    if observed.collisions:
+        found.append(f"{len(observed.collisions)} ids or ticket keys carried by different entries in one response "
+                     f"(held back, in sync_rejects; the run fails): {some(observed.collisions)}")
     if observed.repeated:
-        found.append(f"{len(observed.repeated)} entry keys repeated within one response (kept apart as key~2, ...): {some(observed.repeated)}")
+        found.append(f"{len(observed.repeated)} entries identical in every field (kept apart as key~2, ...): {some(observed.repeated)}")
     if observed.repeated_sheets:
         found.append(f"{len(observed.repeated_sheets)} timesheet ids repeated within one response: {some(observed.repeated_sheets)}")
     if observed.missing_time:
@@ -351,8 +391,10 @@ def _year_summary(warehouse: WarehouseResource, key: str, first: date, last: dat
         unmapped = conn.execute(
             sa.select(sa.func.count(e.c.agent_id.distinct())).where(live_entries, e.c.agent_id.not_in(sa.select(m.c.halo_agent_id)))
         ).scalar_one()
+        minutes = dict(conn.execute(sa.select(e.c.time_kind, sa.func.sum(e.c.minutes)).where(live_entries).group_by(e.c.time_kind)).all())
     return {"entries": entry_count, "days": days, "agents": agents, "approved_days": approved,
-            "unapproved_days": days - approved, "unmapped_agents": unmapped}
+            "unapproved_days": days - approved, "unmapped_agents": unmapped,
+            **{f"{kind}_hours": round((minutes.get(kind) or 0) / 60, 2) for kind in TIME_KINDS}}
 
 
 @dg.asset_check(asset=halo_timesheets, name="no_unmapped_agents", additional_deps=[agent_mappings])

@@ -111,7 +111,8 @@ class HaloDay:
         """Where Halo's answer contradicts what the push assumes (check xero_halo_day_as_expected)."""
         found = [f"approval of agent {a} on {d} cannot be read ({why}); that day's entries are held back"
                  for (a, d), why in sorted(self.unreadable.items())]
-        found += [f"entry key {k} repeated within Halo's answer (kept apart as {k}~2, ...)" for k in self.keyed.repeated]
+        found += [f"entries identical in every field within Halo's answer (kept apart as {k}~2, ...)" for k in self.keyed.repeated]
+        found += [f"key {k} carried by different entries in Halo's answer: held back" for k in self.keyed.collisions]
         found += [f"{m}: approved with time on the timesheet, but Halo returned no entries" for m in self.missing_time]
         found += [f"Halo returned {self.outside_range} records outside the dates asked for (dropped)"] if self.outside_range else []
         found += [f"unreadable entry {r['record_id']}: {r['reason']}" for r in self.keyed.rejects]
@@ -150,10 +151,13 @@ def _unpushable(row: dict, users: dict[int, str], mapping: Any) -> str | None:
 
 
 def wanted_entries(halo: HaloDay, users: dict[int, str], projects: ProjectMappings) -> tuple[dict[str, Wanted], dict[str, str]]:
-    """The approved entries as Xero entries, and the approved ones that cannot go, with why. An
-    entry whose day's approval cannot be read cannot go either: it is held back and named."""
+    """The approved work entries as Xero entries, and the approved ones that cannot go, with why.
+    Breaks, leave and other time are never billed (`time_kind`). An entry whose day's approval
+    cannot be read cannot go either: it is held back and named."""
     wanted, invalid = {}, {}
     for row in halo.keyed.rows:
+        if row["time_kind"] != "work":
+            continue
         day = (row["agent_id"], row["work_date"])
         if day in halo.unreadable:
             invalid[row["entry_key"]] = f"the timesheet's approval cannot be read: {halo.unreadable[day]}"

@@ -20,7 +20,8 @@ import sqlalchemy as sa
 
 from emulator import xero as xero_emulator
 from resources.ghl import parse_contacts
-from resources.halo import key_entries
+from resources.halo import entry_row, key_entries
+from resources.records import content_hash
 from resources.settings import setting
 from resources.warehouse import engine_for
 from sync_assets.ghl import ghl_contacts_reconciliation
@@ -148,12 +149,29 @@ CONTRACTS_WITH_THEIR_OWN_TASK = {5012, 5013, 5015, 5017}  # lines of config/xero
 
 
 def halo_keys(emulator) -> dict[int, str]:
-    """Each emulated Halo entry's key as the sync gives it (the entries as served, keyed as one
-    response), by the emulator's own entry id: how tests find the truth in the warehouse and Xero."""
+    """Each emulated Halo entry's key as the sync gives it, by the emulator's own entry id: how tests
+    find the truth in the warehouse and Xero. A key is the entry's own; identical twins (one
+    fingerprint) take ~2, ~3 in content order, as the sync numbers them."""
     served = emulator.halo.served_entries()
-    keyed = key_entries(list(served.values()), "")
-    assert not keyed.rejects
-    return dict(zip(served, (row["entry_key"] for row in keyed.rows), strict=True))
+    rows = {entry_id: entry_row(entry, "") for entry_id, entry in served.items()}
+    by_key: dict[str, list[int]] = {}
+    for entry_id, row in rows.items():
+        by_key.setdefault(row["entry_key"], []).append(entry_id)
+    keys = {}
+    for key, ids in by_key.items():
+        keyed = key_entries([served[i] for i in ids], "")
+        assert not keyed.rejects and not keyed.collisions, keyed.collisions
+        by_hash = {}
+        for row in keyed.rows:
+            by_hash.setdefault(row["content_hash"], []).append(row["entry_key"])
+        for entry_id in sorted(ids):
+            keys[entry_id] = by_hash[content_hash(rows[entry_id])].pop(0)
+    return keys
+
+
+def is_work(entry: dict) -> bool:
+    """Whether an emulated entry is work (breaks and leave are never billed)."""
+    return not (entry.get("holiday_id") or entry.get("break_type") or entry.get("event_type") == 1)
 
 
 def xero_by_halo_id(emulator, markers: dict[str, int] | None = None) -> dict[int, list[dict]]:
