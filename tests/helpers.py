@@ -238,8 +238,10 @@ def check_results(result) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def halo_day(emulator, agent=AGENT, day=DAY) -> dict[int, dict]:
-    return {i: e for i, e in emulator.halo.entries().items() if e["agent_id"] == agent and e["start_date"][:10] == day.isoformat()}
+def halo_day(emulator, agent=AGENT, day=DAY, kinds=("work",)) -> dict[int, dict]:
+    """An agent's entries of a day, by the emulator's id: its work by default, what a push bills."""
+    return {i: e for i, e in emulator.halo.entries().items()
+            if e["agent_id"] == agent and e["start_date"][:10] == day.isoformat() and emulator.halo.kind(i) in kinds}
 
 
 def load_mappings(resources, instance) -> None:
