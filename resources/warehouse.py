@@ -118,6 +118,7 @@ def ensure_schema(engine: sa.Engine) -> None:
                     column_type = column.type.compile(dialect=engine.dialect)
                     conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {column_type}'))
         _copy_numeric_entry_tables(conn, retired)
+        _rekey_zero_filled_entries(conn)
         conn.commit()
 
 
@@ -180,6 +181,59 @@ def _copy_numeric_entry_tables(conn: sa.Connection, retired: list[str]) -> None:
         if updates:
             conn.execute(xero_ledger.update().where(xero_ledger.c.entry_key == sa.bindparam("key"))
                          .values(ticket_key=sa.bindparam("ticket"), fingerprint=sa.bindparam("print")), updates)
+
+
+# Upgrade from the keys of before "0 is absent": Halo sends time without a ticket with
+# `ticket_id: 0, action_number: 0`, which the code before took for a ticket key, `t0.0`, told apart
+# as `t0.0~2`, ... by position in one response, so one chunk's `t0.0~3` overwrote another's. Such
+# entries are re-keyed once, when a process first opens the warehouse: their zero ids become
+# NULL and their key their fingerprint (identical twins `~2`, ... in their old keys' order). Ledger
+# rows take their entry's fingerprint, which the ledger kept as pushed, and keep their marker, so
+# Xero's entry is recognised: nothing is pushed twice or orphaned, and what should never have
+# gone (a break on client 0) is deleted by the next push of its day.
+ZERO_IDS = ("ticket_id", "action_number", "client_id", "contract_id", "site_id")
+
+
+def _zero_keyed(table: sa.Table) -> sa.ColumnElement[bool]:
+    key = table.c.entry_key
+    return key.like("t0.%") | key.like("t%.0") | key.like("t%.0~%")
+
+
+def _rekey_zero_filled_entries(conn: sa.Connection) -> None:
+    from resources.halo import fingerprint  # the keys are Halo's story; imported here, not at load
+
+    entries = halo_time_entries
+    stale = conn.execute(sa.select(entries).where(_zero_keyed(entries) | sa.or_(*[entries.c[c] == 0 for c in ZERO_IDS]))
+                         .order_by(entries.c.entry_key)).mappings().all()
+    taken = set()
+    for row in stale:
+        values = {c: (None if row[c] == 0 else row[c]) for c in ZERO_IDS}
+        fixed = {**row, **values}
+        new_key = row["entry_key"] if not _is_zero_key(row["entry_key"]) else _free(fingerprint(fixed), taken, conn, entries)
+        conn.execute(entries.update().where(entries.c.entry_key == row["entry_key"])
+                     .values(entry_key=new_key, fingerprint=fingerprint(fixed), **values,
+                             ticket_key=None if values["ticket_id"] is None or values["action_number"] is None else row["ticket_key"]))
+    ledger = conn.execute(sa.select(xero_ledger.c.entry_key, xero_ledger.c.fingerprint).where(_zero_keyed(xero_ledger))
+                          .order_by(xero_ledger.c.entry_key)).all()
+    taken = set()
+    for old_key, printed in ledger:
+        new_key = _free(printed or old_key.replace("t", "x", 1), taken, conn, xero_ledger)
+        conn.execute(xero_ledger.update().where(xero_ledger.c.entry_key == old_key)
+                     .values(entry_key=new_key, ticket_key=None, marker=sa.func.coalesce(xero_ledger.c.marker, old_key)))
+
+
+def _is_zero_key(key: str) -> bool:
+    return bool(re.fullmatch(r"t(0\.\d+|\d+\.0)(~\d+)?", key))
+
+
+def _free(key: str, taken: set[str], conn: sa.Connection, table: sa.Table) -> str:
+    """`key`, or `key~2`, `key~3`, ... when an entry (or one re-keyed just before) holds it."""
+    candidate, number = key, 1
+    while candidate in taken or conn.execute(sa.select(table.c.entry_key).where(table.c.entry_key == candidate)).first():
+        number += 1
+        candidate = f"{key}~{number}"
+    taken.add(candidate)
+    return candidate
 
 
 def upsert(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]], *, newer_or_equal: str | None = None) -> None:

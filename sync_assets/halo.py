@@ -252,6 +252,7 @@ class YearSync:
         books.receive(len(entries) + len(sheets))
         keyed = key_entries(entries, self.key)
         books.exclude("sent twice, identical, in one response", keyed.sent_twice)
+        books.collisions += [f"time entry {key}" for key in keyed.collisions]
         sheet_rows, sheet_rejects = parse_each(sheets, timesheet_row, "timesheet ", self.key)
         # A key another chunk of this run already gave a different record is a collision: the
         # record is held back (a reject, kept in sync_rejects) rather than written over the other.
