@@ -174,7 +174,8 @@ def _carry_forward(conn: sa.Connection, day: date, employee_ids: list[str]) -> i
     latest = sa.select(sa.func.max(t.c.snapshot_date)).where(t.c.snapshot_date < day).scalar_subquery()
     rows = conn.execute(sa.select(t).where(t.c.snapshot_date == latest, t.c.employee_id.in_(employee_ids))).mappings().all()
     if rows:
-        conn.execute(t.insert(), [{**row, "snapshot_date": day, "fetched_at": utcnow()} for row in rows])
+        # `raw` reads back as values and is written as the JSON text (RawJSON): encode it again.
+        conn.execute(t.insert(), [{**row, "raw": json.dumps(row["raw"]), "snapshot_date": day, "fetched_at": utcnow()} for row in rows])
     return len(rows)
 
 
