@@ -114,7 +114,7 @@ def sync_pages(step: SyncStep, warehouse: WarehouseResource, pages: Iterable[lis
     """Write every page, one transaction each, logging progress and naming rejected records; the
     step's books account for every record of every page."""
     totals: Counter = Counter()
-    earlier: set[str] = set()
+    earlier: set[str] = set()  # every id of the run: a million contacts' ids are some 100 MB
     for number, page in enumerate(pages, start=1):
         step.books.receive(len(page))
         with warehouse.engine.begin() as conn:
@@ -171,7 +171,8 @@ def ghl_contacts_reconciliation(
     """Full pass over every GoHighLevel contact (table `ghl_contacts`), nightly.
 
     Inserts what the hourly syncs missed, corrects drift, soft-deletes (`deleted_at`) contacts
-    the provider no longer has, and restores any that come back. Deletions happen only after a
+    the provider no longer has (not one it sends unreadable: that is rejected and stays live),
+    and restores any that come back. Deletions happen only after a
     complete pass, and never for more than `max_delete_share` of the live contacts at once.
     """
     pass_started = utcnow()
