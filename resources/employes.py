@@ -182,6 +182,13 @@ def employment_rows(employee_id: str, items: list[dict]) -> dict[str, list[dict]
     for kind, periods in rows.items():
         if kind != "employments" and any(p["start_date"] is None for p in periods):
             raise ValueError(f"a {kind} period without a start_date")
+        # The period tables' amounts are the snapshot's columns (same names, same precision): an
+        # amount they cannot hold fails the answer, not the whole history's write.
+        for period in periods:
+            for field, digits in WHOLE_DIGITS.items():
+                if period.get(field) is not None and period[field].adjusted() >= digits:
+                    raise ValueError(f"a {kind} period's {field} {period[field]} does not fit the column "
+                                     f"({digits} digits before the point)")
     return rows
 
 

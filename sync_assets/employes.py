@@ -9,7 +9,9 @@ half-way leaves the warehouse as it was and a re-run completes the day.
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from datetime import date
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -25,12 +27,12 @@ from resources.employes_tables import (
     employes_hours_periods,
     employes_salary_periods,
 )
-from resources.records import parse_each, reject
+from resources.records import Books, content_hash, parse_each, reject
 from resources.settings import setting
 from resources.tables import frame_schema
 from resources.warehouse import WarehouseResource, lock_for_replace, replace_rows, utcnow
 from sync_assets.runs import today
-from sync_assets.step import SyncStep, sync_step, table_metadata
+from sync_assets.step import SyncStep, nothing_lost, sync_step, table_metadata
 
 GROUP = "employes"
 KINDS = {"employes", "sql"}
@@ -45,6 +47,12 @@ PERIOD_TABLES = {"employments": employes_employments, "salary": employes_salary_
 # so "28.50" reads the same; the emulator's and any real hours fit; and a record whose amount
 # the column cannot hold is rejected by `snapshot_row`, so no stored snapshot overflows it.
 SNAPSHOT_SCHEMA = frame_schema(snapshots_table, "snapshot_date", "employee_id", *TRACKED, "content_hash")
+# Why a record read was not stored (the books' reasons).
+LEFT = "left between the list and their own read"
+READ_TWICE = "the same record read twice in this run"
+# A key that two different records of one run landed on: neither is stored as the other's
+# newer version (Employes gives none), the first stands and the run fails (a collision).
+COLLIDED = "another record of this run holds its key"
 
 
 def _todays_partition(step: SyncStep) -> date:
@@ -64,7 +72,8 @@ def _read_snapshot(conn: sa.Connection, day: date | None) -> pl.DataFrame:
     return pl.DataFrame(conn.execute(query).all(), schema=SNAPSHOT_SCHEMA, orient="row")
 
 
-@dg.asset(partitions_def=DAILY, group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS, metadata=table_metadata(snapshots_table))
+@dg.asset(partitions_def=DAILY, group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS, metadata=table_metadata(snapshots_table),
+          check_specs=[nothing_lost("employes_employee_snapshots")])
 def employes_employee_snapshots(
     context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
@@ -83,9 +92,12 @@ def employes_employee_snapshots(
             step.if_failed = "Nothing was written; earlier snapshots are unchanged."
             pages, records_read = _read_employees(step, client)
         rows, rejects = _snapshot_rows(pages, day)
+        rows = _one_each(step.books, rows, lambda row: f"employee {row['employee_id']}", lambda row: row["raw"])
         with warehouse.engine.begin() as conn:
             written = _write_snapshot(conn, day, rows, [r["record_id"] for r in rejects])
             step.keep_rejects(conn, "employee", rejects)
+        # The rows carried forward for rejected records are not counted again: the books hold those records as rejected.
+        step.books.store({"inserted": len(rows)})
     statuses = Counter(row["status"] for row in rows)
     context.log.info(f"snapshot {day}: {len(rows)} employees {dict(statuses)}, {len(rejects)} rejected, "
                      f"{step.stats()['requests']} requests")
@@ -99,15 +111,19 @@ def employes_employee_snapshots(
 
 def _read_employees(step: SyncStep, client: EmployesClient) -> tuple[list[list[dict]], int]:
     """Each listed employee's own record, page by page, without the personal fields never stored,
-    and how many records were read (a listed entry without an id is taken as it is)."""
+    and how many records were read (a listed entry without an id is taken as it is). The books
+    receive every listed employee; one removed before their own read is excluded."""
     pages, records_read = [], 0
     for number, page in enumerate(client.employees(), start=1):
+        step.books.receive(len(page))
         records = []
         for listed in page:
             listed_id = listed.get("id") if isinstance(listed, dict) else None
             record = client.employee(str(listed_id)) if listed_id else listed
             records_read += bool(listed_id)
-            if record is not None:  # None: removed since the list was read
+            if record is None:  # removed since the list was read
+                step.books.exclude(LEFT)
+            else:
                 records.append(kept_record(record))
         pages.append(records)
         step.context.log.info(f"page {number}: {sum(map(len, pages))} employee records so far")
@@ -129,6 +145,21 @@ def _snapshot_row(record: dict, day: date) -> dict:
     return {**snapshot_row(record, day), "raw": json.dumps(record, default=str)}
 
 
+def _one_each(books: Books, rows: list[dict], key: Callable[[dict], str], content: Callable[[dict], Any]) -> list[dict]:
+    """The first row for each key. A later row with the same content is the same record read
+    twice (excluded); one with other content collides with it (excluded, and the run fails):
+    inserting both would fail on the table's key, with the rows' values in the error."""
+    kept: dict[str, dict] = {}
+    for row in rows:
+        row_key = key(row)
+        claimed = books.claim(row_key, content_hash(content(row)))
+        if row_key not in kept:
+            kept[row_key] = row
+        else:
+            books.exclude(READ_TWICE if claimed else COLLIDED)
+    return list(kept.values())
+
+
 def _write_snapshot(conn: sa.Connection, day: date, rows: list[dict], rejected_ids: list[str]) -> int:
     """Replace the day's snapshot with `rows`, and the previous day's rows of the rejected
     employees; returns the rows the day holds."""
@@ -143,11 +174,13 @@ def _carry_forward(conn: sa.Connection, day: date, employee_ids: list[str]) -> i
     latest = sa.select(sa.func.max(t.c.snapshot_date)).where(t.c.snapshot_date < day).scalar_subquery()
     rows = conn.execute(sa.select(t).where(t.c.snapshot_date == latest, t.c.employee_id.in_(employee_ids))).mappings().all()
     if rows:
-        conn.execute(t.insert(), [{**row, "snapshot_date": day, "fetched_at": utcnow()} for row in rows])
+        # `raw` reads back as values and is written as the JSON text (RawJSON): encode it again.
+        conn.execute(t.insert(), [{**row, "raw": json.dumps(row["raw"]), "snapshot_date": day, "fetched_at": utcnow()} for row in rows])
     return len(rows)
 
 
-@dg.asset(partitions_def=DAILY, deps=[employes_employee_snapshots], group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS)
+@dg.asset(partitions_def=DAILY, deps=[employes_employee_snapshots], group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS,
+          check_specs=[nothing_lost("employes_employment_history")])
 def employes_employment_history(
     context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
@@ -162,16 +195,20 @@ def employes_employment_history(
             employee_ids = conn.execute(sa.select(t.c.employee_id).where(t.c.snapshot_date == day).order_by(t.c.employee_id)).scalars().all()
         with step.open(employes) as client:
             fetched, done, rejects = _read_employments(step, client, employee_ids)
+        fetched = {kind: _one_each(step.books, rows, _period_key(kind), _period_content) for kind, rows in fetched.items()}
         with warehouse.engine.begin() as conn:
             _write_employments(conn, day, fetched, done)
             step.keep_rejects(conn, "employment history", rejects)
+        step.books.store({"inserted": sum(map(len, fetched.values()))})
     counts = {f"{kind}_rows": len(rows) for kind, rows in fetched.items()}
     context.log.info(f"history {day}: {len(done)} employees, {counts}, {step.stats()['requests']} requests")
     return step.result({"fetched": len(employee_ids), "written": sum(counts.values())}, employees=len(done), **counts)
 
 
 def _read_employments(step: SyncStep, client: EmployesClient, employee_ids: list[str]) -> tuple[dict[str, list[dict]], list[str], list[dict]]:
-    """Each employee's periods by kind, the employees read, and those whose answer was rejected."""
+    """Each employee's periods by kind, the employees read, and those whose answer was rejected.
+    The books receive each row an answer gives (an employment, a salary, hours or contract
+    period), and an answer that cannot be read as one record: it is rejected whole."""
     fetched: dict[str, list[dict]] = {kind: [] for kind in PERIOD_TABLES}
     done, rejects = [], []
     for number, employee_id in enumerate(employee_ids, start=1):
@@ -181,14 +218,29 @@ def _read_employments(step: SyncStep, client: EmployesClient, employee_ids: list
         try:
             rows = employment_rows(employee_id, items)
         except ValueError as error:
+            step.books.receive(1)
             rejects.append(reject(items, str(error), employee_id))
             continue
+        step.books.receive(sum(map(len, rows.values())))
         for kind, kind_rows in rows.items():
             fetched[kind] += kind_rows
         done.append(employee_id)
         if number % 50 == 0:
             step.context.log.info(f"employments of {number}/{len(employee_ids)} employees fetched")
     return fetched, done, rejects
+
+
+def _period_key(kind: str) -> Callable[[dict], str]:
+    """A row's key in its table, named with the kind: the employment's id, and for a period its
+    start too (periods have no id of their own, so two periods of one employment starting on one
+    day land on one key)."""
+    if kind == "employments":
+        return lambda row: f"employment {row['employment_id']}"
+    return lambda row: f"{kind} period of employment {row['employment_id']} from {row['start_date']}"
+
+
+def _period_content(row: dict) -> str:
+    return json.dumps(row, sort_keys=True, default=str)
 
 
 def _write_employments(conn: sa.Connection, day: date, fetched: dict[str, list[dict]], done: list[str]) -> None:
@@ -252,12 +304,16 @@ def build_history(snapshots: pl.DataFrame) -> pl.DataFrame:
 
 
 @dg.asset(partitions_def=DAILY, deps=[employes_employment_history], group_name=GROUP, kinds={"polars", "sql"}, tags=TAGS,
-          metadata=table_metadata(changes_table))
+          metadata=table_metadata(changes_table), check_specs=[nothing_lost("employes_employee_changes")])
 def employes_employee_changes(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """What changed between the partition's snapshot and the one before it (table
     `employes_employee_changes`: employee, field, old value, new value), and the per-employee
     history rebuilt from all snapshots (table `employes_employee_history`, valid_from/valid_to),
-    so "what were this person's hours on date X" is one query."""
+    so "what were this person's hours on date X" is one query.
+
+    Its books receive the snapshot rows read (every day's: the history is rebuilt from all of
+    them, the two compared among them), and count as stored each row the history answers for:
+    one version of its employee valid on its day, with its values."""
     day = date.fromisoformat(context.partition_key)
     with sync_step(context, GROUP) as step:
         with warehouse.engine.connect() as conn:
@@ -266,10 +322,12 @@ def employes_employee_changes(context: dg.AssetExecutionContext, warehouse: Ware
                 sa.select(sa.func.max(snapshots_table.c.snapshot_date)).where(snapshots_table.c.snapshot_date < day)
             ).scalar_one()
             previous = _read_snapshot(conn, previous_day) if previous_day else current
-            history = build_history(_read_snapshot(conn, None))
+            snapshots = _read_snapshot(conn, None)
+            history = build_history(snapshots)
         if current.is_empty():
             raise step.refuse(f"there is no snapshot of {day}; materialize employes_employee_snapshots for it first")
         changes = detect_changes(previous, current)
+        _account_history(step.books, snapshots, history)
         with warehouse.engine.begin() as conn:
             _write_changes(conn, day, previous_day, changes, history)
     summary = _summary(current, changes)
@@ -280,6 +338,23 @@ def employes_employee_changes(context: dg.AssetExecutionContext, warehouse: Ware
         previous_snapshot=str(previous_day) if previous_day else "none (first snapshot)",
         history_rows=len(history),
     )
+
+
+def _account_history(books: Books, snapshots: pl.DataFrame, history: pl.DataFrame) -> None:
+    """Receive every snapshot row, and store those one history version answers for; a row two
+    versions claim is a collision (the history would give two answers for that day)."""
+    books.receive(snapshots.height)
+    text = lambda name, alias=None: pl.col(name).cast(pl.String).alias(alias or name)  # noqa: E731
+    versions = history.select("employee_id", "valid_from", "valid_to", *(text(f, f"{f}_version") for f in TRACKED))
+    answered = snapshots.select("employee_id", "snapshot_date", *map(text, TRACKED)).join(versions, on="employee_id").filter(
+        pl.col("valid_from") <= pl.col("snapshot_date"),
+        pl.col("valid_to").is_null() | (pl.col("snapshot_date") < pl.col("valid_to")),
+        *(pl.col(f).eq_missing(pl.col(f"{f}_version")) for f in TRACKED),
+    )
+    rows = answered.select("employee_id", "snapshot_date")
+    books.store({"inserted": rows.n_unique()})
+    for row in answered.filter(rows.is_duplicated()).iter_rows(named=True):
+        books.claim(f"history of employee {row['employee_id']} on {row['snapshot_date']}", str(row["valid_from"]))
 
 
 def _write_changes(conn: sa.Connection, day: date, previous_day: date | None, changes: pl.DataFrame, history: pl.DataFrame) -> None:

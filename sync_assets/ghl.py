@@ -18,10 +18,10 @@ from dagster._time import get_current_datetime  # honours dagster's freeze_time 
 
 from resources.ghl import DailyBudgetSpent, GoHighLevelResource, parse_contacts
 from resources.ghl_tables import ghl_contacts as contacts_table
-from resources.records import WRITES, classify
+from resources.records import WRITES, Books, classify
 from resources.settings import setting
 from resources.warehouse import WarehouseResource, bulk_upsert, utcnow
-from sync_assets.step import SyncStep, listed, sync_step, table_metadata
+from sync_assets.step import SyncStep, listed, nothing_lost, sync_step, table_metadata
 
 GROUP = "gohighlevel"
 KINDS = {"gohighlevel", "python", "sql"}
@@ -33,6 +33,11 @@ HOURLY = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone=s
 # (and cost an event-log write each).
 LOG_EVERY_PAGES = 20
 FUTURE_TOLERANCE = timedelta(minutes=5)
+# Why a contact's record was read but not stored (the books' reasons): another version of the
+# contact read in this run stands (GoHighLevel moves an edited contact behind the cursor, so a
+# pass reads it again), or the very version this run stored came again.
+SUPERSEDED = "superseded by a newer version in this run"
+READ_TWICE = "the same version read twice in this run"
 
 
 class ReconciliationConfig(dg.Config):
@@ -53,13 +58,20 @@ def _stored_versions(conn: sa.Connection, ids: list[str]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def write_page(conn: sa.Connection, page: list[dict], *, where: str, seen_at: datetime | None = None) -> tuple[Counter, list[dict]]:
-    """Write one page of provider records in the caller's transaction; returns (counts, rejects)."""
+def write_page(conn: sa.Connection, page: list[dict], *, where: str, seen_at: datetime | None = None,
+               books: Books | None = None, earlier: set[str] | None = None) -> tuple[Counter, list[dict]]:
+    """Write one page of provider records in the caller's transaction; returns (counts, rejects).
+    With `books`, account there for each record of the page; `earlier` holds the ids this run
+    has already stored (a contact edited while we paged comes again on a later page), and
+    takes this page's."""
     fetched, rejects = parse_contacts(page, where)
-    # A page can repeat a contact edited while we paged; keep its newest version. (Rare: the
-    # check spares every other page a sort.)
+    repeats: Counter = Counter()
+    # A page can repeat a contact edited while we paged; keep its newest version (the later one
+    # served, when two carry one dateUpdated). Rare: the check spares every other page a sort.
     if fetched["id"].n_unique() < fetched.height:
-        fetched = fetched.sort("date_updated").unique(subset="id", keep="last", maintain_order=True)
+        versions = fetched.select("id", "content_hash").n_unique()
+        repeats.update({READ_TWICE: fetched.height - versions, SUPERSEDED: versions - fetched["id"].n_unique()})
+        fetched = fetched.sort("date_updated", maintain_order=True).unique(subset="id", keep="last", maintain_order=True)
     changes = classify(fetched, _stored_versions(conn, fetched["id"].to_list()), "id", newer="date_updated")
     rows = changes.filter(pl.col("change").is_in(WRITES)).select(fetched.columns).with_columns(
         synced_at=pl.lit(utcnow()), deleted_at=pl.lit(None, dtype=pl.Datetime("us"))
@@ -67,21 +79,46 @@ def write_page(conn: sa.Connection, page: list[dict], *, where: str, seen_at: da
     if seen_at is not None:
         rows = rows.with_columns(seen_at=pl.lit(seen_at))
         kept = changes.filter(pl.col("change").is_in(["unchanged", "stale"]))["id"].to_list()
+        # A contact GoHighLevel still has but sent unreadable this time is not gone: its stored
+        # version stays live (the reject is kept in sync_rejects), as Employes keeps a rejected
+        # employee's previous row.
+        kept += [r["payload"]["id"] for r in rejects if isinstance(r["payload"], dict) and isinstance(r["payload"].get("id"), str)]
         if kept:
             conn.execute(contacts_table.update().where(contacts_table.c.id.in_(kept)).values(seen_at=seen_at))
     bulk_upsert(conn, contacts_table, rows, newer_or_equal="date_updated")
     counts = Counter(changes["change"].to_list())
     counts["fetched"] = len(page)
     counts["written"] = len(rows)
+    if books is not None:
+        _account(books, changes, repeats, earlier if earlier is not None else set())
     return counts, rejects
 
 
+def _account(books: Books, changes: pl.DataFrame, repeats: Counter, earlier: set[str]) -> None:
+    """The books of one page: each contact read is stored once (its id is GoHighLevel's identity,
+    so a second version is no collision: the newer one stands), and the other versions of it
+    this run read are excluded: `repeats` within the page, and those of contacts in `earlier`
+    (stored from an earlier page). Rejects are counted where they are kept."""
+    again = pl.Series([contact_id in earlier for contact_id in changes["id"]], dtype=pl.Boolean)
+    first, repeated = changes.filter(~again), changes.filter(again)
+    books.store(Counter(first["change"].to_list()))
+    # Read again as this run stored it, or in another version (a newer one, or an older one: stale).
+    same = int((repeated["change"] == "unchanged").sum())
+    repeats.update({READ_TWICE: same, SUPERSEDED: repeated.height - same})
+    for reason, count in repeats.items():
+        books.exclude(reason, count)
+    earlier.update(first["id"].to_list())
+
+
 def sync_pages(step: SyncStep, warehouse: WarehouseResource, pages: Iterable[list[dict]], *, seen_at: datetime | None = None) -> Counter:
-    """Write every page, one transaction each, logging progress and naming rejected records."""
+    """Write every page, one transaction each, logging progress and naming rejected records; the
+    step's books account for every record of every page."""
     totals: Counter = Counter()
+    earlier: set[str] = set()  # every id of the run: a million contacts' ids are some 100 MB
     for number, page in enumerate(pages, start=1):
+        step.books.receive(len(page))
         with warehouse.engine.begin() as conn:
-            counts, rejects = write_page(conn, page, where=f"page {number} ", seen_at=seen_at)
+            counts, rejects = write_page(conn, page, where=f"page {number} ", seen_at=seen_at, books=step.books, earlier=earlier)
             step.keep_rejects(conn, "contact", rejects)
         totals.update(counts)
         totals["rejected"] += len(rejects)
@@ -97,6 +134,7 @@ def sync_pages(step: SyncStep, warehouse: WarehouseResource, pages: Iterable[lis
     pool=GROUP,
     tags={"sync/cadence": "hourly"},
     metadata=table_metadata(contacts_table),
+    check_specs=[nothing_lost("ghl_contacts")],
 )
 def ghl_contacts(context: dg.AssetExecutionContext, gohighlevel: GoHighLevelResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """GoHighLevel contacts changed in the partition's hour (table `ghl_contacts`).
@@ -122,7 +160,8 @@ def ghl_contacts(context: dg.AssetExecutionContext, gohighlevel: GoHighLevelReso
     )
 
 
-@dg.asset(group_name=GROUP, kinds=KINDS, pool=GROUP, tags={"sync/cadence": "daily"}, metadata=table_metadata(contacts_table))
+@dg.asset(group_name=GROUP, kinds=KINDS, pool=GROUP, tags={"sync/cadence": "daily"}, metadata=table_metadata(contacts_table),
+          check_specs=[nothing_lost("ghl_contacts_reconciliation")])
 def ghl_contacts_reconciliation(
     context: dg.AssetExecutionContext,
     config: ReconciliationConfig,
@@ -132,7 +171,8 @@ def ghl_contacts_reconciliation(
     """Full pass over every GoHighLevel contact (table `ghl_contacts`), nightly.
 
     Inserts what the hourly syncs missed, corrects drift, soft-deletes (`deleted_at`) contacts
-    the provider no longer has, and restores any that come back. Deletions happen only after a
+    the provider no longer has (not one it sends unreadable: that is rejected and stays live),
+    and restores any that come back. Deletions happen only after a
     complete pass, and never for more than `max_delete_share` of the live contacts at once.
     """
     pass_started = utcnow()
