@@ -13,8 +13,8 @@ token plus `Xero-Tenant-Id` the Projects API under `/projects.xro/2.0`: `Project
 inclusive date filters in pages of up to 500, get, create, replace, delete; LOCKED and INVOICED
 entries refuse changes), lists in Xero's `{pagination, items}` envelope. POST and PUT honour an
 `Idempotency-Key`: the same request again within `idempotency_ttl_s` gets the first (2xx)
-answer back and changes nothing. Per-tenant limits (60 calls in a sliding minute, 5,000 a day,
-10,000 a minute for the app) answer 429 with `Retry-After` and `X-Rate-Limit-Problem`, and
+answer back and changes nothing. Per-tenant limits (60 calls in a sliding minute, 1,000 a day
+as on the Starter tier, 10,000 a minute for the app) answer 429 with `Retry-After` and `X-Rate-Limit-Problem`, and
 every admitted API answer carries the `X-*Limit-Remaining` headers; they apply only while
 `emulator.rate_limits` is on, and rejected calls are not counted. One organisation: a project
 per Halo client and two tasks each (ids derived from the Halo client ids, so
@@ -57,6 +57,8 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MAX_IDEMPOTENCY_KEY = 128
 APP_PER_MINUTE = 10_000
+# The Starter tier's day since 2 March 2026 (developer.xero.com/faq/pricing-and-policy-updates); the other tiers have 5,000.
+STARTER_DAY_LIMIT = 1000
 BASE = r"/projects\.xro/2\.0"
 UNAUTHORIZED = {"Type": None, "Title": "Unauthorized", "Status": 401, "Detail": "AuthenticationUnsuccessful"}
 
@@ -266,7 +268,7 @@ class Xero:
         with self.emulator.lock:
             self._access.clear()
 
-    def set_limits(self, per_minute: int = 60, window_s: float = 60.0, per_day: int = 5000) -> None:
+    def set_limits(self, per_minute: int = 60, window_s: float = 60.0, per_day: int = STARTER_DAY_LIMIT) -> None:
         """The tenant's limits; calls already counted stay counted."""
         with self.emulator.lock:
             self._minute.limit, self._minute.period = per_minute, window_s

@@ -91,11 +91,13 @@ class Checks:
 
 @dataclass(frozen=True)
 class Limits:
-    """The rate-limit headers a provider documents, the one counting down the day's budget, and that budget."""
+    """The rate-limit headers a provider documents, the one counting down the day's budget, and
+    that budget where it is one size for all (else `low_remaining`, the remainder worth a warning)."""
 
     documented: tuple[str, ...] = ()
     day_remaining: str | None = None
     day_limit: int | None = None
+    low_remaining: int | None = None
 
 
 # -- checks every provider gets ------------------------------------------------------------
@@ -147,12 +149,14 @@ def check_limits(checks: Checks, limits: Limits) -> None:
     if limits.day_remaining is None:
         return
     value, day_limit = last.get(limits.day_remaining, ""), limits.day_limit
+    seen = f"{value} of {day_limit} requests left today" if day_limit else f"{value} requests left today ({limits.day_remaining})"
+    low = day_limit * LOW_BUDGET if day_limit else limits.low_remaining
     if not value.isdigit():
         checks.add("day_budget", WARN, f"unknown ({limits.day_remaining} not sent)")
-    elif day_limit and int(value) < day_limit * LOW_BUDGET:
-        checks.add("day_budget", WARN, f"{value} of {day_limit} requests left today", "syncs stop early today; they resume tomorrow")
+    elif low is not None and int(value) < low:
+        checks.add("day_budget", WARN, seen + ("" if day_limit else f", under {low}"), "syncs stop early today; they resume tomorrow")
     else:
-        checks.add("day_budget", PASS, f"{value}" + (f" of {day_limit}" if day_limit else "") + " requests left today")
+        checks.add("day_budget", PASS, seen)
 
 
 def first_answer(checks: Checks, request: Callable[[], Any], check: str, refused: str, action: str, accepted: str) -> Any:

@@ -237,8 +237,10 @@ class XeroResource(ProviderResource):
     tenant_id: str
     token_key: str
     initial_refresh_token: str | None = None
-    # Published limits per tenant: 60 calls a minute, 5 concurrent, 5,000 a day. Calls are
-    # sequential and the `xero` pool lets one push step run at a time, so 5 concurrent holds.
+    # Published limits per tenant: 60 calls a minute, 5 concurrent, and a day's calls by the
+    # app's tier (since 2 March 2026: Starter 1,000, the others 5,000), read from
+    # X-DayLimit-Remaining. Calls are sequential and the `xero` pool lets one push step run at a
+    # time, so 5 concurrent holds.
     calls_per_window: int = 60
     window_s: float = 60.0
     day_reserve: int = 100

@@ -10,7 +10,11 @@ from resources.doctor import FAIL, PASS, Checks, Finding, Limits, run_provider
 from resources.mappings import read_agent_mappings, read_project_mappings
 from resources.xero import XeroDisconnected
 
-XERO_LIMITS = Limits(("X-MinLimit-Remaining", "X-DayLimit-Remaining"), "X-DayLimit-Remaining", 5000)
+# Xero's day limit depends on the app's tier (since 2 March 2026: Starter 1,000 calls a day, the
+# others 5,000) and no header says which: the budget is what X-DayLimit-Remaining says, and under a
+# quarter of the smallest tier's day is worth a warning (pushes stop at XeroResource.day_reserve).
+XERO_LOW_DAY_BUDGET = 250
+XERO_LIMITS = Limits(("X-MinLimit-Remaining", "X-DayLimit-Remaining"), "X-DayLimit-Remaining", low_remaining=XERO_LOW_DAY_BUDGET)
 XERO_TOKEN_IDLE_WARN = timedelta(days=45)  # Xero drops a refresh token unused for 60 days
 PROJECTS = "/projects.xro/2.0"
 

@@ -29,7 +29,7 @@ xero_ledger = sa.Table(
     sa.Column("work_date", sa.Date, nullable=False),
     sa.Column("agent_id", sa.Integer),
     sa.Column("status", sa.String(16), nullable=False,
-              comment="pending | pushed | deleted | invalid | conflict | failed | postponed"),
+              comment="pending | pushed | deleted | invalid | conflict | failed | postponed | deferred"),
     sa.Column("xero_time_entry_id", sa.String(64)),
     sa.Column("xero_project_id", sa.String(64)),
     sa.Column("content_hash", sa.String(32), comment="of the content Xero holds, as last pushed or seen"),

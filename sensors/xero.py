@@ -10,19 +10,29 @@ open period's approvals taken as new once, whatever their moment.
 A tick costs one Halo request: the open period's timesheets. The agents come from the warehouse
 (kept by the hourly `halo_agents` sync; Halo is asked only before its first sync) and the token
 is kept between ticks until it expires, so the sensor can tick often (XERO_APPROVAL_POLL_SECONDS).
+
+The mapping sensor: a push plans against the agent mappings as loaded and the project mapping
+file, and a date planned before they were right (deferred before the agent mappings' first load,
+or invalid for want of a mapping) is not pushed again by any approval. `xero_mapping_changes`
+keeps a digest of both and, when it changes, requests a push of each open-period date it affects.
+A tick reads the warehouse and the file only; no provider is asked.
 """
 
+import hashlib
 import json
+from dataclasses import dataclass
 from datetime import date, datetime
 
 import dagster as dg
 import sqlalchemy as sa
 
 from resources.halo import HaloPSAResource, timesheet_row
-from resources.halo_tables import halo_agents
+from resources.halo_tables import agent_mappings as mappings_table, halo_agents
 from resources.http import ProviderError
+from resources.mappings import MappingFilesResource
 from resources.settings import setting
 from resources.warehouse import WarehouseResource
+from resources.xero_tables import xero_ledger as ledger_table
 from sync_assets.xero import open_period, xero_push_job
 
 NEVER = datetime(1, 1, 1)
@@ -113,4 +123,92 @@ def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource
     )
 
 
-sensors = [xero_approvals]
+# -- re-planning when what the push plans against changes --------------------------------------
+MAPPING_POLL_SECONDS = 60
+WAITING = ("deferred", "invalid")  # ledger statuses a mapping change may let go
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What the push plans against: the agent mappings as loaded (Halo agent -> Xero user, None
+    where the line has none) and the project mapping file's content, as a digest."""
+
+    agents: dict[int, str | None]
+    projects: str
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps({"agents": sorted(self.agents.items()), "projects": self.projects})
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def plan_inputs(warehouse: WarehouseResource, mapping_files: MappingFilesResource) -> PlanInputs:
+    with warehouse.engine.connect() as conn:
+        agents = dict(conn.execute(sa.select(mappings_table.c.halo_agent_id, mappings_table.c.xero_user_id)).all())
+    try:
+        projects = hashlib.sha256(mapping_files.project_mappings_path().read_bytes()).hexdigest()[:16]
+    except OSError as error:  # the push refuses such a run, naming the file; its return is a change
+        projects = f"unreadable: {error.strerror}"
+    return PlanInputs(agents, projects)
+
+
+def _mapping_cursor(text: str | None) -> tuple[PlanInputs | None, frozenset[str]]:
+    """(what the last tick saw, None on the first; the dates it requested under that digest)."""
+    if not text:
+        return None, frozenset()
+    data = json.loads(text)
+    return (PlanInputs({int(k): v for k, v in data["agents"].items()}, data["projects"]),
+            frozenset(data.get("requested", ())))
+
+
+def replan_dates(rows: list[tuple[date, str, int | None]], before: PlanInputs | None, now: PlanInputs) -> set[date]:
+    """The work dates whose plan a change from `before` (None: not known) to `now` may change,
+    from the open period's ledger rows (work date, status, agent): those with entries waiting
+    (deferred or invalid); an agent's whose Xero user changed; every one when the project file did."""
+    dates = {day for day, status, _ in rows if status in WAITING}
+    if before is not None:
+        changed = {a for a in before.agents.keys() | now.agents.keys() if before.agents.get(a) != now.agents.get(a)}
+        dates |= {day for day, _, agent in rows if agent in changed}
+        if before.projects != now.projects:
+            dates |= {day for day, _, _ in rows}
+    return dates
+
+
+@dg.sensor(
+    name="xero_mapping_changes",
+    target=xero_push_job,
+    minimum_interval_seconds=MAPPING_POLL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def xero_mapping_changes(context: dg.SensorEvaluationContext, warehouse: WarehouseResource, mapping_files: MappingFilesResource
+                         ) -> dg.SensorResult | dg.SkipReason:
+    """Requests a Xero push of each open-period date a change of the mappings affects: the agent
+    mappings as loaded (their first load lets deferred dates go) or the project mapping file."""
+    first, last = open_period()
+    before, requested = _mapping_cursor(context.cursor)
+    now = plan_inputs(warehouse, mapping_files)
+    if not now.agents:
+        return dg.SkipReason("the agent mappings have not loaded yet: approved entries wait (deferred)")
+    with warehouse.engine.connect() as conn:
+        t = ledger_table
+        rows = conn.execute(sa.select(t.c.work_date, t.c.status, t.c.agent_id).where(t.c.work_date.between(first, last))).all()
+    if before is not None and before.digest == now.digest:
+        # A date deferred by a push that read the mappings just before they loaded still goes.
+        dates = {day for day, status, _ in rows if status == "deferred" and day.isoformat() not in requested}
+    else:
+        dates, requested = replan_dates(rows, before, now), frozenset()
+    cursor = json.dumps({"agents": {str(k): v for k, v in sorted(now.agents.items())}, "projects": now.projects,
+                         "requested": sorted(requested | {d.isoformat() for d in dates})})
+    if not dates:
+        changed = before is None or before.digest != now.digest
+        skip = f"mappings {'changed' if changed else 'unchanged'} (digest {now.digest}); no date of {first}..{last} to push again"
+        return dg.SensorResult(skip_reason=skip, cursor=cursor) if cursor != context.cursor else dg.SkipReason(skip)
+    context.log.info(f"mappings as the push plans against them: digest {now.digest}; pushing {len(dates)} work dates again: "
+                     + ", ".join(d.isoformat() for d in sorted(dates)))
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"replan-{day}-{now.digest}", partition_key=day.isoformat()) for day in sorted(dates)],
+        cursor=cursor,
+    )
+
+
+sensors = [xero_approvals, xero_mapping_changes]

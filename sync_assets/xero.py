@@ -7,6 +7,11 @@ its Xero id and the hash of the content Xero holds) and makes only the differenc
 unchanged entry costs no request. The plan is pure (sync_assets/xero_plan.py); the ledger and
 the calls are in sync_assets/xero_ledger.py.
 
+A push plans only against what has loaded: before the agent mappings ever have (a new
+installation whose approval sensor ticks first), it writes nothing to Xero and records the day's
+approved entries as `deferred`. The sensor `xero_mapping_changes` (sensors/xero.py) pushes such
+dates again once they load, and the open period's dates any later mapping change affects.
+
 Exactly once:
 - Before a POST the ledger row is committed as `pending` with the Idempotency-Key; a retried
   POST with the same key gets the same entry back from Xero.
@@ -44,7 +49,8 @@ from sync_assets.runs import today
 from sync_assets.step import SyncStep, listed, sync_step, table_metadata
 from sync_assets.xero_ledger import Ledger, adopt_listing, apply, read_held
 from sync_assets.xero_plan import (
-    PLAN_ROWS, Action, HaloDay, Held, Listing, Wanted, findings, keep_markers, plan, plan_table, read_halo, wanted_entries,
+    PLAN_ROWS, Action, HaloDay, Held, Listing, Wanted, defer, deferred_entries, findings, keep_markers, plan, plan_table,
+    read_halo, wanted_entries,
 )
 
 GROUP = "xero"
@@ -101,6 +107,18 @@ def xero_users(warehouse: WarehouseResource) -> dict[int, str]:
                                  .where(mappings_table.c.xero_user_id.is_not(None))).all())
 
 
+# Why a day's approved entries wait: planned now, every one would be "no xero_user_id".
+MAPPINGS_NOT_LOADED = ("the agent mappings have not loaded yet (asset agent_mappings, table agent_mappings is empty); "
+                       "the sensor xero_mapping_changes pushes this date again once they have")
+
+
+def agent_mappings_loaded(warehouse: WarehouseResource) -> bool:
+    """Whether the agent mapping file has ever loaded (on a new installation the approval sensor
+    can be first)."""
+    with warehouse.engine.connect() as conn:
+        return conn.execute(sa.select(mappings_table.c.halo_agent_id).limit(1)).first() is not None
+
+
 @dataclass
 class Push:
     """One work date's push: the day, whether it only shows its plan, and what it found and did."""
@@ -113,6 +131,7 @@ class Push:
     surprises: tuple[str, ...] = ()
     rekeyed: int = 0
     approved: int = 0
+    deferred: dict[str, str] = field(default_factory=dict)  # approved entries that wait, with why
     actions: list[Action] = field(default_factory=list)
     listing: Listing = field(default_factory=Listing)
     done: Counter = field(default_factory=Counter)
@@ -143,12 +162,17 @@ def read_halo_day(step: SyncStep, halopsa: HaloPSAResource, push: Push) -> None:
 
 def read_ledger(warehouse: WarehouseResource, push: Push, projects: ProjectMappings) -> tuple[dict[str, Held], dict[str, Wanted], dict[str, str]]:
     """What the ledger holds for the day's entries (re-keyed where their key changed: committed
-    unless a dry run), what should be in Xero, and the approved entries that cannot go."""
+    unless a dry run), what should be in Xero, and the approved entries that cannot go. Before the
+    agent mappings have ever loaded nothing can be planned: the approved entries are deferred."""
     with warehouse.engine.connect() as conn:
         held, moved = read_held(conn, push.day, push.halo.keyed.rows)
         if not push.dry_run:
             conn.commit()
     push.rekeyed = len(moved)
+    if not agent_mappings_loaded(warehouse):
+        push.deferred = deferred_entries(push.halo, MAPPINGS_NOT_LOADED)
+        push.approved = len(push.deferred)
+        return held, {}, {}
     wanted, invalid = wanted_entries(push.halo, xero_users(warehouse), projects)
     push.approved = len(wanted) + len(invalid)
     return held, keep_markers(wanted, held), invalid
@@ -159,6 +183,12 @@ def push_to_xero(step: SyncStep, xero: XeroResource, warehouse: WarehouseResourc
     """List the day in Xero when needed (a force run, or a run that died mid-POST), plan, and,
     unless a dry run, make the differences."""
     ledger = Ledger(warehouse, push.day, {r["entry_key"]: r for r in push.halo.keyed.rows})
+    if push.deferred:  # no Xero call: the next push of the day, once the mappings are in, plans it
+        push.actions = defer(push.deferred, held)
+        if not push.dry_run:
+            ledger.write_verdicts(push.actions)
+        step.context.log.warning(f"{push.day}: {len(push.deferred)} approved entries deferred, nothing pushed: {MAPPINGS_NOT_LOADED}")
+        return
     pending = {h.project_id for h in held.values() if h.status == "pending" and h.project_id}
     # A dry run with nothing to list needs no Xero connection (a new installation has none yet).
     needs_xero = bool(pending) or push.force or not push.dry_run
@@ -229,6 +259,8 @@ def push_report(step: SyncStep, push: Push) -> dg.MaterializeResult:
         force=push.force,
         approved_entries=push.approved,
         **{f"planned_{k}": kinds[k] for k in ("create", "update", "delete", "unchanged", "invalid", "conflict")},
+        deferred=kinds["deferred"],
+        deferred_reason=next(iter(push.deferred.values()), ""),
         **{k: done[k] for k in ("created", "updated", "deleted", "failed", "conflicts", "postponed", "duplicates_deleted")},
         made_by_hand_in_xero=len(push.listing.by_hand),
         identity=halo.keyed.identity if halo.keyed.rows else "none",
@@ -247,18 +279,19 @@ def _ledger_problems(statuses: tuple[str, ...], warehouse: WarehouseResource) ->
         return conn.execute(sa.select(t).where(t.c.status.in_(statuses)).order_by(t.c.work_date, t.c.entry_key)).all()
 
 
-def _ledger_check(statuses: tuple[str, ...], warehouse: WarehouseResource) -> dg.AssetCheckResult:
+def _ledger_check(statuses: tuple[str, ...], warehouse: WarehouseResource, **metadata) -> dg.AssetCheckResult:
     rows = _ledger_problems(statuses, warehouse)
     lines = [f"{r.work_date} Halo entry {r.entry_key} ({r.status}): {r.last_error}" for r in rows]
     return dg.AssetCheckResult(passed=not rows, severity=dg.AssetCheckSeverity.WARN,
-                               metadata={"entries": len(rows), "details": listed(lines, PLAN_ROWS)})
+                               metadata={"entries": len(rows), **metadata, "details": listed(lines, PLAN_ROWS)})
 
 
 @dg.asset_check(asset=xero_time_entries, name="xero_entries_pushable")
 def xero_entries_pushable(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     """Warns while approved entries cannot go to Xero (unmapped agent or project, bad duration,
-    refused by Xero), listing each with the reason."""
-    return _ledger_check(("invalid", "failed"), warehouse)
+    refused by Xero), listing each with the reason. Deferred entries wait for the agent mappings'
+    first load and are pushed then: counted (`deferred`), not failures."""
+    return _ledger_check(("invalid", "failed"), warehouse, deferred=len(_ledger_problems(("deferred",), warehouse)))
 
 
 @dg.asset_check(asset=xero_time_entries, name="xero_no_locked_conflicts")

@@ -58,11 +58,13 @@ class Ledger:
                        content_hash=have.hash, marker=have.marker or entry_key)
 
     def write_verdicts(self, actions: list[Action]) -> None:
-        """What the plan decided without a call: entries that cannot go or are locked, and entries
-        the listing showed already pushed."""
+        """What the plan decided without a call: entries that cannot go, are locked or wait (those
+        already in Xero keep their row as it is), and entries the listing showed already pushed."""
         for action in actions:
             if action.kind in ("invalid", "conflict"):
                 self.write(action.entry_key, action.kind, last_error=action.reason)
+            elif action.kind == "deferred" and (action.have is None or action.have.xero_id is None):
+                self.write(action.entry_key, "deferred", last_error=action.reason)
             elif action.kind == "unchanged" and action.have.status != "pushed":
                 self.write(action.entry_key, "pushed", last_error=None)
 
@@ -97,7 +99,7 @@ def adopt(held: dict[str, Held], listing: Listing, listed_projects: set[str], da
         have.marker = MARKER.search(entry["description"]).group(1)
         have.xero_id, have.project_id = entry["timeEntryId"], entry.get("projectId")
         have.hash, have.xero_status = content_hash(xero_content(entry)), entry.get("status")
-        have.status = "pushed" if have.status in ("pending", "failed", "deleted", "postponed", "invalid") else have.status
+        have.status = "pushed" if have.status in ("pending", "failed", "deleted", "postponed", "invalid", "deferred") else have.status
     for entry_key, have in held.items():
         # Only the listed day counts: an entry moved here from another day still has its Xero
         # entry on that day, and is updated (moved), not made again.

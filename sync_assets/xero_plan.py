@@ -59,7 +59,7 @@ class Held:
 
 @dataclass
 class Action:
-    kind: str  # create | update | delete | unchanged | invalid | conflict
+    kind: str  # create | update | delete | unchanged | invalid | conflict | deferred
     entry_key: str
     reason: str = ""
     want: Wanted | None = None
@@ -174,6 +174,17 @@ def wanted_entries(halo: HaloDay, users: dict[int, str], projects: ProjectMappin
             "duration": row["minutes"], "description": describe(row)},
             tuple(k for k in (row["ticket_key"], row["fingerprint"]) if k))
     return wanted, invalid
+
+
+def deferred_entries(halo: HaloDay, reason: str) -> dict[str, str]:
+    """The approved entries, each waiting with `reason`: what the plan rests on has not loaded yet."""
+    return {row["entry_key"]: reason for row in halo.keyed.rows if (row["agent_id"], row["work_date"]) in halo.approved}
+
+
+def defer(deferred: dict[str, str], held: dict[str, Held]) -> list[Action]:
+    """The plan of a day that cannot be planned yet: every approved entry waits, and nothing in
+    Xero is touched (without mappings every entry we pushed would look un-approved: a delete)."""
+    return [Action("deferred", entry_key, reason, have=held.get(entry_key)) for entry_key, reason in sorted(deferred.items())]
 
 
 def plan(wanted: dict[str, Wanted], invalid: dict[str, str], held: dict[str, Held], force: bool) -> list[Action]:

@@ -146,6 +146,22 @@ def test_missing_rate_limit_headers_are_a_warning_where_they_are_documented(sqli
     assert exit_code(findings) == 0
 
 
+def test_xeros_day_budget_is_what_its_header_says_and_a_low_remainder_warns(ideal_emulator, sqlite_warehouse_url):
+    resources = doctor_resources(ideal_emulator, sqlite_warehouse_url)
+
+    def day_budget():
+        with freeze_time(ANCHOR):
+            findings = run_doctor(resources, production=False, providers=("xero",))
+        return next(f for f in findings if f.check == "day_budget")
+
+    fresh = day_budget()  # the emulator's day is the Starter tier's 1,000: no 5,000 to divide by
+    left = ideal_emulator.xero.per_day - ideal_emulator.xero.day_used
+    assert (fresh.severity, fresh.seen) == (PASS, f"{left} requests left today (X-DayLimit-Remaining)")
+    ideal_emulator.xero.set_limits(per_day=ideal_emulator.xero.day_used + 200)
+    low = day_budget()
+    assert low.severity == WARN and "under 250" in low.seen
+
+
 @pytest.mark.parametrize("skew_s, severity", [(90, WARN), (-900, FAIL)])
 def test_a_skewed_clock_is_named_for_every_provider(sqlite_warehouse_url, skew_s, severity):
     emulator = Emulator(seed=7, anchor=ANCHOR, contacts=50, agents=4, employees=5, clock_skew_s=skew_s, halo_ideal=True)

@@ -117,5 +117,5 @@ def test_json_says_what_the_table_says_and_more(home, emulator, sqlite_warehouse
     assert rows["ghl_contacts_reconciliation"]["next_scheduled_start_utc"] == "2026-11-21T02:00:00+00:00"
     assert rows["ghl_contacts_reconciliation"]["first_sync_done"] is False
     assert rows["ghl_contacts_reconciliation"]["last_run"] is None
-    assert rows["xero_time_entries"]["sensors"] == ["xero_approvals"]
+    assert rows["xero_time_entries"]["sensors"] == ["xero_approvals", "xero_mapping_changes"]
     assert rows["xero_time_entries"]["next_scheduled_start_utc"] is None

@@ -148,5 +148,5 @@ def test_a_spent_day_budget_answers_429_with_problem_day_until_midnight(emulator
     assert abs(int(limited.headers["Retry-After"]) - math.ceil((midnight - now).total_seconds())) <= 5
     assert emulator.xero.day_used == 2
 
-    emulator.xero.set_limits(per_day=5000)
+    emulator.xero.set_limits()  # the default day again
     assert http.get("/projects.xro/2.0/ProjectsUsers", headers=api).status_code == 200

@@ -267,7 +267,7 @@ def test_a_spent_day_budget_postpones_the_rest_and_the_next_run_finishes(emulato
     assert meta(result)["postponed"] > 0
     assert 0 < len(xero_by_halo_id(emulator)) < len(halo_day(emulator))
 
-    emulator.xero.set_limits(per_day=5000)
+    emulator.xero.set_limits()  # the default day again
     assert push(resources, instance).success
     assert_xero_matches(emulator, halo_day(emulator))
 
