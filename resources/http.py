@@ -2,7 +2,10 @@
 
 One `ProviderClient` per run: httpx with timeouts; tenacity retries with exponential backoff and
 jitter on 429, 5xx, timeouts, dropped connections and unreadable bodies, honouring
-`Retry-After`; a client-side limiter set to the provider's published limit; bearer or
+`Retry-After` (a 429 without it, from a provider whose budget is a rolling window others share,
+waits out a whole window instead: `window_s`); a client-side limiter set to the provider's
+published limit, kept in this process (`RateLimiter`) or in the warehouse for every process of
+an account (`SharedRateLimiter`); bearer or
 refreshing auth (an httpx auth flow, so a 401 fetches a new token once); and counters that
 the assets report as run metadata. Error messages never carry a secret: every message is passed
 through `redact` with the client's secrets first.
@@ -164,7 +167,16 @@ class SharedRateLimiter:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": self._lock_key})
 
     def acquire(self) -> float:
-        """Block until a request may be sent (and log it as sent); returns the seconds waited."""
+        """Block until a request may be sent (and log it as sent); returns the seconds waited. A
+        warehouse too busy to answer (SQLite's write lock held past its busy timeout) is an error
+        worth retrying, like a provider's."""
+        try:
+            return self._acquire()
+        except sa.exc.OperationalError as error:
+            raise RetryableError(f"{self.account.split()[0]}: the shared request log in the warehouse is busy "
+                                 f"({type(error.orig).__name__})") from None
+
+    def _acquire(self) -> float:
         log, pauses = provider_requests, provider_pauses
         waited = 0.0
         while True:
