@@ -390,7 +390,7 @@ class HaloPSAResource(ProviderResource):
     client_secret: str
     tenant: str | None = None
     # Halo's hosted limit as its own 429 states it: 300 requests per rolling 5-minute window, per
-    # tenant, token requests included (README, HaloPSA: the limit).
+    # tenant, token requests included (README, "Halo's rate limit").
     rate_limit: int = 300
     rate_window_s: float = 300.0
     chunk_days: int = 31
