@@ -6,8 +6,16 @@ timesheet per agent-day, with its approval and that day's entries) and `GET /api
 (time entries by start date), all answering bare JSON arrays. The seeded data is a little over
 a year of weekday entries for every enabled agent, ending the day before the anchor; hours go
 out as Halo sends them, a float (10 minutes is 0.1666666667). Entries are indexed by day and
-agent, so a date-range query touches only the days it asks for. Halo publishes no rate limit,
-so none is applied here (faults can still inject 429s).
+agent, so a date-range query touches only the days it asks for.
+
+Halo's hosted limit is applied to the tenant as Halo states it (`KelvinTegelaar/PowerShellWarrantyReports`
+issue 51, `homotechsual/HaloAPI` issue 31): at most `RATE_LIMIT` (300) requests, token requests
+included, in any rolling `RATE_WINDOW_S` (300 s, on `time.monotonic`); more are answered 429 with
+Halo's own text, "Rate Limit Reached - 300 Requests per rolling 5 minute window", and no
+`Retry-After` (refused requests are not counted). Tests change it with
+`emulator.halo.set_rate_limit(calls, window_s)` (`set_rate_limit(None)` switches it off);
+`Emulator(rate_limits=False)` switches it off with the other providers' limits. Faults can still
+inject 429s of any shape.
 
 By default it behaves as public evidence says real tenants do (`Midtown-Technology-Group/halocli`,
 `src/halocli/resources.py`, the `/TimesheetEvent` resource, probed live on 2026-10-01):
@@ -58,6 +66,7 @@ ADDED_START_MIN = 17 * 60  # entries added by tests start at 17:00
 MAX_RANGE_DAYS = 366
 NO_TICKET_SHARE = 0.05
 TARGET_HOURS = 8.0
+RATE_LIMIT, RATE_WINDOW_S = 300, 300.0  # Halo's hosted limit: 300 requests per rolling 5 minutes
 BREAK_HOURS = 0.5
 BREAK_EVERY = 3  # one agent-day in BREAK_EVERY logs a lunch break
 LEAVE_EVERY = 40  # one agent-day in LEAVE_EVERY is a day of leave
@@ -141,6 +150,7 @@ class HaloPSA:
             if agent_id in self.agents:
                 self.agents[agent_id]["isdisabled"] = True
         self._seed(emulator.anchor.date())
+        self.set_rate_limit(RATE_LIMIT, RATE_WINDOW_S)
         emulator.route("halopsa", "POST", r"/auth/token", self.token)
         emulator.route("halopsa", "GET", r"/api/authinfo", self.authinfo)
         emulator.route("halopsa", "GET", r"/api/Agent", self.list_agents)
@@ -410,6 +420,14 @@ class HaloPSA:
             self._sheets.clear()
             self._seed(self.emulator.anchor.date(), entries_per_day, frozenset(days_off))
 
+    def set_rate_limit(self, calls: int | None, window_s: float = RATE_WINDOW_S) -> None:
+        """At most `calls` requests of the tenant in any rolling `window_s` seconds, the count
+        starting afresh; None: no limit (as `Emulator(rate_limits=False)` for every provider)."""
+        if calls is None:
+            self.emulator.no_rate_limit("halopsa")
+        else:
+            self.emulator.rate_limit("halopsa", calls, window_s, refusal=_rate_limit_reached)
+
     def expire_tokens(self) -> None:
         """Every token issued so far stops working (as when Halo expires or revokes them)."""
         with self.emulator.lock:
@@ -535,6 +553,13 @@ class HaloPSA:
                     found.append({"id": 0, "agent_id": 0, "name": name, "holiday_type": 0, "start_date": day.isoformat(),
                                   "end_date": stamp(day.date(), 24 * 60 - 1), "duration": TARGET_HOURS})
         return Response(200, sorted(found, key=lambda h: (h["start_date"], h["agent_id"])))
+
+
+def _rate_limit_reached(window) -> Response:
+    """Halo's answer over its limit: its own text, and no Retry-After (as quoted in the issues
+    the module docstring names; served as a JSON string, the body of a .NET API's error)."""
+    minutes = f"{window.period / 60:g} minute" if window.period % 60 == 0 else f"{window.period:g} second"
+    return Response(429, f"Rate Limit Reached - {window.limit} Requests per rolling {minutes} window")
 
 
 def _flag(value: str | None, default: bool) -> bool:

@@ -144,6 +144,7 @@ class Emulator:
         self.routes: list[Route] = []
         self.limits: dict[str, SlidingWindow] = {}
         self.limit_headers: dict[str, Callable[[int], dict[str, str]]] = {}
+        self.limit_refusals: dict[str, Callable[[SlidingWindow], Response]] = {}
         self.observers: list[Callable[[Served], None]] = []
         self.exchange_observers: list[Callable[[Exchange], None]] = []
         self.ghl = ghl.GoHighLevel(self, seed=seed, count=contacts)
@@ -157,9 +158,20 @@ class Emulator:
     def route(self, provider: str, method: str, pattern: str, handler: Callable[[Request], Response]) -> None:
         self.routes.append(Route(provider, method, re.compile(pattern + "$"), handler))
 
-    def rate_limit(self, provider: str, limit: int, period: float, headers: Callable[[int], dict[str, str]]) -> None:
-        self.limits[provider] = SlidingWindow(limit, period)
-        self.limit_headers[provider] = headers
+    def rate_limit(self, provider: str, limit: int, period: float, headers: Callable[[int], dict[str, str]] | None = None,
+                   refusal: Callable[[SlidingWindow], Response] | None = None) -> None:
+        """At most `limit` of the provider's requests in any `period` seconds while `rate_limits`
+        is on. `headers(remaining)` go on every answer; `refusal(window)` is the provider's own
+        429 (default: a JSON message with `Retry-After` and the headers)."""
+        with self.lock:
+            self.limits[provider] = SlidingWindow(limit, period)
+            self.limit_headers[provider] = headers or (lambda remaining: {})
+            if refusal:
+                self.limit_refusals[provider] = refusal
+
+    def no_rate_limit(self, provider: str) -> None:
+        with self.lock:
+            self.limits.pop(provider, None)
 
     # -- controls for tests ------------------------------------------------------------------
     def inject(self, provider: str, kind: str, **options) -> Fault:
@@ -254,6 +266,8 @@ class Emulator:
         admitted, remaining, wait = window.admit(time.monotonic())
         if admitted:
             return None
+        if provider in self.limit_refusals:
+            return self.limit_refusals[provider](window)
         headers = {**self.limit_headers[provider](0), "Retry-After": str(max(1, math.ceil(wait)))}
         return Response(429, {"statusCode": 429, "message": "Too many requests"}, headers)
 

@@ -4,6 +4,7 @@ keyed, zoned and filtered, and the approval values its timesheets carry."""
 from __future__ import annotations
 
 import collections
+import functools
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -41,7 +42,9 @@ def check_halopsa(resources: dict, production: bool, now: datetime) -> list[Find
                                                   "agents": everyone})
         _check_approvals(checks, sheets, approved)
 
-    return run_provider("halopsa", "HALO_BASE_URL", resource.base_url, production, resource.client, body)
+    # The warehouse holds the tenant's request log, shared with the runs and the sensor.
+    open_client = functools.partial(resource.client, resources["warehouse"].engine)
+    return run_provider("halopsa", "HALO_BASE_URL", resource.base_url, production, open_client, body)
 
 
 def _list(client, path: str, params: dict) -> list[dict]:

@@ -2,7 +2,10 @@
 
 One `ProviderClient` per run: httpx with timeouts; tenacity retries with exponential backoff and
 jitter on 429, 5xx, timeouts, dropped connections and unreadable bodies, honouring
-`Retry-After`; a client-side limiter set to the provider's published limit; bearer or
+`Retry-After` (a 429 without it, from a provider whose budget is a rolling window others share,
+waits out a whole window instead: `window_s`); a client-side limiter set to the provider's
+published limit, kept in this process (`RateLimiter`) or in the warehouse for every process of
+an account (`SharedRateLimiter`); bearer or
 refreshing auth (an httpx auth flow, so a 401 fetches a new token once); and counters that
 the assets report as run metadata. Error messages never carry a secret: every message is passed
 through `redact` with the client's secrets first.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import email.utils
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +24,10 @@ from typing import Any
 
 import dagster as dg
 import httpx
+import sqlalchemy as sa
 import tenacity
+
+from resources.tables import provider_pauses, provider_requests
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 300.0
@@ -51,6 +58,11 @@ class RetryableError(ProviderError):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class BudgetSpent(ProviderError):
+    """A 429 that names no wait from a provider whose budget is a rolling window others may share
+    (`ProviderClient(window_s=...)`): only a whole window is sure to free room."""
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -116,6 +128,99 @@ class RateLimiter:
         """Hold every caller back, e.g. after a 429 told us to wait."""
         with self._lock:
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    def remaining(self) -> int:
+        """Requests that may still be sent in the current window."""
+        with self._lock:
+            now = time.monotonic()
+            return max(self.calls - sum(1 for sent in self._sent if now - sent < self.period), 0)
+
+
+class SharedRateLimiter:
+    """`RateLimiter`'s rule (at most `calls` requests in any `period` seconds, the same margin)
+    over every process that talks to one provider account, not just this one: the sliding log
+    and the pause are rows in the warehouse (`provider_requests`, `provider_pauses`), read and
+    written under a lock (PostgreSQL: an advisory transaction lock per account; SQLite: the
+    database's write lock, `BEGIN IMMEDIATE`) and pruned as requests are made. For a budget the
+    provider counts per tenant while the sensor, runs and the doctor each run in a process of
+    their own. Times are wall-clock epoch seconds: monotonic clocks are not shared between
+    processes.
+
+    `max_wait_s`: a caller that must not block for long (a sensor tick) gets a ProviderError
+    instead of a wait longer than this."""
+
+    def __init__(self, engine: sa.Engine, account: str, calls: int, period: float, margin: float = 0.05,
+                 max_wait_s: float | None = None):
+        self.engine = engine
+        self.account = account
+        self.calls = calls
+        self.provider_period = period
+        self.period = period + min(period * margin, RateLimiter.MAX_MARGIN_S)
+        self.max_wait_s = max_wait_s
+        # PostgreSQL advisory lock keys are signed 64-bit numbers; one per account.
+        self._lock_key = int.from_bytes(hashlib.blake2b(account.encode(), digest_size=8).digest(), "big", signed=True)
+
+    def _locked(self, conn: sa.Connection) -> None:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": self._lock_key})
+
+    def acquire(self) -> float:
+        """Block until a request may be sent (and log it as sent); returns the seconds waited. A
+        warehouse too busy to answer (SQLite's write lock held past its busy timeout) is an error
+        worth retrying, like a provider's."""
+        try:
+            return self._acquire()
+        except sa.exc.OperationalError as error:
+            raise RetryableError(f"{self.account.split()[0]}: the shared request log in the warehouse is busy "
+                                 f"({type(error.orig).__name__})") from None
+
+    def _acquire(self) -> float:
+        log, pauses = provider_requests, provider_pauses
+        waited = 0.0
+        while True:
+            with self.engine.connect() as conn:
+                self._locked(conn)
+                now = time.time()
+                conn.execute(log.delete().where(log.c.account == self.account, log.c.sent_at <= now - self.period))
+                paused_until = conn.execute(sa.select(pauses.c.paused_until).where(pauses.c.account == self.account)).scalar()
+                delay = max((paused_until or 0.0) - now, 0.0)
+                if not delay:
+                    count, oldest = conn.execute(sa.select(sa.func.count(), sa.func.min(log.c.sent_at))
+                                                 .where(log.c.account == self.account)).one()
+                    if count < self.calls:
+                        conn.execute(log.insert().values(account=self.account, sent_at=now))
+                        conn.commit()
+                        return waited
+                    delay = max(oldest + self.period - now, 0.001)
+                conn.commit()
+            if self.max_wait_s is not None and waited + delay > self.max_wait_s:
+                raise ProviderError(f"{self.account.split()[0]}: the request budget shared by every process is spent "
+                                    f"for the next {delay:.0f}s; not waiting that long here")
+            time.sleep(delay)
+            waited += delay
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller of the account back, in every process, e.g. after a 429."""
+        pauses = provider_pauses
+        with self.engine.connect() as conn:
+            self._locked(conn)
+            until = time.time() + seconds
+            current = conn.execute(sa.select(pauses.c.paused_until).where(pauses.c.account == self.account)).scalar()
+            if current is None:
+                conn.execute(pauses.insert().values(account=self.account, paused_until=until))
+            elif current < until:
+                conn.execute(pauses.update().where(pauses.c.account == self.account).values(paused_until=until))
+            conn.commit()
+
+    def remaining(self) -> int:
+        """Requests that may still be sent in the current window, as the shared log counts them."""
+        log = provider_requests
+        with self.engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).where(log.c.account == self.account,
+                                                                  log.c.sent_at > time.time() - self.period)).scalar_one()
+        return max(self.calls - count, 0)
 
 
 _limiters: dict[str, RateLimiter] = {}
@@ -214,10 +319,16 @@ class ProviderClient:
         backoff_max_s: float = 30.0,
         log: Callable[[str], None] | None = None,
         on_response: Callable[[httpx.Response], None] | None = None,
+        window_s: float | None = None,
+        max_window_waits: int = 12,
     ):
         self.provider = provider
         self.stats = RequestStats()
         self.limiter = limiter
+        # A 429 without Retry-After: with `window_s`, every caller waits out that whole window
+        # (up to `max_window_waits` times a request, not counted as attempts); without, backoff.
+        self.window_s = window_s
+        self.max_window_waits = max_window_waits
         self._secrets = [s for s in secrets if s]
         self._credential_hint = credential_hint
         self._log = log or (lambda message: None)
@@ -280,11 +391,23 @@ class ProviderClient:
             raise
 
     def request_json(self, method: str, path: str, **kwargs) -> Any:
-        """Send a request and return its JSON body, retrying what is worth retrying."""
-        try:
-            return self._retrying(self._attempt, method, path, **kwargs)
-        except RetryableError as error:
-            raise ProviderError(f"{error} (gave up after {self._retrying.stop.max_attempt_number} attempts)") from None
+        """Send a request and return its JSON body, retrying what is worth retrying. A spent
+        window (`BudgetSpent`) is waited out, every caller of the limiter held back meanwhile,
+        and the request's attempts start afresh: a backfill outlasts a budget others spend too."""
+        windows = 0
+        while True:
+            try:
+                return self._retrying(self._attempt, method, path, **kwargs)
+            except RetryableError as error:
+                raise ProviderError(f"{error} (gave up after {self._retrying.stop.max_attempt_number} attempts)") from None
+            except BudgetSpent as error:
+                windows += 1
+                if windows > self.max_window_waits:
+                    raise ProviderError(f"{error} (gave up after waiting out {self.max_window_waits} windows)") from None
+                self.stats.retries += 1
+                self.limiter.pause(self.window_s)
+                self._log(f"{self.provider}: {error}; the request budget is spent: waiting {self.window_s:.0f}s, "
+                          f"a whole rate-limit window, before going on (wait {windows} of at most {self.max_window_waits})")
 
     def _attempt(self, method: str, path: str, **kwargs) -> Any:
         self.stats.throttled_s += self.limiter.acquire()
@@ -300,6 +423,8 @@ class ProviderClient:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if retry_after is not None and retry_after > MAX_RETRY_AFTER_S:
                 raise ProviderError(f"{where}: HTTP {response.status_code}, asked to wait {retry_after:.0f}s; giving up")
+            if response.status_code == 429 and retry_after is None and self.window_s is not None:
+                raise BudgetSpent(f"{where}: HTTP 429 {self._safe(response.text[:200])}".rstrip())
             raise RetryableError(f"{where}: HTTP {response.status_code}", retry_after)
         if response.status_code in (401, 403):
             raise ProviderAuthError(

@@ -82,3 +82,23 @@ sync_rejects = sa.Table(
     sa.Column("run_id", sa.String(64)),
     sa.Column("rejected_at", sa.DateTime, nullable=False),
 )
+
+# The requests sent to a rate-limited provider account, by every process that talks to it (runs,
+# sensor ticks, the doctor): the shared sliding log of `resources.http.SharedRateLimiter`.
+# Wall-clock epoch seconds, since monotonic clocks are not shared between processes; rows older
+# than the provider's window are pruned as requests are made.
+provider_requests = sa.Table(
+    "provider_requests",
+    TABLES,
+    sa.Column("account", sa.String(300), nullable=False, comment="provider and account, e.g. 'halopsa <base url>'"),
+    sa.Column("sent_at", sa.Float, nullable=False, comment="epoch seconds (time.time) the request was let through"),
+    sa.Index("ix_provider_requests_account_sent_at", "account", "sent_at"),
+)
+
+# A hold on an account that every process honours (a 429 seen by one holds the others back).
+provider_pauses = sa.Table(
+    "provider_pauses",
+    TABLES,
+    sa.Column("account", sa.String(300), primary_key=True),
+    sa.Column("paused_until", sa.Float, nullable=False, comment="epoch seconds before which no request is sent"),
+)

@@ -36,6 +36,7 @@ from resources.xero_tables import xero_ledger as ledger_table
 from sync_assets.xero import open_period, xero_push_job
 
 NEVER = datetime(1, 1, 1)
+TICK_WAIT_S = 20.0  # at most this long for Halo's budget in a tick (Dagster gives a tick 60 s)
 
 
 def approvals_after(sheets: list[dict], after: tuple[datetime, int], unreadable: list[str] | None = None,
@@ -92,16 +93,19 @@ def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource
     try:
         # Per tick: the open period's timesheets; a token only when the kept one has expired, the
         # agents only while the warehouse has none.
-        with halopsa.client(log=context.log.info, keep_token=True) as halo:
+        # The tenant's budget is shared with the runs through the warehouse; a tick that would
+        # wait long for it (a backfill spent it, or a 429 is being waited out) skips instead.
+        with halopsa.client(warehouse.engine, log=context.log.info, keep_token=True, max_wait_s=TICK_WAIT_S) as halo:
             agent_ids = stored_agents(warehouse) or halo.agent_ids()
             new_agents = frozenset(agent_ids) - known_agents if known_agents is not None else frozenset()
             approvals = approvals_after(halo.timesheets(first, last, agent_ids), seen, unreadable, new_agents)
-            requests = halo.stats()["requests"]
+            stats = halo.stats()
     except ProviderError as error:
         return dg.SkipReason(f"could not read approvals from Halo: {error}")
     for problem in unreadable[:20]:
         context.log.warning(f"approval cannot be read, that day is not pushed until it can: {problem}")
-    context.log.info(f"{len(approvals)} new approvals, {len(unreadable)} unreadable, in {requests} Halo requests"
+    context.log.info(f"{len(approvals)} new approvals, {len(unreadable)} unreadable, in {stats['requests']} Halo requests "
+                     f"({stats['rate_limit_remaining']} left in the tenant's rate-limit window)"
                      + (f"; agents new to the sensor: {sorted(new_agents)}" if new_agents else ""))
     newest_seen = max([seen, *((at, sid) for at, sid, _ in approvals)])
     cursor = json.dumps({"approved_at": newest_seen[0].isoformat(), "timesheet_id": newest_seen[1], "agents": agent_ids})

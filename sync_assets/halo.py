@@ -62,7 +62,7 @@ def halo_agents(context: dg.AssetExecutionContext, halopsa: HaloPSAResource, war
     """HaloPSA agents (table `halo_agents`), enabled and disabled, from `GET /api/Agent`.
 
     Agents Halo no longer lists are soft-deleted."""
-    with sync_step(context, GROUP) as step, step.open(halopsa) as client:
+    with sync_step(context, GROUP) as step, step.open(halopsa, warehouse.engine) as client:
         records = client.agents()
     step.books.receive(len(records))
     rows, rejects = parse_each(records, agent_row, "agent ")
@@ -325,7 +325,7 @@ def halo_timesheets(
     else a fingerprint). Entries of agents without a mapping are kept and counted (check
     `no_unmapped_agents`). Requests: one for agents, then two per chunk of `chunk_days` days."""
     key = context.partition_key
-    with sync_step(context, GROUP) as step, step.open(halopsa) as client:
+    with sync_step(context, GROUP) as step, step.open(halopsa, warehouse.engine) as client:
         start, end = _sync_range(step, key, config)
         run = YearSync(step, warehouse, key, start, end)
         run.write_chunks(client)

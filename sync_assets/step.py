@@ -2,7 +2,7 @@
 turn a provider's error into a `dg.Failure` that carries what the run asked of the provider, log
 and count rejected records, and report the same metadata keys from every asset.
 
-    with sync_step(context, "halopsa") as step, step.open(halopsa) as client:
+    with sync_step(context, "halopsa") as step, step.open(halopsa, warehouse.engine) as client:
         ...
         step.if_failed = "Days through 2026-03-31 are synced; re-run the partition to finish."
     return step.result(counts, fiscal_year=key)

@@ -148,11 +148,11 @@ def decide_dry_run(context: dg.AssetExecutionContext, config: PushConfig, wareho
     return Push(day, dry_run or bool(gate), reason, config.force)
 
 
-def read_halo_day(step: SyncStep, halopsa: HaloPSAResource, push: Push) -> None:
+def read_halo_day(step: SyncStep, halopsa: HaloPSAResource, warehouse: WarehouseResource, push: Push) -> None:
     """The day from Halo (three requests: agents, entries, timesheets; and the token); its
     surprises are logged and checked."""
     step.if_failed = "Nothing was pushed."
-    with step.open(halopsa) as client:
+    with step.open(halopsa, warehouse.engine) as client:
         ((_, _, entries, sheets),) = client.period(push.day, push.day)
         push.halo = read_halo(entries, sheets, client.outside_range)
     push.surprises = tuple(push.halo.surprises())
@@ -232,7 +232,7 @@ def xero_time_entries(
     push = decide_dry_run(context, config, warehouse)
     with sync_step(context, GROUP) as step:
         projects = project_mappings(step, mapping_files, ": nothing pushed")
-        read_halo_day(step, halopsa, push)
+        read_halo_day(step, halopsa, warehouse, push)
         held, wanted, invalid = read_ledger(warehouse, push, projects)
         push_to_xero(step, xero, warehouse, push, projects, held, wanted, invalid)
     return push_report(step, push)
@@ -368,7 +368,7 @@ def xero_reconciliation(
         projects = project_mappings(step, mapping_files, "")
         token_age = xero.token_store(warehouse.engine).age()
         step.if_failed = "The previous findings stay."
-        with step.open(halopsa) as client:
+        with step.open(halopsa, warehouse.engine) as client:
             halo = read_period(client, first, last)
         with warehouse.engine.connect() as conn:
             rows = conn.execute(sa.select(ledger_table).where(ledger_table.c.work_date.between(first, last))).all()

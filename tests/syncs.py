@@ -171,7 +171,8 @@ class HaloPSA(Sync):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.resources = halo_resources(self.emulator, self.url, timeout_s=TIMEOUT_S)
+        # A 429 without Retry-After is waited out for a whole window: a second here, not Halo's 5 minutes.
+        self.resources = halo_resources(self.emulator, self.url, timeout_s=TIMEOUT_S, rate_window_s=1.0)
 
     def run(self):
         return dg.materialize([halo_timesheets], resources=self.resources, instance=self.instance, partition_key=YEAR,
