@@ -40,13 +40,14 @@ from resources.doctor import push_gate
 from resources.halo import HaloClient, HaloPSAResource
 from resources.halo_tables import agent_mappings as mappings_table
 from resources.mappings import MappingFilesResource, ProjectMappings, read_project_mappings
+from resources.records import Books
 from resources.settings import setting, sync_env
 from resources.warehouse import WarehouseResource, replace_rows, utcnow
 from resources.xero import XeroResource
 from resources.xero_tables import xero_findings as findings_table, xero_ledger as ledger_table
 from sync_assets.halo import agent_mappings
 from sync_assets.runs import today
-from sync_assets.step import SyncStep, listed, sync_step, table_metadata
+from sync_assets.step import SyncStep, listed, nothing_lost, sync_step, table_metadata
 from sync_assets.xero_ledger import Ledger, adopt_listing, apply, read_held
 from sync_assets.xero_plan import (
     PLAN_ROWS, Action, HaloDay, Held, Listing, Wanted, defer, deferred_entries, findings, keep_markers, plan, plan_table,
@@ -213,7 +214,8 @@ def push_to_xero(step: SyncStep, xero: XeroResource, warehouse: WarehouseResourc
     check_specs=[dg.AssetCheckSpec(
         "xero_halo_day_as_expected", asset="xero_time_entries",
         description="Warns when Halo's answer for the day contradicts the push's assumptions: unreadable approvals "
-                    "(those entries are held back), repeated entry keys, approved time without entries, records outside the day.")],
+                    "(those entries are held back), repeated entry keys, approved time without entries, records outside the day."),
+        nothing_lost("xero_time_entries")],
 )
 def xero_time_entries(
     context: dg.AssetExecutionContext,
@@ -238,8 +240,43 @@ def xero_time_entries(
     return push_report(step, push)
 
 
+# What a planned entry is in the books: in the ledger with its verdict (pushed, or failed or
+# postponed with the reason, which the ledger keeps per entry).
+STORED_AS = {"create": "inserted", "update": "updated", "unchanged": "unchanged", "conflict": "unchanged"}
+
+
+def keep_books(books: Books, push: Push) -> None:
+    """Where each of the day's entries from Halo went: planned into Xero and the ledger (stored),
+    cannot go (rejected; the reason is in the ledger), or excluded with the reason (not approved,
+    not work, deferred, a dry run)."""
+    halo = push.halo
+    books.receive(halo.keyed.received + halo.outside_range)
+    books.exclude("outside the day asked for", halo.outside_range)
+    books.exclude("sent twice, identical, in one response", halo.keyed.sent_twice)
+    books.reject(len(halo.keyed.rejects))  # unreadable: named by the check xero_halo_day_as_expected
+    books.collisions += [f"time entry {key}" for key in halo.keyed.collisions]
+    planned = {a.entry_key: a.kind for a in push.actions}
+    stored = Counter()
+    for row in halo.keyed.rows:
+        kind = planned.get(row["entry_key"])
+        if row["time_kind"] != "work":
+            books.exclude(f"{row['time_kind']}: never billed")
+        elif kind in (None, "delete"):  # a delete: pushed before, un-approved since
+            books.exclude("its timesheet is not approved")
+        elif kind == "invalid":
+            books.reject(1)
+        elif kind == "deferred":
+            books.exclude("deferred until the agent mappings load")
+        elif push.dry_run:
+            books.exclude("a dry run: planned, not pushed")
+        else:
+            stored[STORED_AS[kind]] += 1
+    books.store(stored)
+
+
 def push_report(step: SyncStep, push: Push) -> dg.MaterializeResult:
     """The push's metadata (its plan as a table) and the check of Halo's answer."""
+    keep_books(step.books, push)
     kinds = Counter(a.kind for a in push.actions)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
     step.context.log.info(f"{push.day}: {'dry run, would ' if push.dry_run else ''}{summary}; "
@@ -351,7 +388,8 @@ def reconcile_checks(found: list[dict], token_age: timedelta | None) -> list[dg.
     pool=GROUP,
     tags={"sync/cadence": "daily"},
     metadata=table_metadata(findings_table),
-    check_specs=[dg.AssetCheckSpec(name, asset="xero_reconciliation", description=text) for name, text in RECONCILE_CHECKS.items()],
+    check_specs=[*(dg.AssetCheckSpec(name, asset="xero_reconciliation", description=text) for name, text in RECONCILE_CHECKS.items()),
+                 nothing_lost("xero_reconciliation")],
 )
 def xero_reconciliation(
     context: dg.AssetExecutionContext,
@@ -378,6 +416,11 @@ def xero_reconciliation(
             xero_entries = [e for p in project_ids for e in client.time_entries(p, first, last)]
     found = findings(wanted, rows, xero_entries)
     keep_findings(warehouse, found)
+    # A report: every record read is compared, and what differs is a finding; nothing is stored.
+    step.books.receive(halo.keyed.received + halo.outside_range + len(xero_entries))
+    step.books.reject(len(halo.keyed.rejects))
+    step.books.exclude("outside the period asked for", halo.outside_range)
+    step.books.exclude("compared (what differs is in xero_findings)", len(halo.keyed.rows) + halo.keyed.sent_twice + len(xero_entries))
     kinds = Counter(f["kind"] for f in found)
     context.log.info(f"{first}..{last}: {dict(kinds) or 'Halo, ledger and Xero agree'}; "
                      f"Xero requests {step.clients['xero'].stats()['requests']}")

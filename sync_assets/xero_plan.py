@@ -178,7 +178,8 @@ def wanted_entries(halo: HaloDay, users: dict[int, str], projects: ProjectMappin
 
 def deferred_entries(halo: HaloDay, reason: str) -> dict[str, str]:
     """The approved entries, each waiting with `reason`: what the plan rests on has not loaded yet."""
-    return {row["entry_key"]: reason for row in halo.keyed.rows if (row["agent_id"], row["work_date"]) in halo.approved}
+    return {row["entry_key"]: reason for row in halo.keyed.rows
+            if row["time_kind"] == "work" and (row["agent_id"], row["work_date"]) in halo.approved}
 
 
 def defer(deferred: dict[str, str], held: dict[str, Held]) -> list[Action]:
