@@ -47,9 +47,11 @@ class TimesheetsConfig(dg.Config):
 
 
 def _frame(rows: list[dict], table: sa.Table) -> pl.DataFrame:
-    """Parsed rows as a frame; with no rows, the table's key and `content_hash` (what `sync_scope` reads)."""
+    """Parsed rows as a frame of the table's columns (a row may carry more, as an entry's times as
+    sent); with no rows, the table's key and `content_hash` (what `sync_scope` reads)."""
     if rows:
-        return pl.DataFrame(rows, orient="row", infer_schema_length=None)
+        columns = set(table.c.keys())
+        return pl.DataFrame([{k: v for k, v in row.items() if k in columns} for row in rows], orient="row", infer_schema_length=None)
     return pl.DataFrame(schema=frame_schema(table, key_of(table).name, "content_hash"))
 
 
