@@ -94,7 +94,10 @@ def _check_zone(checks: Checks, entries: list[dict]) -> None:
 def _check_day_filter(checks: Checks, client, entries: list[dict]) -> None:
     """A one-day date-time range returns nothing outside it; a date-only range is compared too."""
     zones = halo_zones()
-    day = max(d for d in (work_day_of(e, zones) for e in entries) if d)
+    day = max((d for d in (work_day_of(e, zones) for e in entries) if d), default=None)
+    if day is None:
+        checks.add("day_filter", WARN, "no entry has a readable start_date; the day filter was not tried")
+        return
     rows = _list(client, "/api/TimesheetEvent", range_params(day, day))
     outside = [r for r in rows if work_day_of(r, zones) != day]
     checks.pass_or_warn("day_filter", not outside,
