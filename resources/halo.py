@@ -346,7 +346,7 @@ def _moment_of(record: Any, name: str) -> datetime | None:
         return None
 
 
-def work_day_of(record: Any, zones: tuple[ZoneInfo, ZoneInfo]) -> date | None:
+def work_date_of(record: Any, zones: tuple[ZoneInfo, ZoneInfo]) -> date | None:
     """The day in SYNC_TIMEZONE a record's start falls on, None when it has none readable."""
     try:
         sent = _sent(record.get("start_date")) if isinstance(record, dict) else None
@@ -398,7 +398,7 @@ class HaloClient:
         records = _records(self.http.request_json("GET", "/api/TimesheetEvent", params=range_params(start, end)),
                            "GET /api/TimesheetEvent")
         zones = halo_zones()
-        return self._keep(records, lambda r: (day := work_day_of(r, zones)) is None or start <= day <= end)
+        return self._keep(records, lambda r: (day := work_date_of(r, zones)) is None or start <= day <= end)
 
     def timesheets(self, start: date, end: date, agent_ids: list[int]) -> list[dict]:
         """Per-agent, per-day timesheets with their approval, for days in [start, end] and these

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from resources.doctor import FAIL, PASS, WARN, Checks, Finding, run_provider
-from resources.halo import approved_statuses, halo_zones, instant_and_day, key_entries, range_params, work_day_of
+from resources.halo import approved_statuses, halo_zones, instant_and_day, key_entries, range_params, work_date_of
 from resources.settings import setting
 
 HALO_WINDOW_DAYS = (7, 31)  # look for recent time entries here, widening once if none
@@ -41,7 +41,7 @@ def check_halopsa(resources: dict, production: bool, now: datetime) -> list[Find
         sheets = _list(client, "/api/Timesheet", {**range_params(today - timedelta(days=HALO_WINDOW_DAYS[-1]), today),
                                                   "agents": everyone})
         _check_approvals(checks, sheets, approved)
-        _check_clock(checks, sheets)
+        _check_halo_clock(checks, sheets)
 
     return run_provider("halopsa", "HALO_BASE_URL", resource.base_url, production, resource.client, body)
 
@@ -94,12 +94,12 @@ def _check_zone(checks: Checks, entries: list[dict]) -> None:
 def _check_day_filter(checks: Checks, client, entries: list[dict]) -> None:
     """A one-day date-time range returns nothing outside it; a date-only range is compared too."""
     zones = halo_zones()
-    day = max((d for d in (work_day_of(e, zones) for e in entries) if d), default=None)
+    day = max((d for d in (work_date_of(e, zones) for e in entries) if d), default=None)
     if day is None:
         checks.add("day_filter", WARN, "no entry has a readable start_date; the day filter was not tried")
         return
     rows = _list(client, "/api/TimesheetEvent", range_params(day, day))
-    outside = [r for r in rows if work_day_of(r, zones) != day]
+    outside = [r for r in rows if work_date_of(r, zones) != day]
     checks.pass_or_warn("day_filter", not outside,
                         f"a one-day date-time range for {day} returned {len(rows)} entries, none outside it",
                         f"a one-day date-time range for {day} returned {len(outside)} of {len(rows)} entries outside it",
@@ -158,7 +158,7 @@ def _check_approvals(checks: Checks, sheets: list[dict], approved: frozenset[int
                    "" if statuses else "no timesheet approvals in the last 31 days to compare with")
 
 
-def _check_clock(checks: Checks, sheets: list[dict]) -> None:
+def _check_halo_clock(checks: Checks, sheets: list[dict]) -> None:
     """Which reading of Halo's zone-less times fits the tenant: a timesheet is one agent's day, so
     under the right reading its events start on that day (in SYNC_TIMEZONE) and the agents' days
     look like working hours. FAIL when HALO_TIME_ZONE puts events on another day and another
