@@ -33,6 +33,10 @@ By default it behaves as public evidence says real tenants do (`Midtown-Technolo
   absences with `agent_id` > 0, public holidays with `agent_id` 0);
 - `GET /api/Timesheet` ignores the agent filter (the swagger documents no query parameters for
   it) and answers every agent's timesheets in range.
+Whether a real tenant's zone-less times are UTC or its local time is documented nowhere: the
+tenant keeps its entries as wall-clock times in `tenant_zone` (default UTC) and serves them as
+UTC instants (`serves_utc`, the default) or as its local wall clock; range bounds are read in
+the clock it serves (`set_clock`). In the default (UTC) the seeded data is the same either way.
 `HaloPSA(ideal=True)` (`Emulator(halo_ideal=True)`, `python -m emulator --halo-ideal`) serves the
 ideal API instead: real ids (and null where there is none), date-only ranges meaning whole days,
 agent filters honoured. Either way `entries()` is the truth, by the emulator's own entry ids, and
@@ -49,6 +53,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo
 
 from emulator.server import Emulator, Request, Response
 
@@ -126,6 +131,8 @@ class HaloPSA:
         # How far past the end asked for TimesheetEvent answers reach (a tenant that mis-reads ranges).
         self.overreach = timedelta()
         self.entry_agent_filter = True  # False: TimesheetEvent ignores the agent filter too (a tenant seen nowhere yet)
+        self.tenant_zone = "UTC"  # the zone of the wall-clock times the tenant keeps (entries(), the days)
+        self.serves_utc = True  # serve times (and read range bounds) as UTC; False: as the tenant's wall clock
         self.random = random.Random(f"halo-{seed}")
         self.client_id = CLIENT_ID
         self.client_secret = CLIENT_SECRET
@@ -269,11 +276,27 @@ class HaloPSA:
         return self._actions[ticket]
 
     def _served(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """An entry as the API shows it: a real tenant's API view says `id: 0` on every row, and
-        `0` for every number it does not have (a .NET default), ticket and client among them."""
+        """An entry as the API shows it, its times on the clock it serves: a real tenant's API view
+        says `id: 0` on every row, and `0` for every number it does not have (a .NET default),
+        ticket and client among them."""
+        served = {**entry, **{k: self._served_time(entry[k]) for k in ("start_date", "end_date") if entry.get(k)}}
         if self.ideal:
-            return dict(entry)
-        return {**entry, "id": 0, **{name: 0 for name in ZERO_FILLED if entry.get(name) is None}}
+            return served
+        return {**served, "id": 0, **{name: 0 for name in ZERO_FILLED if entry.get(name) is None}}
+
+    def _served_time(self, wall_clock: str) -> str:
+        """The tenant's wall-clock time on the clock it serves."""
+        if not self.serves_utc:
+            return wall_clock
+        moment = datetime.fromisoformat(wall_clock).replace(tzinfo=ZoneInfo(self.tenant_zone)).astimezone(UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S")
+
+    def _tenant_time(self, moment: datetime) -> datetime:
+        """A range bound (naive: on the clock served) as the tenant's wall-clock time."""
+        if moment.tzinfo is None and not self.serves_utc:
+            return moment
+        aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return aware.astimezone(ZoneInfo(self.tenant_zone)).replace(tzinfo=None)
 
     def _new_sheet(self, agent_id: int, day: date) -> dict[str, Any]:
         sheet_id = next(self._sheet_ids)
@@ -304,7 +327,8 @@ class HaloPSA:
         events = [self._served(self._entries[i]) for i in ids]
         total = sum(self._minutes[i] for i in ids)
         chargeable = sum(self._minutes[i] for i in ids if self._entries[i].get("charge_rate"))
-        return {**sheet, "actual_hours": hours(total), "chargeable_hours": hours(chargeable), "work_hours": hours(total),
+        times = {k: self._served_time(sheet[k]) for k in ("start_time", "end_time")}
+        return {**sheet, **times, "actual_hours": hours(total), "chargeable_hours": hours(chargeable), "work_hours": hours(total),
                 "events": events, "approval": dict(sheet["approval"])}
 
     def _index(self, entry_id: int) -> None:
@@ -428,6 +452,16 @@ class HaloPSA:
         else:
             self.emulator.rate_limit("halopsa", calls, window_s, refusal=_rate_limit_reached)
 
+    def set_clock(self, tenant_zone: str | None = None, serves_utc: bool | None = None) -> None:
+        """The tenant's zone (its entries' wall-clock times stay as they are, now read in that zone)
+        and whether it serves UTC instants or its wall clock."""
+        with self.emulator.lock:
+            if tenant_zone is not None:
+                ZoneInfo(tenant_zone)  # a typo fails here, not in a request
+                self.tenant_zone = tenant_zone
+            if serves_utc is not None:
+                self.serves_utc = serves_utc
+
     def expire_tokens(self) -> None:
         """Every token issued so far stops working (as when Halo expires or revokes them)."""
         with self.emulator.lock:
@@ -500,7 +534,7 @@ class HaloPSA:
         if denied:
             return denied
         try:
-            start, end = _date_range(request.query, self.ideal)
+            start, end = map(self._tenant_time, _date_range(request.query, self.ideal))
             agents = _agent_filter(request.query) if self.ideal else None  # undocumented: a real tenant may ignore it
         except _BadRequest as error:
             return _error(400, str(error))
@@ -519,7 +553,7 @@ class HaloPSA:
         if denied:
             return denied
         try:
-            start, end = _date_range(request.query, self.ideal)
+            start, end = map(self._tenant_time, _date_range(request.query, self.ideal))
             end += self.overreach
             agents = _agent_filter(request.query) if self.entry_agent_filter else None
         except _BadRequest as error:
@@ -571,22 +605,22 @@ def _flag(value: str | None, default: bool) -> bool:
 def _date_range(query: dict[str, str], ideal: bool) -> tuple[datetime, datetime]:
     """[start_date, end_date] as moments, both inclusive. A date-only value is midnight at the
     start of that day, so a date-only end drops its whole day, as on a real tenant; ideal, a
-    date-only end means the end of that day. `utcoffset` is accepted and ignored: the emulator's
-    times are in one zone."""
+    date-only end means the end of that day. A bound with an offset keeps it; zone-less bounds are
+    on the clock the tenant serves. `utcoffset` is accepted and ignored."""
     moments = []
     for name in ("start_date", "end_date"):
         value = (query.get(name) or "").strip()
         if not value:
             raise _BadRequest(f"{name} is required")
         try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None)
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise _BadRequest(f"{name} is not a date: {value!r}") from None
         if ideal and name == "end_date" and len(value) == 10:
             moment += timedelta(days=1, microseconds=-1)
         moments.append(moment)
     start, end = moments
-    if (end - start).days + 1 > MAX_RANGE_DAYS:
+    if (end.replace(tzinfo=None) - start.replace(tzinfo=None)).days + 1 > MAX_RANGE_DAYS:
         raise _BadRequest("date range too large")
     return start, end
 

@@ -16,9 +16,15 @@ What real tenants do, and how this module copes (sources in the README's HaloPSA
 - Breaks and leave are TimesheetEvents too (`break_type > 0`, `holiday_id > 0`, `event_type`
   1 = break, charge types named holiday/vacation/break): each entry's kind of time (`time_kind`:
   work, break, leave, other) is stored, and only work is ever pushed to Xero.
-- date-only ranges mis-filter, so every range goes out as ISO date-times (the days' start and
-  the next day's midnight in SYNC_TIMEZONE, with `utcoffset`) and what comes back is filtered
-  again here: records outside the range asked for are dropped and counted (`outside_range`).
+- date-only ranges mis-filter, so every range goes out as ISO date-times (the local days of
+  SYNC_TIMEZONE asked for, from the first's midnight to the last's 23:59:59, in Halo's clock,
+  with `utcoffset`) and what comes back is filtered again here: records outside the range asked
+  for are dropped and counted (`outside_range`).
+- whether Halo's zone-less times are UTC or the tenant's local time is documented nowhere:
+  HALO_TIME_ZONE says in which zone they are wall-clock times (default UTC, unverified; the
+  doctor's `halo_clock` check says which reading fits). An entry's `start_at`/`end_at` are
+  stored as UTC instants, its `work_date` is the day of its start in SYNC_TIMEZONE; its
+  fingerprint is of the times as sent, so neither setting changes an entry's identity.
 - the meaning of `approvalstatus` is documented nowhere: HALO_APPROVED_STATUSES says which
   values mean approved (default 1, unverified); the raw value is stored. `approvedby` and
   `approver` may come as numbers or text; a malformed approval is kept and flagged
@@ -33,7 +39,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -94,9 +100,30 @@ def _day(value: Any) -> date:
 
 
 def _moment(value: Any) -> datetime | None:
+    sent = _sent(value)
+    return sent.replace(tzinfo=None) if sent else None
+
+
+def _sent(value: Any) -> datetime | None:
+    """A date-time as Halo sent it: zone-less (the usual form), or with the offset it carries."""
     if value in (None, "", "0001-01-01T00:00:00"):
         return None
-    return datetime.fromisoformat(str(value)).replace(tzinfo=None)
+    return datetime.fromisoformat(str(value))
+
+
+def halo_zones() -> tuple[ZoneInfo, ZoneInfo]:
+    """(HALO_TIME_ZONE, SYNC_TIMEZONE): Halo's clock, and the zone of work dates."""
+    return ZoneInfo(setting("HALO_TIME_ZONE")), ZoneInfo(setting("SYNC_TIMEZONE"))
+
+
+def instant_and_day(sent: datetime, zones: tuple[ZoneInfo, ZoneInfo] | None = None) -> tuple[datetime, date]:
+    """A time as Halo sent it as the warehouse's UTC instant (naive, as every stored timestamp)
+    and its day in SYNC_TIMEZONE. A zone-less time is a wall-clock time in HALO_TIME_ZONE (one
+    the zone's clock passes twice, at the end of summer time, is its first); a time with an
+    offset is what the offset says."""
+    halo, local = zones or halo_zones()
+    moment = (sent if sent.tzinfo else sent.replace(tzinfo=halo)).astimezone(UTC)
+    return moment.replace(tzinfo=None), moment.astimezone(local).date()
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -176,12 +203,13 @@ def entry_row(record: dict, fiscal_year: str) -> dict:
     except ValueError:
         halo_id = None
     try:
-        start = _moment(record.get("start_date"))
-        end = _moment(record.get("end_date"))
+        start, end = _sent(record.get("start_date")), _sent(record.get("end_date"))
     except (TypeError, ValueError) as error:
         raise ValueError(f"unparsable date ({error})") from None
     if start is None:
         raise ValueError("no start_date")
+    zones = halo_zones()
+    start_at, work_date = instant_and_day(start, zones)
     agent_id = _id(record.get("agent_id"))
     if agent_id is None:
         raise ValueError("no agent_id")
@@ -189,11 +217,11 @@ def entry_row(record: dict, fiscal_year: str) -> dict:
         "halo_id": halo_id,
         "fiscal_year": fiscal_year,
         "agent_id": agent_id,
-        "work_date": start.date(),
-        "start_at": start,
-        "end_at": end,
-        "start_sent": start,
-        "end_sent": end,
+        "work_date": work_date,
+        "start_at": start_at,
+        "end_at": instant_and_day(end, zones)[0] if end else None,
+        "start_sent": start.replace(tzinfo=None),  # for the fingerprint; not stored
+        "end_sent": end.replace(tzinfo=None) if end else None,
         "minutes": minutes_of(record.get("timetaken")),
         "hours_raw": str(record.get("timetaken")),
         "ticket_id": _id(record.get("ticket_id")),
@@ -304,8 +332,8 @@ def _record_name(record: Any, position: int | None) -> str:
 def _agent_day(record: Any) -> tuple[int, date] | None:
     """(agent, day) of a record that cannot be read, when that much can be: its stored rows are kept."""
     try:
-        return int(record["agent_id"]), _day(record["start_date"])
-    except (TypeError, ValueError, KeyError):
+        return int(record["agent_id"]), instant_and_day(_sent(record["start_date"]))[1]
+    except (TypeError, ValueError, KeyError, AttributeError):
         return None
 
 
@@ -365,13 +393,17 @@ def _is_whole(value: Any) -> bool:
 
 
 def range_params(first: date, last: date) -> dict[str, str]:
-    """[first, last] as Halo is asked for it: ISO date-times from the first day's 00:00:00 to the
-    last day's 23:59:59 (Halo's times are whole seconds), in SYNC_TIMEZONE, never bare dates (a
-    date-only end_date drops its day on real tenants), with `utcoffset` in minutes as
-    JavaScript's getTimezoneOffset() gives it (UTC+1 is -60; the sign is unverified)."""
-    start, end = datetime.combine(first, time()), datetime.combine(last, time(23, 59, 59))
-    offset = ZoneInfo(setting("SYNC_TIMEZONE")).utcoffset(start) or timedelta()
-    return {"start_date": start.isoformat(), "end_date": end.isoformat(), "utcoffset": str(-int(offset.total_seconds() // 60))}
+    """The local days [first, last] (SYNC_TIMEZONE) as Halo is asked for them: ISO date-times from
+    the first day's 00:00:00 to the last day's 23:59:59 (Halo's times are whole seconds) read on
+    Halo's clock (HALO_TIME_ZONE), never bare dates (a date-only end_date drops its day on real
+    tenants), with `utcoffset` in minutes describing Halo's clock as JavaScript's
+    getTimezoneOffset() would (UTC+1 is -60; the sign is unverified)."""
+    halo, local = halo_zones()
+    start = datetime.combine(first, time(), local).astimezone(halo)
+    end = (datetime.combine(last + timedelta(days=1), time(), local).astimezone(UTC) - timedelta(seconds=1)).astimezone(halo)
+    offset = start.utcoffset() or timedelta()
+    return {"start_date": start.replace(tzinfo=None).isoformat(), "end_date": end.replace(tzinfo=None).isoformat(),
+            "utcoffset": str(-int(offset.total_seconds() // 60))}
 
 
 def _moment_of(record: Any, name: str) -> datetime | None:
@@ -379,6 +411,15 @@ def _moment_of(record: Any, name: str) -> datetime | None:
         return _moment(record.get(name)) if isinstance(record, dict) else None
     except (TypeError, ValueError):
         return None
+
+
+def work_date_of(record: Any, zones: tuple[ZoneInfo, ZoneInfo]) -> date | None:
+    """The day in SYNC_TIMEZONE a record's start falls on, None when it has none readable."""
+    try:
+        sent = _sent(record.get("start_date")) if isinstance(record, dict) else None
+    except (TypeError, ValueError):
+        return None
+    return instant_and_day(sent, zones)[1] if sent else None
 
 
 def date_chunks(first: date, last: date, days: int) -> list[tuple[date, date]]:
@@ -419,13 +460,13 @@ class HaloClient:
             yield start, end, self.time_entries(start, end), self.timesheets(start, end, agent_ids)
 
     def time_entries(self, start: date, end: date) -> list[dict]:
-        """TimesheetEvents whose start falls on a day in [start, end], every agent's. One request:
-        Halo ignores `count`/`page` and answers everything in range. Records whose start is
-        outside the range are dropped and counted; unreadable ones are kept for the parser to name."""
+        """TimesheetEvents whose start falls on a local day in [start, end], every agent's. One
+        request: Halo ignores `count`/`page` and answers everything in range. Records whose start
+        is outside the range are dropped and counted; unreadable ones are kept for the parser to name."""
         records = _records(self.http.request_json("GET", "/api/TimesheetEvent", params=range_params(start, end)),
                            "GET /api/TimesheetEvent")
-        low, high = datetime.combine(start, time()), datetime.combine(end + timedelta(days=1), time())
-        return self._keep(records, lambda r: (m := _moment_of(r, "start_date")) is None or low <= m < high)
+        zones = halo_zones()
+        return self._keep(records, lambda r: (day := work_date_of(r, zones)) is None or start <= day <= end)
 
     def timesheets(self, start: date, end: date, agent_ids: list[int]) -> list[dict]:
         """Per-agent, per-day timesheets with their approval, for days in [start, end] and these

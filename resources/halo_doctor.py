@@ -1,15 +1,16 @@
 """The doctor's HaloPSA checks (see resources/doctor.py): how this tenant's time entries are
-keyed, zoned and filtered, and the approval values its timesheets carry."""
+keyed, zoned and filtered, which clock its times are on, and the approval values its timesheets carry."""
 
 from __future__ import annotations
 
 import collections
 import functools
-from datetime import datetime, timedelta
+import statistics
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from resources.doctor import PASS, WARN, Checks, Finding, run_provider
-from resources.halo import approved_statuses, key_entries, range_params
+from resources.doctor import FAIL, PASS, WARN, Checks, Finding, run_provider
+from resources.halo import approved_statuses, halo_zones, instant_and_day, key_entries, range_params, work_date_of
 from resources.settings import setting
 
 HALO_WINDOW_DAYS = (7, 31)  # look for recent time entries here, widening once if none
@@ -35,12 +36,13 @@ def check_halopsa(resources: dict, production: bool, now: datetime) -> list[Find
         else:
             _check_identity(checks, entries)
             _check_zone(checks, entries)
-            _check_day_filter(checks, client, entries, zone)
+            _check_day_filter(checks, client, entries)
             _check_agent_filter(checks, client, entries, first, today)
         everyone = ",".join(str(a.get("id")) for a in agents)  # as the sync asks: Timesheet documents no filter
         sheets = _list(client, "/api/Timesheet", {**range_params(today - timedelta(days=HALO_WINDOW_DAYS[-1]), today),
                                                   "agents": everyone})
         _check_approvals(checks, sheets, approved)
+        _check_halo_clock(checks, sheets)
 
     # The warehouse holds the tenant's request log, shared with the runs and the sensor.
     open_client = functools.partial(resource.client, resources["warehouse"].engine)
@@ -77,29 +79,30 @@ def _check_identity(checks: Checks, entries: list[dict]) -> None:
 
 
 def _check_zone(checks: Checks, entries: list[dict]) -> None:
-    """The sync reads start and end as wall-clock times in SYNC_TIMEZONE, as it sends its ranges."""
-    zone_name = setting("SYNC_TIMEZONE") or "UTC"
+    """A start with an offset is read as it says; a zone-less one as a wall-clock time in HALO_TIME_ZONE."""
+    zone_name = setting("HALO_TIME_ZONE")
     starts = [s for s in map(_start, entries) if s]
     zoned = [s for s in starts if s.tzinfo is not None]
-    other = [s for s in zoned if s.utcoffset() != ZoneInfo(zone_name).utcoffset(s.replace(tzinfo=None))]
-    if other:
-        checks.add("date_time_zone", WARN, f"{len(other)} of {len(starts)} start dates carry an offset other than "
-                   f"SYNC_TIMEZONE's ({zone_name}), e.g. {other[0].isoformat()}",
-                   "set SYNC_TIMEZONE to the tenant's zone: the sync takes times as wall-clock times there")
-    elif zoned and len(zoned) < len(starts):
+    if zoned and len(zoned) < len(starts):
         checks.add("date_time_zone", WARN, f"{len(zoned)} of {len(starts)} start dates carry a zone, the rest do not",
-                   "mixed forms: compare a few entries' times in Halo with the warehouse")
+                   f"mixed forms: the zone-less ones are read in HALO_TIME_ZONE ({zone_name}); compare a few entries' "
+                   "times in Halo with the warehouse")
+    elif zoned:
+        checks.add("date_time_zone", PASS, f"{len(starts)} start dates carry an offset (e.g. {zoned[0].isoformat()}): read as they say")
     else:
-        checks.add("date_time_zone", PASS, f"{len(starts)} start dates carry {'the offset of ' + zone_name if zoned else 'no zone'}: "
-                   f"read as wall-clock times in SYNC_TIMEZONE ({zone_name})")
+        checks.add("date_time_zone", PASS, f"{len(starts)} start dates carry no zone: read as wall-clock times in "
+                   f"HALO_TIME_ZONE ({zone_name}), see halo_clock")
 
 
-def _check_day_filter(checks: Checks, client, entries: list[dict], zone: ZoneInfo) -> None:
+def _check_day_filter(checks: Checks, client, entries: list[dict]) -> None:
     """A one-day date-time range returns nothing outside it; a date-only range is compared too."""
-    starts = [s for s in map(_start, entries) if s]
-    day = max(starts).astimezone(zone).date() if max(starts).tzinfo else max(starts).date()
+    zones = halo_zones()
+    day = max((d for d in (work_date_of(e, zones) for e in entries) if d), default=None)
+    if day is None:
+        checks.add("day_filter", WARN, "no entry has a readable start_date; the day filter was not tried")
+        return
     rows = _list(client, "/api/TimesheetEvent", range_params(day, day))
-    outside = [r for r in rows if (s := _start(r)) is None or (s.astimezone(zone).date() if s.tzinfo else s.date()) != day]
+    outside = [r for r in rows if work_date_of(r, zones) != day]
     checks.pass_or_warn("day_filter", not outside,
                         f"a one-day date-time range for {day} returned {len(rows)} entries, none outside it",
                         f"a one-day date-time range for {day} returned {len(outside)} of {len(rows)} entries outside it",
@@ -156,3 +159,80 @@ def _check_approvals(checks: Checks, sheets: list[dict], approved: frozenset[int
     else:
         checks.add("approval_status", PASS if statuses else WARN, f"approvalstatus values seen {seen}; approved = {wanted}",
                    "" if statuses else "no timesheet approvals in the last 31 days to compare with")
+
+
+def _check_halo_clock(checks: Checks, sheets: list[dict]) -> None:
+    """Which reading of Halo's zone-less times fits the tenant: a timesheet is one agent's day, so
+    under the right reading its events start on that day (in SYNC_TIMEZONE) and the agents' days
+    look like working hours. FAIL when HALO_TIME_ZONE puts events on another day and another
+    reading does not: the push would look for their approval on the wrong day. The Date header is
+    no help here: it tells the server's clock, not the zone of the times it serves."""
+    configured, local = setting("HALO_TIME_ZONE"), setting("SYNC_TIMEZONE")
+    readings = list(dict.fromkeys([configured, "UTC", local]))
+    events = list(_events(sheets))
+    if not events:
+        checks.add("halo_clock", WARN, "no timesheet of the last 31 days carries events with a readable start; the clock was not tried",
+                   f"compare an entry's start in Halo's UI with its start_at in the warehouse (UTC, read in HALO_TIME_ZONE={configured})")
+        return
+    off = {zone: sum(_day_under(zone, local, sent) != day for day, _, sent, _ in events) for zone in readings}
+    seen = "; ".join(f"read as {zone}: {off[zone]} of {len(events)} events off their timesheet's day, days run "
+                     f"{_working_hours(events, zone, local)} in {local}" for zone in readings)
+    fits = [zone for zone in readings if not off[zone]]
+    if off[configured] and fits:
+        checks.add("halo_clock", FAIL, seen, f"set HALO_TIME_ZONE={fits[0]}: read as {configured}, entries would be shifted "
+                   "(wrong work dates, and Xero's dateUtc hours off)")
+    elif off[configured]:
+        checks.add("halo_clock", WARN, seen, "every reading puts events on another day than their timesheet: is SYNC_TIMEZONE the "
+                   "tenant's zone? compare an entry's times in Halo's UI with the hours above")
+    elif fits != [configured]:
+        checks.add("halo_clock", WARN, f"the evidence cannot tell: {seen}",
+                   f"compare an entry's times in Halo's UI with the hours above and set HALO_TIME_ZONE to the reading "
+                   f"that shows them (now {configured})")
+    else:
+        checks.add("halo_clock", PASS, f"HALO_TIME_ZONE={configured} fits: {seen}")
+
+
+def _events(sheets: list[dict]):
+    """(timesheet day, agent, start as sent, end as sent or None) of every event the timesheets carry."""
+    for sheet in sheets:
+        try:
+            day = datetime.fromisoformat(str(sheet.get("date"))).date()
+        except ValueError:
+            continue
+        for event in sheet.get("events") or []:
+            start, end = (_sent(event, name) for name in ("start_date", "end_date")) if isinstance(event, dict) else (None, None)
+            if start:
+                yield day, sheet.get("agent_id"), start, end
+
+
+def _sent(record: dict, name: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(record.get(name)))
+    except ValueError:
+        return None
+
+
+def _day_under(zone: str, local: str, sent: datetime) -> date:
+    return instant_and_day(sent, (ZoneInfo(zone), ZoneInfo(local)))[1]
+
+
+def _working_hours(events: list[tuple], zone: str, local: str) -> str:
+    """The agents' typical day under a reading, in SYNC_TIMEZONE: the median first start and last end of a timesheet's events."""
+    zones, days = (ZoneInfo(zone), ZoneInfo(local)), collections.defaultdict(list)
+    for day, agent, start, end in events:
+        days[(agent, day)].append((start, end or start))
+    firsts, lasts = [], []
+    for times in days.values():
+        firsts.append(min(_local_clock(s, zones) for s, _ in times))
+        lasts.append(max(_local_clock(e, zones) for _, e in times))
+    return f"{_clock(statistics.median_low(firsts))}-{_clock(statistics.median_low(lasts))}"
+
+
+def _local_clock(sent: datetime, zones: tuple[ZoneInfo, ZoneInfo]) -> int:
+    """Minutes past midnight in SYNC_TIMEZONE of a time as sent, read in the first zone."""
+    moment = instant_and_day(sent, zones)[0].replace(tzinfo=UTC).astimezone(zones[1])
+    return moment.hour * 60 + moment.minute
+
+
+def _clock(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"

@@ -60,6 +60,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FISCAL_YEAR_START", "halopsa", "01-01", doc="month and day (MM-DD) on which a fiscal year starts", kind="month_day"),
     Setting("FISCAL_YEAR_FIRST", "halopsa", None,
             doc="earliest fiscal year to add as a partition, e.g. `FY2023`; default the current one", kind="fiscal_year"),
+    Setting("HALO_TIME_ZONE", "halopsa", "UTC",
+            doc="zone in which Halo's zone-less times are wall-clock times: `UTC` (Halo sends UTC instants) or the tenant's IANA zone; "
+                "unverified, `workforce-sync doctor` (check halo_clock) says which reading fits the tenant", kind="timezone"),
     Setting("HALO_APPROVED_STATUSES", "halopsa", "1",
             doc="`approvalstatus` values (comma separated) that mean a timesheet is approved; unverified: Halo documents 0/1/2 without meanings",
             kind="int_list"),

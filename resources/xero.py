@@ -16,8 +16,9 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import sqlalchemy as sa
@@ -35,7 +36,7 @@ from resources.http import (
     parse_retry_after,
     shared_limiter,
 )
-from resources.settings import LOCAL_DIR, ConfigError
+from resources.settings import LOCAL_DIR, ConfigError, setting
 from resources.warehouse import utcnow
 from resources.xero_tables import xero_tokens
 
@@ -139,6 +140,21 @@ def utc_stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def work_date_of(date_utc: Any) -> date | None:
+    """The work date of a Xero `dateUtc` (a UTC instant): its day in SYNC_TIMEZONE; None when unreadable."""
+    try:
+        moment = datetime.fromisoformat(str(date_utc).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(ZoneInfo(setting("SYNC_TIMEZONE"))).date()
+
+
+def day_bounds(first: date, last: date) -> tuple[str, str]:
+    """The local days [first, last] (SYNC_TIMEZONE) in UTC: the first's midnight and the midnight after the last."""
+    zone = ZoneInfo(setting("SYNC_TIMEZONE"))
+    return tuple(utc_stamp(datetime.combine(day, time(), zone).astimezone(UTC)) for day in (first, last + timedelta(days=1)))
+
+
 @dataclass
 class Budget:
     """What Xero's rate-limit headers last said."""
@@ -168,18 +184,20 @@ class XeroClient:
         return self.budget.day_remaining is not None and self.budget.day_remaining <= self.day_reserve
 
     def time_entries(self, project_id: str, first: date, last: date) -> list[dict]:
-        """Every time entry of the project dated in [first, last] (UTC days), all pages.
+        """Every time entry of the project whose work date (`work_date_of`) is in [first, last], all pages.
 
-        Asks up to the next midnight, inclusive (the description says "on or before"), and keeps
-        only the days asked for: a bound of 23:59:59 would miss an entry in the day's last second."""
-        params = {"dateAfterUtc": f"{first.isoformat()}T00:00:00Z",
-                  "dateBeforeUtc": f"{(last + timedelta(days=1)).isoformat()}T00:00:00Z", "pageSize": MAX_PAGE_SIZE}
+        Asks from the first day's local midnight up to the next local midnight after the last, in
+        UTC, inclusive (the description says "on or before"), and keeps only the days asked for:
+        a bound of 23:59:59 would miss an entry in the day's last second. An entry whose date
+        cannot be read is kept: Xero found it inside the bounds."""
+        after, before = day_bounds(first, last)
+        params = {"dateAfterUtc": after, "dateBeforeUtc": before, "pageSize": MAX_PAGE_SIZE}
         entries, page = [], 1
         while True:
             body = self.http.request_json("GET", f"{PROJECTS}/{project_id}/Time", params={**params, "page": page})
             if not isinstance(body, dict) or not isinstance(body.get("items"), list):
                 raise ProviderError(f"xero GET time entries of project {project_id}: no 'items' list in the answer")
-            entries += [e for e in body["items"] if first <= date.fromisoformat(str(e.get("dateUtc", ""))[:10]) <= last]
+            entries += [e for e in body["items"] if (day := work_date_of(e.get("dateUtc"))) is None or first <= day <= last]
             if page >= int((body.get("pagination") or {}).get("pageCount") or 1):
                 return entries
             page += 1
@@ -209,7 +227,7 @@ class XeroClient:
 
     def status_of(self, project_id: str, entry_id: str, day: date | None = None) -> str | None:
         """The entry's listed status (ACTIVE, LOCKED, INVOICED), or None when Xero no longer has it.
-        With `day` (the entry's UTC date, as the push lists it), read from the day's listing, which
+        With `day` (the entry's work date, as the push lists it), read from the day's listing, which
         answers for a gone entry without an error; else from the entry's own GET (404: gone)."""
         if day is not None:
             found = [e for e in self.time_entries(project_id, day, day) if str(e.get("timeEntryId")).lower() == entry_id.lower()]

@@ -47,8 +47,8 @@ class TimesheetsConfig(dg.Config):
 
 
 def _frame(rows: list[dict], table: sa.Table) -> pl.DataFrame:
-    """Parsed rows as a frame of the table's columns; with no rows, the table's key and
-    `content_hash` (what `sync_scope` reads)."""
+    """Parsed rows as a frame of the table's columns (a row may carry more, as an entry's times as
+    sent); with no rows, the table's key and `content_hash` (what `sync_scope` reads)."""
     if rows:
         names = [c.name for c in table.columns if c.name in rows[0]]
         return pl.DataFrame([{n: r[n] for n in names} for r in rows], orient="row", infer_schema_length=None,

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from resources.http import RequestRejected
 from resources.records import content_hash
 from resources.warehouse import WarehouseResource, rekey, upsert, utcnow
-from resources.xero import DayBudgetSpent, EntryLocked, Postpone, XeroClient
+from resources.xero import DayBudgetSpent, EntryLocked, Postpone, XeroClient, work_date_of
 from resources.xero_tables import xero_ledger as ledger_table
-from sync_assets.xero_plan import MARKER, Action, Held, Listing, idempotency_key, utc_day, xero_content
+from sync_assets.xero_plan import MARKER, Action, Held, Listing, idempotency_key, xero_content
 
 
 def read_held(conn: sa.Connection, day: date, rows: list[dict]) -> tuple[dict[str, Held], list[tuple[str, str]]]:
@@ -145,7 +145,7 @@ def apply(context: dg.AssetExecutionContext, client: XeroClient, ledger: Ledger,
             context.log.warning(f"Halo entry {action.entry_key}: {action.kind} refused by Xero: {error.detail[:200]}")
     if force:
         for duplicate in listing.duplicates:
-            client.delete(duplicate["projectId"], duplicate["timeEntryId"], utc_day(duplicate))
+            client.delete(duplicate["projectId"], duplicate["timeEntryId"], work_date_of(duplicate.get("dateUtc")))
             done["duplicates_deleted"] += 1
     return done
 

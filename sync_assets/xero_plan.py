@@ -16,7 +16,7 @@ from typing import Any
 from resources.halo import KeyedEntries, key_entries, timesheet_row
 from resources.mappings import ProjectMappings
 from resources.records import content_hash
-from resources.xero import LOCKED_STATUSES, MAX_DURATION_MIN, utc_stamp
+from resources.xero import LOCKED_STATUSES, MAX_DURATION_MIN, utc_stamp, work_date_of
 
 # `[halo #123]` (an id, as before entry keys), `[halo t12345.7]`, `[halo f0a1b2...]`
 MARKER = re.compile(r"\[halo ([^\]\s]+)\]$")
@@ -87,14 +87,6 @@ def xero_content(entry: dict) -> dict[str, Any]:
     moment = moment.astimezone(UTC) if moment.tzinfo else moment
     return {"projectId": entry.get("projectId"), "userId": entry.get("userId"), "taskId": entry.get("taskId"),
             "dateUtc": utc_stamp(moment), "duration": entry.get("duration"), "description": entry.get("description")}
-
-
-def utc_day(entry: dict) -> date | None:
-    """A Xero entry's UTC date, or None when it has none readable."""
-    try:
-        return date.fromisoformat(str(entry.get("dateUtc"))[:10])
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -250,7 +242,7 @@ def findings(wanted: dict[str, Wanted], rows: list, xero_entries: list[dict]) ->
     ledger_ids = {r.xero_time_entry_id for r in rows if r.xero_time_entry_id}
     for entry in xero_entries:
         match = MARKER.search(entry.get("description") or "")
-        day = date.fromisoformat(str(entry.get("dateUtc"))[:10])
+        day = work_date_of(entry.get("dateUtc"))
         if not match:
             found.append(_finding("made_by_hand", entry["timeEntryId"], "", day, f"{entry.get('duration')} min: {entry.get('description')}"))
         elif entry["timeEntryId"] not in ledger_ids:
@@ -267,6 +259,6 @@ def findings(wanted: dict[str, Wanted], rows: list, xero_entries: list[dict]) ->
     pushed = {key for r in pushed_rows for key in (r.entry_key, r.ticket_key, r.fingerprint) if key}
     for entry_key, want in sorted(wanted.items()):
         if entry_key not in pushed and not set(want.other_keys) & pushed:
-            found.append(_finding("approved_not_in_xero", "", entry_key, date.fromisoformat(want.payload["dateUtc"][:10]),
+            found.append(_finding("approved_not_in_xero", "", entry_key, work_date_of(want.payload["dateUtc"]),
                                   "the next push of that date sends it"))
     return found
