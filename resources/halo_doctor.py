@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import functools
+from collections import Counter
 import statistics
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -35,6 +36,7 @@ def check_halopsa(resources: dict, production: bool, now: datetime) -> list[Find
                        "run the doctor again once the tenant has recent time entries")
         else:
             _check_identity(checks, entries)
+            _check_time_kinds(checks, entries)
             _check_zone(checks, entries)
             _check_day_filter(checks, client, entries)
             _check_agent_filter(checks, client, entries, first, today)
@@ -64,18 +66,39 @@ def _start(entry: dict) -> datetime | None:
 
 
 def _check_identity(checks: Checks, entries: list[dict]) -> None:
-    """Which key the sync gives these entries (resources/halo.py, `key_entries`)."""
+    """Which key the sync gives these entries (resources/halo.py, `entry_row`), and whether any
+    key would be claimed by two different entries (the sync's runs would fail on them)."""
     keyed = key_entries(entries, "")
-    kinds = ", ".join(f"{count} by {kind}" for kind, count in sorted(keyed.kinds.items()))
-    if keyed.identity == "id" and not keyed.repeated:
-        checks.add("entry_identity", PASS, f"ids non-zero and unique on {len(entries)} entries: the sync keys entries on id")
+    kinds = ", ".join(f"{count} by {kind}" for kind, count in sorted(keyed.kinds.items())) or "none"
+    zero = sum(1 for e in entries if e.get("ticket_id") in (0, "0") and e.get("action_number") in (0, "0"))
+    zero_ids = sum(1 for e in entries if e.get("id") in (0, "0"))
+    seen = (f"{len(entries)} entries keyed {kinds}; {zero_ids} with id 0, {zero} without a ticket sent as "
+            f"ticket_id 0 / action_number 0 (read as no ticket)")
+    if keyed.collisions:
+        checks.add("entry_identity", FAIL, f"{seen}; {len(keyed.collisions)} keys carried by different entries, "
+                   f"e.g. {', '.join(keyed.collisions[:5])}",
+                   "the sync holds such entries back and its runs fail (check nothing_lost) until Halo's ids or ticket "
+                   "actions tell them apart: compare those entries in Halo")
+    elif keyed.repeated:
+        checks.add("entry_identity", WARN, f"{seen}; {len(keyed.repeated)} entries identical in every field to another",
+                   "kept apart as ~2, ~3 by their order among themselves; confirm in Halo they are really logged twice")
     else:
-        ids = [e.get("id") for e in entries]
-        checks.add("entry_identity", WARN,
-                   f"ids unusable on {len(ids)} entries ({sum(1 for i in ids if not i)} zero, {len(ids) - len(set(ids))} repeated)"
-                   + (f"; {len(keyed.repeated)} keys repeat even so" if keyed.repeated else ""),
-                   f"the sync keys them {kinds}: (ticket_id, action_number) for ticket time, a fingerprint of the "
-                   "entry's own fields for time without a ticket (README, HaloPSA)")
+        checks.add("entry_identity", PASS, f"{seen}; every key is the entry's own")
+
+
+def _check_time_kinds(checks: Checks, entries: list[dict]) -> None:
+    """Breaks, leave and other time among the entries: stored with their kind, never billed."""
+    keyed = key_entries(entries, "")
+    kinds = Counter(row["time_kind"] for row in keyed.rows)
+    names = sorted({row["charge_type_name"] or "" for row in keyed.rows if row["time_kind"] == "work"} - {""})
+    seen = ", ".join(f"{kinds[k]} {k}" for k in ("work", "break", "leave", "other"))
+    action = (f"work charge types seen: {', '.join(names[:12]) or 'none'}; a break or leave type among them belongs in "
+              "HALO_BREAK_NAMES or HALO_LEAVE_NAMES, or it is billed")
+    if kinds["other"]:
+        checks.add("time_kinds", WARN, f"{seen}: {kinds['other']} entries of an event type that is neither work (0) nor break (1)",
+                   "such time is stored and never pushed to Xero; " + action)
+    else:
+        checks.add("time_kinds", PASS, f"{seen} (breaks and leave are never pushed to Xero)", action)
 
 
 def _check_zone(checks: Checks, entries: list[dict]) -> None:

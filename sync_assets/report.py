@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
 
 from resources.employes_tables import employes_employee_changes as changes_table
+from resources.halo import TIME_KINDS
+from resources.halo_tables import halo_time_entries as entries_table
 from resources.settings import setting
 from resources.warehouse import WarehouseResource
 from sync_assets.runs import trigger_of
@@ -126,6 +128,16 @@ def employee_changes(warehouse: WarehouseResource, day: date) -> list[str]:
     return lines
 
 
+def hours_by_kind(warehouse: WarehouseResource, day: date) -> dict[str, float]:
+    """The day's Halo time (work date `day`, as the warehouse holds it) in hours per kind:
+    work, break, leave, other. Only work is billed."""
+    e = entries_table
+    with warehouse.engine.connect() as conn:
+        minutes = dict(conn.execute(sa.select(e.c.time_kind, sa.func.sum(e.c.minutes))
+                                    .where(e.c.work_date == day, e.c.deleted_at.is_(None)).group_by(e.c.time_kind)).all())
+    return {kind: round((minutes.get(kind) or 0) / 60, 2) for kind in TIME_KINDS}
+
+
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -163,7 +175,8 @@ def webhook_text(day: date, days: dict[str, SyncDay], lights: dict[str, str], ch
 def sync_report(context: dg.AssetExecutionContext, config: ReportConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """The day's sync report: per sync, its runs, successes, failures with their reasons, rows
     written, requests, throttled seconds, p50/p95 run duration and current health light (a table
-    on the asset page, and numbers plotted per sync), and the day's employee changes.
+    on the asset page, and numbers plotted per sync), the day's Halo hours per kind of time (work,
+    break, leave, other), and the day's employee changes.
 
     Partition D covers D 00:00 to 24:00 in SYNC_TIMEZONE, by run creation time; the light is the
     one `workforce-sync status` shows when the report is made. The morning schedule posts it to
@@ -179,6 +192,7 @@ def sync_report(context: dg.AssetExecutionContext, config: ReportConfig, warehou
     days = {row["asset"]: by_key.get(dg.AssetKey.from_user_string(row["asset"]), SyncDay())
             for row in status_rows if row["asset"] != context.asset_key.to_user_string()}
     changes = employee_changes(warehouse, day)
+    hours = hours_by_kind(warehouse, day)
     shown = changes[:MAX_CHANGES_LISTED]
     more = f"\n- … and {len(changes) - len(shown)} more" if len(changes) > len(shown) else ""
     numbers = {}
@@ -196,6 +210,8 @@ def sync_report(context: dg.AssetExecutionContext, config: ReportConfig, warehou
         "failures": dg.MetadataValue.md(failures_text(days)),
         "employee_changes": dg.MetadataValue.md("\n".join(f"- {c}" for c in shown) + more if changes else "No employee changes."),
         "employee_change_count": len(changes),
+        "halo_hours": dg.MetadataValue.md(" · ".join(f"{kind} {value:g} h" for kind, value in hours.items())),
+        **{f"halo/{kind}_hours": value for kind, value in hours.items()},
         "runs": sum(d.runs for d in days.values()),
         "failed_runs": sum(len(d.failures) for d in days.values()),
         **numbers,

@@ -69,10 +69,11 @@ def test_every_check_passes_against_the_ideal_providers_and_nothing_is_written(i
 
 def test_a_real_tenants_quirks_are_warnings_naming_what_the_sync_does_instead(emulator, sqlite_warehouse_url):
     findings = examine(emulator, sqlite_warehouse_url)
-    assert not_passed(findings) == {("halopsa", "entry_identity"): WARN, ("halopsa", "date_only_filter"): WARN,
-                                    ("halopsa", "agent_filter"): WARN}
+    assert not_passed(findings) == {("halopsa", "date_only_filter"): WARN, ("halopsa", "agent_filter"): WARN}
     said = {f.check: f"{f.seen} -> {f.action}" for f in findings if f.provider == "halopsa"}
-    assert "zero" in said["entry_identity"] and "by ticket" in said["entry_identity"] and "by fingerprint" in said["entry_identity"]
+    assert "with id 0" in said["entry_identity"] and "by ticket" in said["entry_identity"] and "by fingerprint" in said["entry_identity"]
+    assert "sent as ticket_id 0 / action_number 0" in said["entry_identity"] and "every key is the entry's own" in said["entry_identity"]
+    assert " break" in said["time_kinds"] and " leave" in said["time_kinds"] and "never pushed to Xero" in said["time_kinds"]
     assert "the sync always sends date-times" in said["date_only_filter"]
     assert "/api/Timesheet answered" in said["agent_filter"] and "/api/TimesheetEvent" not in said["agent_filter"]
     assert exit_code(findings) == 0

@@ -107,15 +107,16 @@ def test_entries_keep_their_local_day_and_reach_xero_at_their_utc_instant(emulat
     emulator.halo.approve(AGENT, day)
     resources = xero_resources(emulator, sqlite_warehouse_url, Fernet.generate_key().decode())
     load_mappings(resources, instance)
-    truth = halo_day(emulator, AGENT, day)  # the tenant's wall-clock times, by its day
+    truth = halo_day(emulator, AGENT, day)  # the tenant's wall-clock times, by its day: its work, what is billed
+    everything = halo_day(emulator, AGENT, day, kinds=("work", "break", "leave"))  # what is stored
     assert set(near_midnight) <= set(truth)
 
     synced = sync_year(resources, instance, days={"start": day.isoformat(), "end": day.isoformat()})  # the day's edges are the range's
     assert synced.success and meta(synced)["outside_range"] == 0
     rows = stored(sqlite_warehouse_url)
     assert {as_date(r.work_date) for r in rows} == {day}
-    assert sorted(as_moment(r.start_at) for r in rows) == sorted(instant(e["start_date"], zone) for e in truth.values())
-    assert sorted(as_moment(r.end_at) for r in rows) == sorted(instant(e["end_date"], zone) for e in truth.values())
+    assert sorted(as_moment(r.start_at) for r in rows) == sorted(instant(e["start_date"], zone) for e in everything.values())
+    assert sorted(as_moment(r.end_at) for r in rows) == sorted(instant(e["end_date"], zone) for e in everything.values())
 
     pushed = push(resources, instance, day)
     assert pushed.success and meta(pushed, "xero_time_entries")["created"] == len(truth)

@@ -32,7 +32,8 @@ sa.Table(
     "halo_time_entries", OLD,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     *(sa.Column(c.name, c.type, nullable=c.nullable) for c in TABLES.tables["halo_time_entries"].columns
-      if c.name not in ("entry_key", "halo_id", "ticket_key", "fingerprint")),
+      if c.name not in ("entry_key", "halo_id", "ticket_key", "fingerprint",
+                        "time_kind", "break_type", "break_type_name", "holiday_id", "charge_type_name", "raw")),
     sa.Index("ix_halo_time_entries_work_date", "work_date"),
 )
 sa.Table(
