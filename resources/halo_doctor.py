@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import collections
 import functools
-from collections import Counter
 import statistics
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from resources.doctor import FAIL, PASS, WARN, Checks, Finding, run_provider
-from resources.halo import approved_statuses, halo_zones, instant_and_day, key_entries, range_params, work_date_of
+from resources.halo import (
+    approved_statuses,
+    halo_zones,
+    instant_and_day,
+    key_entries,
+    range_params,
+    work_date_of,
+)
 from resources.settings import setting
 
 HALO_WINDOW_DAYS = (7, 31)  # look for recent time entries here, widening once if none
@@ -89,7 +95,7 @@ def _check_identity(checks: Checks, entries: list[dict]) -> None:
 def _check_time_kinds(checks: Checks, entries: list[dict]) -> None:
     """Breaks, leave and other time among the entries: stored with their kind, never billed."""
     keyed = key_entries(entries, "")
-    kinds = Counter(row["time_kind"] for row in keyed.rows)
+    kinds = collections.Counter(row["time_kind"] for row in keyed.rows)
     names = sorted({row["charge_type_name"] or "" for row in keyed.rows if row["time_kind"] == "work"} - {""})
     seen = ", ".join(f"{kinds[k]} {k}" for k in ("work", "break", "leave", "other"))
     action = (f"work charge types seen: {', '.join(names[:12]) or 'none'}; a break or leave type among them belongs in "

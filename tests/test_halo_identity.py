@@ -10,7 +10,7 @@ import secrets
 import subprocess
 import sys
 import tarfile
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
