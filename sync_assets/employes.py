@@ -180,7 +180,7 @@ def _carry_forward(conn: sa.Connection, day: date, employee_ids: list[str]) -> i
 
 
 @dg.asset(partitions_def=DAILY, deps=[employes_employee_snapshots], group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS,
-          check_specs=[nothing_lost("employes_employment_history")])
+          metadata=table_metadata(employes_employments), check_specs=[nothing_lost("employes_employment_history")])
 def employes_employment_history(
     context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
