@@ -13,9 +13,15 @@ stored, rejected or excluded with a reason, and no two different records may lan
 `collisions`) and, where the asset declares it (`check_specs=[nothing_lost(...)]`), answers the
 blocking check `nothing_lost`, which fails the run when the books do not balance.
 
+Retries happen at two levels, neither of them a step retry policy: the provider's client retries
+each request (backoff and jitter, `Retry-After`), and Dagster's run retries retry a failed run
+where its job asks for it (the Xero push). No sync asset has a `dg.RetryPolicy`: on top of the
+client's attempts it would multiply the requests of an outage against the providers' rate and
+day budgets while holding the provider's pool (README "Bad records, failures and retries").
 A failure that retrying cannot fix (configuration, credentials, a mapping file, a spent day
-budget) is raised with `step.refuse`: besides `allow_retries=False` (the asset's own retry
-policy) it tags the run so that Dagster's run retries skip it too.
+budget) is raised with `step.refuse`: it tags the run so that Dagster's run retries skip it,
+and is `allow_retries=False`, so a step retry policy given to a job (`op_retry_policy`) skips
+it too.
 """
 
 from __future__ import annotations

@@ -101,3 +101,11 @@ def test_every_sync_keeps_books(name):
         return
     assert NOTHING_LOST in checks, f"{name}: a sync asset without the check {NOTHING_LOST} (sync_assets/step.py nothing_lost)"
     assert checks[NOTHING_LOST].blocking, f"{name}: its check {NOTHING_LOST} is not blocking"
+
+
+@pytest.mark.parametrize("name", ASSETS)
+def test_no_step_retry_policy_of_its_own(name):
+    # Decision (README "Bad records, failures and retries"): the client retries each request and
+    # run retries retry a run where a job asks for it; a step retry policy would multiply both.
+    policy = assets_def(name).op.retry_policy
+    assert policy is None, f"{name}: has a step retry policy {policy} (convention: retries are the client's and the run's)"
