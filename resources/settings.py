@@ -72,6 +72,9 @@ SETTINGS: tuple[Setting, ...] = (
             doc="charge type names (comma separated, any case) whose time is leave, never pushed to Xero"),
     Setting("HALO_YEAR_SYNC_CRON", "halopsa", "40 0 * * *",
             doc="cron of the nightly sync of the whole current fiscal year (the hourly sync reads only the open period)", kind="cron"),
+    Setting("HALO_OPEN_PERIOD_DAYS", "halopsa", "31",
+            doc="days back from today the hourly timesheet sync covers (its open period); while unset, a set XERO_OPEN_PERIOD_DAYS "
+                "is read instead (deprecated)", kind="count"),
     Setting("AGENT_MAPPINGS_FILE", "halopsa", "config/agent_mappings.csv",
             doc="CSV mapping Halo agents to payroll employee numbers and Xero users (relative to the project)"),
     Setting("EMPLOYES_BASE_URL", "employes", "https://connect.employes.nl/v4", doc="Employes API base URL", kind="url"),
@@ -93,7 +96,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("XERO_FIRST_DAY", "xero", "2026-01-01", doc="first work date (YYYY-MM-DD) of the Xero push partitions", kind="date"),
     Setting("XERO_APPROVAL_POLL_SECONDS", "xero", "45",
             doc="seconds between the approval sensor's ticks, one Halo request each (bench/approval_latency.py)", kind="count"),
-    Setting("XERO_OPEN_PERIOD_DAYS", "xero", "31", doc="days back from today the approval sensor, the reconciliation and the hourly Halo sync cover", kind="count"),
+    Setting("XERO_OPEN_PERIOD_DAYS", "xero", "31", doc="days back from today the approval sensor and the reconciliation cover", kind="count"),
     Setting("XERO_PROJECT_MAPPINGS_FILE", "xero", "config/xero_projects.csv",
             doc="CSV mapping Halo clients, contracts and tickets to Xero projects and tasks"),
     Setting("XERO_RECONCILE_CRON", "xero", "45 2 * * *", doc="cron of the nightly Halo / ledger / Xero reconciliation", kind="cron"),

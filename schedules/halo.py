@@ -1,10 +1,11 @@
 """HaloPSA schedules: agents and mappings hourly; the open period's timesheets hourly, and the
 whole current fiscal year nightly.
 
-Why the hourly sync reads only the open period (the last XERO_OPEN_PERIOD_DAYS days and today,
+Why the hourly sync reads only the open period (the last HALO_OPEN_PERIOD_DAYS days and today,
 32 days by default) and not the current month: what changes in Halo is recent time, entered late,
-corrected, deleted or approved in the weeks after the work, and the open period is exactly the
-stretch the approval sensor pushes to Xero and the reconciliation compares; a calendar month
+corrected, deleted or approved in the weeks after the work, and by default the open period is
+the stretch the approval sensor pushes to Xero and the reconciliation compares
+(XERO_OPEN_PERIOD_DAYS, 31 too); a calendar month
 would drop last month's last days on the 1st, just while managers approve them. The sync of a
 date range makes the warehouse equal to Halo for those days only (deletions included), so an
 edit or deletion of an older entry, and every other deletion in the year, waits for the nightly
@@ -12,6 +13,7 @@ sync of the whole year (HALO_YEAR_SYNC_CRON). Both run the one asset `halo_times
 schedules pass its date range as run config.
 """
 
+import os
 from datetime import date, datetime, timedelta
 
 import dagster as dg
@@ -19,7 +21,6 @@ import dagster as dg
 from resources.settings import setting
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar
 from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets_job
-from sync_assets.xero import open_days
 
 halo_agents_hourly = dg.ScheduleDefinition(
     name="halo_agents_hourly",
@@ -40,6 +41,18 @@ def range_request(key: str, start: date, end: date, moment: datetime) -> dg.RunR
     )
 
 
+def open_days(context: dg.ScheduleEvaluationContext, last: date) -> tuple[date, date]:
+    """The open period ending on `last`: the HALO_OPEN_PERIOD_DAYS days before it and `last`.
+    Before HALO_OPEN_PERIOD_DAYS existed XERO_OPEN_PERIOD_DAYS set it: while only that one is
+    set it is still read, and the tick's log says so."""
+    days = setting("HALO_OPEN_PERIOD_DAYS")
+    if not os.environ.get("HALO_OPEN_PERIOD_DAYS", "").strip() and os.environ.get("XERO_OPEN_PERIOD_DAYS", "").strip():
+        days = setting("XERO_OPEN_PERIOD_DAYS")
+        context.log.warning(f"Deprecated: the hourly Halo sync covers XERO_OPEN_PERIOD_DAYS ({days}) days because "
+                            "HALO_OPEN_PERIOD_DAYS is not set; set HALO_OPEN_PERIOD_DAYS, its own setting.")
+    return last - timedelta(days=int(days)), last
+
+
 def _not_yet(key: str) -> dg.SkipReason:
     return dg.SkipReason(f"{key} is not a partition yet; the sensor halo_new_fiscal_year adds and syncs it")
 
@@ -52,11 +65,11 @@ def _not_yet(key: str) -> dg.SkipReason:
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 def halo_timesheets_hourly(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
-    """The open period (the last XERO_OPEN_PERIOD_DAYS days and today), every hour: one run per
+    """The open period (the last HALO_OPEN_PERIOD_DAYS days and today), every hour: one run per
     fiscal year it reaches into, so early in a year the old year's last weeks are synced too."""
     moment = context.scheduled_execution_time
     calendar, existing = FiscalCalendar.from_settings(), context.instance.get_dynamic_partitions(FISCAL_YEARS.name)
-    first, last = open_days(moment.date())
+    first, last = open_days(context, moment.date())
     if calendar.key_for(last) not in existing:
         return _not_yet(calendar.key_for(last))
     requests, day = [], first

@@ -177,7 +177,7 @@ def run(request: dg.RunRequest, resources, instance) -> dg.ExecuteInProcessResul
 
 HOURLY = NOW.replace(minute=15)  # a tick of halo_timesheets_hourly on conftest's day
 NIGHTLY = NOW.replace(hour=0, minute=40)  # halo_timesheets_nightly's default HALO_YEAR_SYNC_CRON
-OPEN_FROM = NOW.date() - timedelta(days=31)  # XERO_OPEN_PERIOD_DAYS back
+OPEN_FROM = NOW.date() - timedelta(days=31)  # HALO_OPEN_PERIOD_DAYS back
 
 
 def test_hourly_schedule_reads_the_open_period_and_nightly_the_whole_year(instance):
