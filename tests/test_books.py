@@ -46,8 +46,7 @@ def sync_hour(resources) -> dg.ExecuteInProcessResult:
                           selection=[ghl_contacts], raise_on_error=False)
 
 
-@pytest.mark.usefixtures("frozen_clock")  # the hour is over
-def test_an_hour_with_a_bad_record_and_a_full_pass_balance(small_emulator, sqlite_warehouse_url):
+def test_an_hour_with_a_bad_record_and_a_full_pass_balance(small_emulator, sqlite_warehouse_url, frozen_clock):  # the hour is over
     ghl = small_emulator.ghl
     resources = ghl_resources(small_emulator, sqlite_warehouse_url)
     for minute in range(3):
@@ -65,8 +64,7 @@ def test_an_hour_with_a_bad_record_and_a_full_pass_balance(small_emulator, sqlit
     assert pass_books["line"] == "received 304 = stored 303 + rejected 1 + excluded 0"
 
 
-@pytest.mark.usefixtures("frozen_clock")
-def test_a_contact_edited_while_the_pass_pages_is_stored_once_its_older_version_excluded(small_emulator, sqlite_warehouse_url):
+def test_a_contact_edited_while_the_pass_pages_is_stored_once_its_older_version_excluded(small_emulator, sqlite_warehouse_url, frozen_clock):
     with dg.instance_for_test() as instance:
         sync = GoHighLevel(small_emulator, sqlite_warehouse_url, instance)
         sync.change_while_paging()  # one contact read, edited and read again; one deleted, one added
@@ -81,8 +79,7 @@ def test_a_contact_edited_while_the_pass_pages_is_stored_once_its_older_version_
     assert sync.compare().exact
 
 
-@pytest.mark.usefixtures("frozen_clock")
-def test_a_contact_sent_unreadable_stays_live_and_is_counted_rejected_not_deleted(small_emulator, sqlite_warehouse_url):
+def test_a_contact_sent_unreadable_stays_live_and_is_counted_rejected_not_deleted(small_emulator, sqlite_warehouse_url, frozen_clock):
     ghl = small_emulator.ghl
     resources = ghl_resources(small_emulator, sqlite_warehouse_url)
     assert reconcile(resources).success

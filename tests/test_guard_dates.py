@@ -45,6 +45,10 @@ CLOCKLESS_MODULES = {
 }
 # Single tests, as "module::test".
 CLOCKLESS_TESTS = {
+    "test_halo_identity.py::test_keys_made_by_the_code_before_are_rekeyed_without_a_duplicate_or_an_orphan_in_xero":
+        "the child runs the code before on given dates: a year's range from run config and pushes of named work dates, no clock read",
+    "test_halo_rate_limit.py::test_two_processes_on_one_warehouse_together_stay_within_the_window":
+        "the child only sends requests to the emulator; the dates are the emulator's data, read by no clock",
     "test_xero_push.py::test_two_runs_of_one_day_at_once_push_each_entry_once":
         "two child processes push a past work date; the push reads no clock (its partitions reach up to today)",
 }
