@@ -179,8 +179,10 @@ def sync_report(context: dg.AssetExecutionContext, config: ReportConfig, warehou
     day = date.fromisoformat(context.partition_key)
     start, end = window_of(day)
     by_key = day_of_runs(context.instance, start, end)
-    # The syncs and their freshness policies are the run's own code location's.
-    syncs = health(context.instance, policies_of(context.repository_def.asset_graph))
+    # The syncs and their freshness policies, from the run's own job: its asset graph's source is
+    # the whole code location's (`context.repository_def` is the same in a deployed run, but is
+    # not set when a job is executed in process).
+    syncs = health(context.instance, policies_of(context.job_def.asset_layer.asset_graph.source_asset_graph))
     lights = {key.to_user_string(): sync.light for key, sync in syncs.items()}
     days = {key.to_user_string(): by_key.get(key, SyncDay()) for key in syncs if key != context.asset_key}
     changes = employee_changes(warehouse, day)
