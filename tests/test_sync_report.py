@@ -16,7 +16,6 @@ from definitions import defs as load_definitions
 from resources.warehouse import WarehouseResource
 from sync_assets.employes import assets as employes_assets
 from sync_assets.ghl import ghl_contacts
-from sync_assets.report import sync_report
 
 defs = load_definitions()
 
