@@ -35,26 +35,12 @@ import dagster as dg
 from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
 
 import users
+from resources.health import health, policies_of
 from resources.settings import ConfigError, ensure_dagster_home
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey
 from sync_assets.runs import TRIGGER_TAG, today
 
-HEALTH_NAMES = {"PASS": "green", "WARN": "yellow", "FAIL": "red", "UNKNOWN": "unknown"}
-SEVERITY = ["unknown", "green", "yellow", "red"]
 FAILED_RUNS_SCANNED = 200  # `status` looks for each asset's last failure among this many newest failed runs
-
-
-def health(instance: dg.DagsterInstance, asset_key: dg.AssetKey, policy) -> str:
-    """green / yellow / red from the age of the last successful materialization."""
-    event = instance.get_latest_materialization_event(asset_key)
-    if event is None or policy is None:
-        return "unknown"
-    age = get_current_datetime() - datetime.fromtimestamp(event.timestamp, UTC)
-    if age >= policy.fail_window.to_timedelta():
-        return "red"
-    if policy.warn_window and age >= policy.warn_window.to_timedelta():
-        return "yellow"
-    return "green"
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -109,7 +95,7 @@ def run_once(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[dict]:
                 "rows": f"{metadata.get('written', '-')}/{metadata.get('fetched', '-')}",
                 "requests": metadata.get("requests", "-"),
                 "duration_s": f"{time.monotonic() - began:.1f}",
-                "health": health(instance, key, node.freshness_policy),
+                "health": health(instance, {key: node.freshness_policy})[key].light,
                 "error": "" if result.success else _failure_message(result),
             }
         )
@@ -152,26 +138,14 @@ def last_failures(instance: dg.DagsterInstance, keys: set[dg.AssetKey]) -> dict[
 
 
 def status(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[dict]:
-    """Every asset of the code location: its health light, last success, and last failure with its run.
-
-    The light is the freshness daemon's recorded state, or the last success's age against the
-    policy when the daemon has recorded none or the age says worse (a stopped daemon leaves its
-    last state behind); `-` for an asset without a freshness policy."""
-    graph = defs.resolve_asset_graph()
-    keys = [key for key in graph.toposorted_asset_keys if graph.get(key).is_materializable]
-    states = instance.get_freshness_state_records([key for key in keys if graph.get(key).freshness_policy])
-    failures = last_failures(instance, set(keys))
+    """Every asset of the code location: its health light (`resources.health`, the one the alerts
+    and the daily report show), last success, and last failure with its run."""
+    lights = health(instance, policies_of(defs.resolve_asset_graph()))
+    failures = last_failures(instance, set(lights))
     rows = []
-    for key in keys:
-        policy = graph.get(key).freshness_policy
-        if policy is None:
-            light = "-"
-        else:
-            recorded = HEALTH_NAMES.get(states[key].freshness_state.value, "unknown") if key in states else "unknown"
-            light = max(recorded, health(instance, key, policy), key=SEVERITY.index)
-        success = instance.get_latest_materialization_event(key)
+    for key, light in lights.items():
         failed_at, failed_run = failures.get(key, (None, "-"))
-        rows.append({"asset": key.to_user_string(), "health": light, "last_success_utc": _utc(success.timestamp if success else None),
+        rows.append({"asset": key.to_user_string(), "health": light.light, "last_success_utc": _utc(light.last_success),
                      "last_failure_utc": _utc(failed_at), "failed_run": failed_run})
     return rows
 

@@ -18,12 +18,11 @@ from dagster._time import get_current_datetime  # honours dagster's freeze_time 
 from resources.employes_tables import employes_employee_changes as changes_table
 from resources.halo import TIME_KINDS
 from resources.halo_tables import halo_time_entries as entries_table
+from resources.health import health, policies_of
 from resources.settings import setting
 from resources.warehouse import WarehouseResource
+from resources.webhook import escape, failure_reason, post_alert
 from sync_assets.runs import trigger_of
-
-# The failure reasons, escaping and posting are the alerts' own (sensors/alerts.py), imported
-# where used: the sensors package imports the assets, so a module-level import would be circular.
 
 GROUP = "operations"
 # Daily in SYNC_TIMEZONE; partition D covers D 00:00 to D+1 00:00, so it is complete from midnight.
@@ -74,8 +73,6 @@ def day_of_runs(instance: dg.DagsterInstance, start: datetime, end: datetime) ->
     materialized it is a success, one that planned it and did not is a failure with its reason.
     Rows, requests and throttled seconds come from the materialization's metadata, or from the
     failure's (the syncs attach their request counts to a `dg.Failure`)."""
-    from sensors.alerts import failure_reason
-
     days: dict[dg.AssetKey, SyncDay] = {}
     records = instance.get_run_records(
         filters=dg.RunsFilter(statuses=FINISHED, created_after=start, created_before=end), limit=RUNS_READ)
@@ -158,16 +155,14 @@ def failures_text(days: dict[str, SyncDay]) -> str:
 
 def webhook_text(day: date, days: dict[str, SyncDay], lights: dict[str, str], changes: list[str]) -> str:
     """The report as Slack mrkdwn: one line per sync, failures, employee changes."""
-    from sensors.alerts import _escape
-
     lines = [f"*Sync report for {day}*"]
     for name, d in days.items():
-        lines.append(f"• `{_escape(name)}` {lights.get(name, '-')}: {d.successes}/{d.runs} runs ok, {d.rows_written} rows, "
+        lines.append(f"• `{escape(name)}` {lights.get(name, '-')}: {d.successes}/{d.runs} runs ok, {d.rows_written} rows, "
                      f"{d.requests} requests, p95 {_seconds(d.p(0.95))} s")
-    failed = [f"• `{_escape(name)}`: {_escape(r.splitlines()[0])}" for name, d in days.items() for r in d.failures]
+    failed = [f"• `{escape(name)}`: {escape(r.splitlines()[0])}" for name, d in days.items() for r in d.failures]
     if failed:
         lines += ["*Failures:*", *failed[:20]]
-    lines += [f"*Employee changes:* {len(changes) or 'none'}", *(f"• {_escape(c)}" for c in changes[:20])]
+    lines += [f"*Employee changes:* {len(changes) or 'none'}", *(f"• {escape(c)}" for c in changes[:20])]
     return "\n".join(lines)
 
 
@@ -179,18 +174,17 @@ def sync_report(context: dg.AssetExecutionContext, config: ReportConfig, warehou
     break, leave, other), and the day's employee changes.
 
     Partition D covers D 00:00 to 24:00 in SYNC_TIMEZONE, by run creation time; the light is the
-    one `workforce-sync status` shows when the report is made. The morning schedule posts it to
-    ALERT_WEBHOOK_URL."""
-    import cli  # the light is the one `workforce-sync status` shows (imported here: cli loads the definitions)
-    from definitions import defs as load_definitions
-
+    one `workforce-sync status` and the alerts show when the report is made (`resources.health`).
+    The morning schedule posts it to ALERT_WEBHOOK_URL."""
     day = date.fromisoformat(context.partition_key)
     start, end = window_of(day)
     by_key = day_of_runs(context.instance, start, end)
-    status_rows = cli.status(load_definitions(), context.instance)
-    lights = {row["asset"]: row["health"] for row in status_rows}
-    days = {row["asset"]: by_key.get(dg.AssetKey.from_user_string(row["asset"]), SyncDay())
-            for row in status_rows if row["asset"] != context.asset_key.to_user_string()}
+    # The syncs and their freshness policies, from the run's own job: its asset graph's source is
+    # the whole code location's (`context.repository_def` is the same in a deployed run, but is
+    # not set when a job is executed in process).
+    syncs = health(context.instance, policies_of(context.job_def.asset_layer.asset_graph.source_asset_graph))
+    lights = {key.to_user_string(): sync.light for key, sync in syncs.items()}
+    days = {key.to_user_string(): by_key.get(key, SyncDay()) for key in syncs if key != context.asset_key}
     changes = employee_changes(warehouse, day)
     hours = hours_by_kind(warehouse, day)
     shown = changes[:MAX_CHANGES_LISTED]
@@ -202,8 +196,6 @@ def sync_report(context: dg.AssetExecutionContext, config: ReportConfig, warehou
         if d.durations_s:
             numbers.update({f"{name}/p50_s": round(d.p(0.5), 3), f"{name}/p95_s": round(d.p(0.95), 3)})
     if config.post:
-        from sensors.alerts import post_alert
-
         post_alert(context.log, webhook_text(day, days, lights, changes))
     return dg.MaterializeResult(metadata={
         "report": dg.MetadataValue.md(markdown_table(days, lights)),

@@ -16,7 +16,6 @@ from definitions import defs as load_definitions
 from resources.warehouse import WarehouseResource
 from sync_assets.employes import assets as employes_assets
 from sync_assets.ghl import ghl_contacts
-from sync_assets.report import sync_report
 
 defs = load_definitions()
 
@@ -66,6 +65,13 @@ def employes_run(instance, resources, day: date) -> dg.ExecuteInProcessResult:
         return dg.materialize(employes_assets, resources=resources, instance=instance, partition_key=day.isoformat())
 
 
+def make_report(instance, warehouse_url: str, day: date) -> dg.ExecuteInProcessResult:
+    """The morning schedule's run: the code location's `sync_report_job` (which posts), so the
+    report sees every sync of the code location as a deployed run does."""
+    return defs.resolve_job_def("sync_report_job").execute_in_process(
+        instance=instance, partition_key=day.isoformat(), resources={"warehouse": WarehouseResource(url=warehouse_url)})
+
+
 def numbers(result: dg.ExecuteInProcessResult) -> dict:
     """What one run of ghl_contacts reported: its materialization's metadata, or its failure's."""
     if result.success:
@@ -100,9 +106,7 @@ def test_the_report_is_the_days_run_history(small_emulator, sqlite_warehouse_url
     seeded_numbers = [numbers(r) for r in seeded]
 
     with freeze_time(at(7, 0, DAY + timedelta(days=1))):  # the morning schedule's moment
-        report = dg.materialize([sync_report], resources={"warehouse": WarehouseResource(url=sqlite_warehouse_url)},
-                                instance=instance, partition_key=DAY.isoformat(),
-                                run_config={"ops": {"sync_report": {"config": {"post": True}}}})
+        report = make_report(instance, sqlite_warehouse_url, DAY)
         lights = {row["asset"]: row["health"] for row in cli.status(defs, instance)}
     (materialization,) = report.asset_materializations_for_node("sync_report")
     meta = {k: v.value for k, v in materialization.metadata.items()}
