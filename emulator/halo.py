@@ -144,7 +144,6 @@ class HaloPSA:
         self._minutes: dict[int, int] = {}  # id -> whole minutes, the truth behind `timetaken`
         self._by_day: dict[date, dict[int, list[int]]] = {}  # day -> agent id -> entry ids
         self._sheets: dict[tuple[int, date], dict[str, Any]] = {}  # (agent id, day) -> timesheet, no events
-        self.realistic = not ideal  # breaks and leave among the seeded events
         self._holidays: dict[int, dict[str, Any]] = {}  # id -> absence, as /api/Holiday serves it
         self._holiday_ids = itertools.count(1)
         self._entry_ids = itertools.count(1)
@@ -184,13 +183,13 @@ class HaloPSA:
                         sheet["approval"].update(approvalstatus=APPROVED, approvedby=1, approver=approver,
                                                  submissiondate=f"{(day + timedelta(days=1)).isoformat()}T09:00:00")
                     ids = by_agent[agent_id] = []
-                    if self.realistic and (agent_id * 7 + day.toordinal()) % LEAVE_EVERY == 0:
+                    if (agent_id * 7 + day.toordinal()) % LEAVE_EVERY == 0:
                         ids.append(self._seed_leave(agent_id, day))
                         continue
                     start = DAY_START_MIN
                     count = entries_per_day or rng.randint(3, 6)
                     quarters, odd = lengths[count]
-                    lunch = self.realistic and (agent_id + day.toordinal()) % BREAK_EVERY == 0
+                    lunch = (agent_id + day.toordinal()) % BREAK_EVERY == 0
                     for number in range(count):
                         if lunch and number == LUNCH_AFTER:
                             ids.append(self._seed_break(agent_id, day, start))
