@@ -64,7 +64,7 @@ def test_mappings_to_unknown_or_disabled_agents_fail_the_check_naming_them(emula
     result = load(emulator, sqlite_warehouse_url, tmp_path, HEADER + "1,E1,,\n99,E99,,\n24,E24,,\n")
 
     assert result.success  # the good mappings are usable...
-    (check,) = result.get_asset_check_evaluations()
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "mappings_match_agents"]
     assert not check.passed  # ...and the check says what is wrong
     details = check.metadata["details"].value
     assert "line 3: agent 99 is not in Halo" in details

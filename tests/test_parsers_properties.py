@@ -89,7 +89,7 @@ def test_any_halo_time_entry_becomes_a_row_or_a_reason(record):
 @given(st.lists(variants(HALO_ENTRY), max_size=6))
 def test_every_halo_entry_of_a_response_gets_its_own_key_or_a_reason(batch):
     keyed = key_entries(batch, "FY2026")
-    assert len(keyed.rows) + len(keyed.rejects) == len(batch)
+    assert len(keyed.rows) + len(keyed.rejects) + keyed.sent_twice == len(batch) == keyed.received
     keys = [r["entry_key"] for r in keyed.rows]
     assert len(set(keys)) == len(keys) and all(len(k) <= 80 for k in keys)
 
