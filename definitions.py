@@ -19,7 +19,6 @@ from datetime import timedelta
 
 import dagster as dg
 
-from emulator import employes as employes_emulator, ghl as ghl_emulator, halo as halo_emulator, xero as xero_emulator
 from resources.employes import EmployesResource
 from resources.ghl import GoHighLevelResource
 from resources.halo import HaloPSAResource
@@ -50,7 +49,10 @@ def mapping_files() -> MappingFilesResource:
 
 
 def local_resources() -> dict:
-    """The embedded default: the emulator's providers and their well-known local credentials."""
+    """The embedded default: the emulator's providers and their well-known local credentials.
+    (The emulator is imported here, so the production code location never imports it.)"""
+    from emulator import employes as employes_emulator, ghl as ghl_emulator, halo as halo_emulator, xero as xero_emulator
+
     emulator_url = setting("EMULATOR_URL")
     return {
         "gohighlevel": GoHighLevelResource(

@@ -45,6 +45,16 @@ def test_production_with_missing_variables_fails_naming_each_of_them():
     assert SECRET_TOKEN not in result.stderr + result.stdout
 
 
+def test_the_production_code_location_never_imports_the_emulator():
+    env = production_env(**{**{s.name: f"{s.name.lower()}-value" for s in SETTINGS if s.required},
+                            "WAREHOUSE_URL": "sqlite:///:memory:", "HALO_BASE_URL": "https://halo.example.com"})
+    result = subprocess.run([sys.executable, "-c", "import sys; from definitions import defs; defs(); "
+                             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'emulator'))"],
+                            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_dagster_refuses_to_load_production_without_its_variables():
     result = subprocess.run([DAGSTER, "definitions", "validate"], cwd=PROJECT_ROOT,
                             env=production_env(), capture_output=True, text=True, timeout=600)
