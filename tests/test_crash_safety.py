@@ -80,8 +80,8 @@ def _resources(job: dict) -> dict:
     url = job["warehouse_url"]
     if job["sync"].startswith("ghl"):
         return ghl_resources(emulator, url, page_size=10)
-    if job["sync"] == "halo_year":
-        return halo_resources(emulator, url)
+    if job["sync"] == "halo_year":  # forty year syncs in a few minutes: more than Halo's 300 per 5 minutes
+        return halo_resources(emulator, url, rate_window_s=1.0)
     if job["sync"] == "employes_today":
         return employes_resources(emulator, url, requests_per_second=1000)
     return xero_resources(emulator, url, job["token_key"], calls_per_window=10_000)
@@ -329,6 +329,9 @@ def halo_compare(emulator: Emulator, url: str):
 
 
 def test_halo_year_survives_kills_at_seeded_points(forkserver, emulator, home, sqlite_warehouse_url, tmp_path):
+    # Forty year syncs in a few minutes are more than Halo's 300 requests per 5 minutes: the limit
+    # (client and emulator) would make this a test of waiting (tests/test_halo_rate_limit.py is that test).
+    emulator.halo.set_rate_limit(None)
     assert dg.materialize([halo_agents, agent_mappings], resources=halo_resources(emulator, sqlite_warehouse_url)).success
     runner = Runner(forkserver, emulator, {"sync": "halo_year", "warehouse_url": sqlite_warehouse_url}, home, tmp_path / "failure")
     halo = emulator.halo
