@@ -50,7 +50,9 @@ def in_xero(emulator: Emulator, agent: int, day: date) -> int:
 
 
 def halo_entries(emulator: Emulator, agent: int, day: date) -> int:
-    return sum(1 for e in emulator.halo.entries().values() if e["agent_id"] == agent and e["start_date"][:10] == day.isoformat())
+    """The agent's work entries of the day: what reaches Xero (breaks and leave never do)."""
+    return sum(1 for i, e in emulator.halo.entries().items()
+               if e["agent_id"] == agent and e["start_date"][:10] == day.isoformat() and emulator.halo.kind(i) == "work")
 
 
 def candidates(emulator: Emulator, first: date, last: date, count: int) -> list[tuple[int, date]]:

@@ -11,8 +11,8 @@ What real tenants do, and how this module copes (sources in the README's HaloPSA
   fields as Halo sent them (FINGERPRINT_FIELDS). Entries so identical that they share a
   fingerprint (same agent, same start, same everything) are told apart as `~2`, `~3`, ... by their
   order among themselves, which every read sees whole: a read always covers whole days, and
-  twins share their day. Two *different* records on one `#id` or ticket key are a collision:
-  both are held back (rejects) and the run fails its `nothing_lost` check.
+  twins share their day. Two *different* records on one `#id` or ticket key in one response are
+  a collision: both are held back (rejects) and the run fails its `nothing_lost` check.
 - Breaks and leave are TimesheetEvents too (`break_type > 0`, `holiday_id > 0`, `event_type`
   1 = break, charge types named holiday/vacation/break): each entry's kind of time (`time_kind`:
   work, break, leave, other) is stored, and only work is ever pushed to Xero.

@@ -26,7 +26,7 @@ from resources.halo_tables import (
     halo_timesheets as timesheets_table,
 )
 from resources.mappings import MappingFilesResource, read_agent_mappings
-from resources.records import WRITES, Books, parse_each
+from resources.records import WRITES, parse_each
 from resources.tables import frame_schema
 from resources.warehouse import WarehouseResource, key_of, rekey, replace_rows, soft_delete, sync_scope, upsert, utcnow
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey
@@ -155,19 +155,6 @@ def _kept(table: sa.Table, rejects: list[dict]) -> sa.ColumnElement[bool]:
                                 {r["agent_day"] for r in rejects}])
 
 
-def _claimed(books: Books, rows: list[dict], key: str, what: str) -> tuple[list[dict], list[dict]]:
-    """The rows whose key no other record of this run holds, and the others as rejects."""
-    kept, rejects = [], []
-    for row in rows:
-        if books.claim(str(row[key]), row["content_hash"], what):
-            kept.append(row)
-        else:
-            rejects.append({"record_id": f"{what}{row[key]}", "reason": f"another record of this run already has the key {row[key]}",
-                            "payload": row.get("raw") or {k: row[k] for k in ("agent_id", "work_date")},
-                            "agent_day": (row["agent_id"], row["work_date"])})
-    return kept, rejects
-
-
 class Observed:
     """What a sync saw that contradicts its own assumptions, for the check and the metadata."""
 
@@ -254,12 +241,10 @@ class YearSync:
         books.exclude("sent twice, identical, in one response", keyed.sent_twice)
         books.collisions += [f"time entry {key}" for key in keyed.collisions]
         sheet_rows, sheet_rejects = parse_each(sheets, timesheet_row, "timesheet ", self.key)
-        # A key another chunk of this run already gave a different record is a collision: the
-        # record is held back (a reject, kept in sync_rejects) rather than written over the other.
-        entry_rows, collided = _claimed(books, keyed.rows, "entry_key", "time entry ")
-        sheet_rows, sheets_collided = _claimed(books, sheet_rows, "id", "timesheet ")
-        keyed.rejects += collided
-        sheet_rejects += sheets_collided
+        # Two different records on one key within this answer were held back (`key_entries`). A key
+        # seen again in a later chunk is Halo's own identity (an id, a ticket action): the entry
+        # moved days while the run read, and its newer version replaces the older one.
+        entry_rows = keyed.rows
         entry_frame, sheet_frame = _frame(entry_rows, entries_table), _frame(sheet_rows, timesheets_table)
         # Time on a timesheet but no entries: Halo's answer is wrong somewhere, so those entries stay.
         missing = [{"agent_day": day} for day in self.observed.see(keyed, sheet_frame)]

@@ -390,10 +390,11 @@ def test_employes_day_survives_kills_at_seeded_points(forkserver, emulator, home
 # -- Xero -----------------------------------------------------------------------------------
 
 def xero_compare(emulator: Emulator):
-    """Every approved Halo entry of the day once in Xero, with Halo's content; nothing else of ours."""
+    """Every approved Halo work entry of the day once in Xero, with Halo's content; nothing else of ours."""
     halo = emulator.halo
     approved = {a for (a, d), s in halo.timesheets().items() if d == PUSH_DAY and s["approval"]["approvalstatus"] == 1}
-    entries = {i: e for i, e in halo.entries().items() if e["start_date"][:10] == PUSH_DAY.isoformat() and e["agent_id"] in approved}
+    entries = {i: e for i, e in halo.entries().items()
+               if e["start_date"][:10] == PUSH_DAY.isoformat() and e["agent_id"] in approved and halo.kind(i) == "work"}
     in_xero = {i: found for i, found in xero_by_halo_id(emulator).items() if found[0]["dateUtc"][:10] == PUSH_DAY.isoformat()}
     lost = len(set(in_xero) - set(entries))
     for entry_id, entry in entries.items():

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from dagster._core.definitions.freshness import FreshnessState
 from dagster_graphql import DagsterGraphQLClient
 from deployment import AGENT, ARTIFACTS, ASSETS_SHOWN, CHROMIUM, IN_PROGRESS, WAIT_S, Deployment, wait_for
-from helpers import halo_keys, wait_until
+from helpers import halo_day, halo_keys, wait_until
 from playwright.sync_api import sync_playwright
 
 from resources.xero import XeroResource
@@ -65,8 +65,7 @@ def test_the_scheduler_and_the_approval_sensor_fire_on_their_own(deployment):
     assert pushed.status == dg.DagsterRunStatus.SUCCESS, deployment.tail()
     assert pushed.tags["dagster/partition"] == approved_day.isoformat()
     assert warehouse_count(deployment, "ghl_contacts") == 200
-    day_entries = [e for e in deployment.emulator.halo.entries().values()
-                   if e["agent_id"] == AGENT and e["start_date"][:10] == approved_day.isoformat()]
+    day_entries = list(halo_day(deployment.emulator, AGENT, approved_day).values())  # its work: breaks are never billed
     assert len(deployment.emulator.xero.entries()) == len(day_entries) > 0
 
 
@@ -96,8 +95,7 @@ def test_a_second_run_of_the_same_day_waits_for_the_xero_pool(deployment):
     emulator, contested_day = deployment.emulator, deployment.days.contested
     emulator.halo.approve(AGENT, contested_day)
     keys = halo_keys(emulator)
-    day_entries = {keys[i] for i, e in emulator.halo.entries().items()
-                   if e["agent_id"] == AGENT and e["start_date"][:10] == contested_day.isoformat()}
+    day_entries = {keys[i] for i in halo_day(emulator, AGENT, contested_day)}  # its work: breaks are never billed
     emulator.inject("xero", "slow", delay_s=2, times=2)  # the first push holds the pool for 4 s or more
     client = DagsterGraphQLClient("127.0.0.1", port_number=deployment.web_port)
     # In-process steps (a launchpad option) spare a process per step and check; pools hold the same.
@@ -150,8 +148,7 @@ def test_a_failed_push_the_sensor_asked_for_is_retried_by_dagster(deployment):
     assert len(failed) == 1 and failed[0].tags["dagster/sensor_name"] == "xero_approvals", deployment.tail()
     assert retried[0].tags["dagster/parent_run_id"] == failed[0].run_id
     keys = halo_keys(emulator)
-    day_entries = {keys[i] for i, e in emulator.halo.entries().items()
-                   if e["agent_id"] == AGENT and e["start_date"][:10] == retried_day.isoformat()}
+    day_entries = {keys[i] for i in halo_day(emulator, AGENT, retried_day)}  # its work: breaks are never billed
     pushed = [MARKER.search(e.get("description") or "") for e in emulator.xero.entries().values()]
     assert sorted(m.group(1) for m in pushed if m and m.group(1) in day_entries) == sorted(day_entries) != []
 
