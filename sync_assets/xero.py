@@ -214,7 +214,8 @@ def push_to_xero(step: SyncStep, xero: XeroResource, warehouse: WarehouseResourc
     check_specs=[dg.AssetCheckSpec(
         "xero_halo_day_as_expected", asset="xero_time_entries",
         description="Warns when Halo's answer for the day contradicts the push's assumptions: unreadable approvals "
-                    "(those entries are held back), repeated entry keys, approved time without entries, records outside the day."),
+                    "(those entries are held back), keys carried by different entries, identical entries, approved time without entries, "
+                    "records outside the day."),
         nothing_lost("xero_time_entries")],
 )
 def xero_time_entries(
@@ -304,7 +305,8 @@ def push_report(step: SyncStep, push: Push) -> dg.MaterializeResult:
         ledger_rekeyed=push.rekeyed,
         outside_range=halo.outside_range,
         unreadable_approvals=len(halo.unreadable),
-        repeated_keys=len(halo.keyed.repeated),
+        identical_twins=len(halo.keyed.repeated),
+        key_collisions=len(halo.keyed.collisions),
         plan=dg.MetadataValue.md(plan_table(push.actions)),
         **({} if "xero" in step.clients else {**NO_XERO_CLIENT, "halopsa_requests": step.stats()["requests"]}),
     )
