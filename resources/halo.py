@@ -122,8 +122,11 @@ def instant_and_day(sent: datetime, zones: tuple[ZoneInfo, ZoneInfo] | None = No
     the zone's clock passes twice, at the end of summer time, is its first); a time with an
     offset is what the offset says."""
     halo, local = zones or halo_zones()
-    moment = (sent if sent.tzinfo else sent.replace(tzinfo=halo)).astimezone(UTC)
-    return moment.replace(tzinfo=None), moment.astimezone(local).date()
+    try:
+        moment = (sent if sent.tzinfo else sent.replace(tzinfo=halo)).astimezone(UTC)
+        return moment.replace(tzinfo=None), moment.astimezone(local).date()
+    except OverflowError:  # a time at the calendar's edge (0001-01-01, 9999-12-31) has no instant in another zone
+        raise ValueError(f"time out of range: {sent.isoformat()}") from None
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -417,9 +420,9 @@ def work_date_of(record: Any, zones: tuple[ZoneInfo, ZoneInfo]) -> date | None:
     """The day in SYNC_TIMEZONE a record's start falls on, None when it has none readable."""
     try:
         sent = _sent(record.get("start_date")) if isinstance(record, dict) else None
+        return instant_and_day(sent, zones)[1] if sent else None
     except (TypeError, ValueError):
         return None
-    return instant_and_day(sent, zones)[1] if sent else None
 
 
 def date_chunks(first: date, last: date, days: int) -> list[tuple[date, date]]:
