@@ -336,7 +336,7 @@ def _agent_day(record: Any) -> tuple[int, date] | None:
     """(agent, day) of a record that cannot be read, when that much can be: its stored rows are kept."""
     try:
         return int(record["agent_id"]), instant_and_day(_sent(record["start_date"]))[1]
-    except (TypeError, ValueError, KeyError, AttributeError):
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError):  # int(inf) overflows
         return None
 
 
