@@ -244,8 +244,7 @@ class YearSync:
         # Two different records on one key within this answer were held back (`key_entries`). A key
         # seen again in a later chunk is Halo's own identity (an id, a ticket action): the entry
         # moved days while the run read, and its newer version replaces the older one.
-        entry_rows = keyed.rows
-        entry_frame, sheet_frame = _frame(entry_rows, entries_table), _frame(sheet_rows, timesheets_table)
+        entry_frame, sheet_frame = _frame(keyed.rows, entries_table), _frame(sheet_rows, timesheets_table)
         # Time on a timesheet but no entries: Halo's answer is wrong somewhere, so those entries stay.
         missing = [{"agent_day": day} for day in self.observed.see(keyed, sheet_frame)]
 
@@ -254,7 +253,7 @@ class YearSync:
             return in_chunk & ~_kept(table, rejects) if rejects else in_chunk
 
         with self.warehouse.engine.begin() as conn:
-            self.observed.rekeyed += len(rekey(conn, entries_table, entry_rows, entries_table.c.work_date.between(first, last)))
+            self.observed.rekeyed += len(rekey(conn, entries_table, keyed.rows, entries_table.c.work_date.between(first, last)))
             entry_counts, entries_gone = sync_scope(conn, entries_table, entry_frame, days(entries_table, keyed.rejects + missing))
             sheet_counts, sheets_gone = sync_scope(conn, timesheets_table, sheet_frame, days(timesheets_table, sheet_rejects))
             self.step.keep_rejects(conn, "time entry", keyed.rejects)
