@@ -235,10 +235,12 @@ def _events(sheets: list[dict]):
 
 
 def _sent(record: dict, name: str) -> datetime | None:
+    """A time as sent, or None when unreadable or at the calendar's edge (no instant in every zone)."""
     try:
-        return datetime.fromisoformat(str(record.get(name)))
+        sent = datetime.fromisoformat(str(record.get(name)))
     except ValueError:
         return None
+    return sent if date(1, 1, 2) <= sent.date() <= date(9999, 12, 30) else None
 
 
 def _day_under(zone: str, local: str, sent: datetime) -> date:
