@@ -35,6 +35,7 @@ import dagster as dg
 from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
 
 import users
+from providers import NAMES, doctor_checks
 from resources.health import health, policies_of
 from resources.settings import ConfigError, ensure_dagster_home
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey
@@ -241,9 +242,8 @@ def run_doctor_command(defs: dg.Definitions, as_json: bool, providers: list[str]
     from resources.doctor import as_json as findings_json, exit_code, iter_lines, run_doctor
     from resources.settings import sync_env
 
-    resources = {name: defs.resources[name].process_config_and_initialize()
-                 for name in ("gohighlevel", "halopsa", "employes", "xero", "mapping_files", "warehouse")}
-    findings = run_doctor(resources, production=sync_env() == "production", providers=tuple(providers) if providers else None)
+    resources = {name: defs.resources[name].process_config_and_initialize() for name in (*NAMES, "mapping_files", "warehouse")}
+    findings = run_doctor(doctor_checks(tuple(providers) if providers else None), resources, production=sync_env() == "production")
     print(findings_json(findings) if as_json else "\n".join(iter_lines(findings)))
     return exit_code(findings)
 
@@ -279,7 +279,7 @@ def argument_parser() -> argparse.ArgumentParser:
     status_parser.add_argument("--json", action="store_true", help="print JSON, with the last run, next start and first sync")
     doctor = commands.add_parser("doctor", help="check every provider read-only before syncing; exit 1 on any FAIL")
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
-    doctor.add_argument("--provider", action="append", choices=["gohighlevel", "halopsa", "employes", "xero"],
+    doctor.add_argument("--provider", action="append", choices=NAMES,
                         help="check only this provider (repeatable)")
     user = commands.add_parser("user", help="manage the users of the production UI (the proxy's users file)")
     user_commands = user.add_subparsers(dest="user_command", required=True)

@@ -25,7 +25,7 @@ import uuid
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from emulator.server import Emulator, Request, Response
+from emulator.server import Emulator, Options, Request, Response
 
 TOKEN = "local-employes-token"
 COMPANY_ID = "c0ffee00-0000-4000-8000-000000000001"
@@ -431,3 +431,8 @@ class Employes:
             return Response(404, {"message": "Employee not found"})
         employments = copy.deepcopy(self.history[request.params["id"]])
         return Response(200, {"data": employments} if self.employments_wrapped else employments)
+
+
+def serve(emulator: Emulator, options: Options) -> Employes:
+    """This provider's routes and state on `emulator` (emulator/server.py, from the registry)."""
+    return Employes(emulator, seed=options.seed, count=options.employees)

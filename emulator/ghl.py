@@ -28,7 +28,7 @@ import string
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from emulator.server import Emulator, Request, Response
+from emulator.server import Emulator, Options, Request, Response
 
 TOKEN = "local-ghl-token"
 LOCATION_ID = "locEmulator0001"
@@ -353,3 +353,8 @@ def _matches(contact: dict[str, Any], item: dict[str, Any]) -> bool:
         checks = {"gt": moment.__gt__, "gte": moment.__ge__, "lt": moment.__lt__, "lte": moment.__le__}
         return all(checks[op](parse_iso(bound)) for op, bound in expected.items())
     raise ValueError(f"unknown operator {operator!r}")
+
+
+def serve(emulator: Emulator, options: Options) -> GoHighLevel:
+    """This provider's routes and state on `emulator` (emulator/server.py, from the registry)."""
+    return GoHighLevel(emulator, seed=options.seed, count=options.contacts)

@@ -55,7 +55,7 @@ from typing import Any
 from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo
 
-from emulator.server import Emulator, Request, Response
+from emulator.server import Emulator, Options, Request, Response
 
 CLIENT_ID = "local-halo-client"
 CLIENT_SECRET = "local-halo-secret"
@@ -634,3 +634,8 @@ def _agent_filter(query: dict[str, str]) -> set[int] | None:
         return {int(part) for part in raw}
     except ValueError:
         raise _BadRequest("agents must be agent ids separated by commas") from None
+
+
+def serve(emulator: Emulator, options: Options) -> HaloPSA:
+    """This provider's routes and state on `emulator` (emulator/server.py, from the registry)."""
+    return HaloPSA(emulator, seed=options.seed, agents=options.agents, ideal=options.halo_ideal)

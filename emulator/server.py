@@ -12,6 +12,7 @@ Tests drive it in-process (`Emulator(...).start()`); `python -m emulator` runs i
 from __future__ import annotations
 
 import collections
+import importlib
 import json
 import math
 import re
@@ -23,6 +24,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from providers import PROVIDERS
 
 FAULT_KINDS = ("429", "500", "502", "503", "slow", "drop", "malformed", "expired_token", "revoked_token")
 # Faults that stay until clear_faults(): a revoked credential does not heal by itself.
@@ -120,6 +123,17 @@ class SlidingWindow:
         return True, self.limit - len(self.seen), 0.0
 
 
+@dataclass(frozen=True)
+class Options:
+    """What the provider emulators are seeded with (each takes its own)."""
+
+    seed: int = 7
+    contacts: int = 300
+    agents: int = 24
+    employees: int = 40
+    halo_ideal: bool = False
+
+
 @dataclass
 class Route:
     provider: str
@@ -133,7 +147,7 @@ class Emulator:
 
     def __init__(self, *, seed: int = 7, anchor: datetime | None = None, rate_limits: bool = True, contacts: int = 300,
                  agents: int = 24, employees: int = 40, halo_ideal: bool = False, clock_skew_s: float = 0.0):
-        from emulator import employes, ghl, halo, webhook, xero  # the provider modules import this one
+        from emulator import webhook  # the provider modules, and the webhook's, import this one
 
         self.lock = threading.RLock()
         self.rate_limits = rate_limits
@@ -147,10 +161,10 @@ class Emulator:
         self.limit_refusals: dict[str, Callable[[SlidingWindow], Response]] = {}
         self.observers: list[Callable[[Served], None]] = []
         self.exchange_observers: list[Callable[[Exchange], None]] = []
-        self.ghl = ghl.GoHighLevel(self, seed=seed, count=contacts)
-        self.halo = halo.HaloPSA(self, seed=seed, agents=agents, ideal=halo_ideal)
-        self.employes = employes.Employes(self, seed=seed, count=employees)
-        self.xero = xero.Xero(self, seed=seed)
+        # Each registered provider's API, as `self.<its module>` (self.ghl, self.halo, ...).
+        options = Options(seed=seed, contacts=contacts, agents=agents, employees=employees, halo_ideal=halo_ideal)
+        for provider in PROVIDERS:
+            setattr(self, provider.module, importlib.import_module(provider.emulator).serve(self, options))
         self.webhook = webhook.Webhook(self)  # the alert sensors' Slack-compatible sink
         self._server: ThreadingHTTPServer | None = None
 

@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from emulator.halo import CLIENTS
-from emulator.server import Emulator, Request, Response
+from emulator.server import Emulator, Options, Request, Response
 
 CLIENT_ID = "local-xero-client"
 CLIENT_SECRET = "local-xero-secret"
@@ -490,3 +490,8 @@ class Xero:
             return None, _invalid(errors)
         return {"userId": user.lower(), "taskId": task.lower(), "dateUtc": utc_stamp(moment), "duration": duration,
                 "description": description}, None
+
+
+def serve(emulator: Emulator, options: Options) -> Xero:
+    """This provider's routes and state on `emulator` (emulator/server.py, from the registry)."""
+    return Xero(emulator, seed=options.seed)

@@ -196,20 +196,14 @@ def run_provider(provider: str, url_setting: str, url: str, production: bool, op
     return checks.findings
 
 
-def run_doctor(resources: dict, production: bool, providers: tuple[str, ...] | None = None,
-               now: datetime | None = None) -> list[Finding]:
-    """Every configured provider's findings, in the order the syncs run."""
-    # Imported here, not at the top: the provider modules import this one for Checks and run_provider.
-    from resources.employes_doctor import check_employes
-    from resources.ghl_doctor import check_gohighlevel
-    from resources.halo_doctor import check_halopsa
-    from resources.xero_doctor import check_xero
+ProviderChecks = Callable[[dict, bool, datetime], list[Finding]]
 
-    checks: dict[str, Callable[[dict, bool, datetime], list[Finding]]] = {
-        "gohighlevel": check_gohighlevel, "halopsa": check_halopsa, "employes": check_employes, "xero": check_xero}
+
+def run_doctor(checks: dict[str, ProviderChecks], resources: dict, production: bool, now: datetime | None = None) -> list[Finding]:
+    """The findings of each provider in `checks` (name: its checks, the registry's `doctor`), in
+    that order."""
     now = now or get_current_datetime()
-    findings = [f for name, check in checks.items() if providers is None or name in providers
-                for f in check(resources, production, now)]
+    findings = [f for check in checks.values() for f in check(resources, production, now)]
     record(resources["warehouse"].engine, findings)
     return findings
 

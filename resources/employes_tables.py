@@ -106,3 +106,6 @@ employes_contract_periods = _period_table(
     sa.Column("is_signed", sa.Boolean),
     sa.Column("sign_date", sa.Date),
 )
+
+tables = (employes_employee_snapshots, employes_employee_history, employes_employee_changes, employes_employments,
+          employes_salary_periods, employes_hours_periods, employes_contract_periods)

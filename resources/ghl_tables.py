@@ -47,3 +47,5 @@ ghl_contacts = sa.Table(
     sa.Column("deleted_at", sa.DateTime, comment="set when a reconciliation no longer finds the contact"),
     sa.Index("ix_ghl_contacts_date_updated", "date_updated"),
 )
+
+tables = (ghl_contacts,)

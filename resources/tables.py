@@ -5,13 +5,36 @@ tables no single provider owns. Each provider's tables sit next to its client
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 # Named TABLES, not `metadata`: to a Dagster reader `metadata` is a run's or an asset's.
 TABLES = sa.MetaData()
+ENTRY_KEY = sa.String(80)  # a Halo time entry's key (resources/halo.py `entry_row`), kept by Halo's and Xero's tables
 
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """An upgrade of older warehouses, kept next to the tables it upgrades and run by
+    `resources.warehouse.ensure_schema` in the order the registry loads them: `before(conn)` runs
+    before missing tables are created (to rename a table whose key changed) and returns what
+    `after(conn, state)` needs once they are."""
+
+    name: str
+    before: Callable[[sa.Connection], Any] = lambda conn: None
+    after: Callable[[sa.Connection, Any], None] = lambda conn, state: None
+
+
+UPGRADES: list[Upgrade] = []
+# The providers whose tables have joined TABLES: set once by the registry (providers/__init__.py),
+# so that opening a warehouse before it has loaded is an error, not a warehouse missing tables.
+LOADED_PROVIDERS: list[str] = []
 
 class RawJSON(sa.types.TypeDecorator):
     """A record exactly as the provider sent it: JSONB on PostgreSQL, JSON on SQLite. Written as

@@ -26,13 +26,10 @@ import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from resources import employes_tables, ghl_tables  # noqa: F401  (their tables join TABLES)
-from resources.halo_tables import halo_time_entries
 from resources.http import redact
 from resources.records import WRITES, classify
 from resources.settings import ConfigError
-from resources.tables import TABLES, sync_rejects
-from resources.xero_tables import xero_ledger
+from resources.tables import LOADED_PROVIDERS, TABLES, UPGRADES, sync_rejects
 
 # PostgreSQL advisory lock key held while the tables are created or upgraded (any fixed number).
 SCHEMA_LOCK = 0x776F726B666F7263
@@ -102,13 +99,17 @@ def ensure_schema(engine: sa.Engine) -> None:
     """Create missing tables and add missing (nullable) columns to existing ones. Runs launched
     together on a new warehouse would race to create the same tables, so this holds the
     database's write lock (SQLite) or an advisory lock (PostgreSQL) from the first look to the
-    commit: the second process waits, then finds the tables made."""
+    commit: the second process waits, then finds the tables made. Each provider's tables and
+    upgrades join `TABLES` and `UPGRADES` when the provider registry loads (providers/__init__.py)."""
+    if not LOADED_PROVIDERS:
+        raise RuntimeError("the warehouse was opened before the provider registry loaded (import providers first): "
+                           "its tables would be missing")
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
-        retired = _retire_numeric_entry_tables(conn)
+        states = [upgrade.before(conn) for upgrade in UPGRADES]
         TABLES.create_all(conn)
         inspector = sa.inspect(conn)
         for table in TABLES.sorted_tables:
@@ -117,123 +118,9 @@ def ensure_schema(engine: sa.Engine) -> None:
                 if column.name not in present:
                     column_type = column.type.compile(dialect=engine.dialect)
                     conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {column_type}'))
-        _copy_numeric_entry_tables(conn, retired)
-        _rekey_zero_filled_entries(conn)
+        for upgrade, state in zip(UPGRADES, states):
+            upgrade.after(conn, state)
         conn.commit()
-
-
-# Upgrade from the warehouse of before entry keys, where time entries, the Xero ledger and the
-# findings were keyed by Halo's numeric id. The old tables are renamed `<name>_v1` (kept, for a
-# look back; drop them by hand), the new ones made, and the rows copied under the key `#<id>`
-# with each entry's ticket key and fingerprint, so a tenant that turns out to hide its ids
-# (`id = 0`) finds its entries, and what is already in Xero, under their new keys.
-KEYED_BY_ID = {"halo_time_entries": "id", "xero_ledger": "halo_entry_id", "xero_findings": "halo_entry_id"}
-
-
-def _retire_numeric_entry_tables(conn: sa.Connection) -> list[str]:
-    inspector = sa.inspect(conn)
-    retired = []
-    for name, old_key in KEYED_BY_ID.items():
-        if not inspector.has_table(name):
-            continue
-        columns = {c["name"] for c in inspector.get_columns(name)}
-        if "entry_key" in columns or old_key not in columns:
-            continue
-        for index in inspector.get_indexes(name):  # index names are per schema: free them for the new table
-            conn.execute(sa.text(f'DROP INDEX IF EXISTS "{index["name"]}"'))
-        if name == "xero_findings":  # rebuilt every night: nothing to keep
-            conn.execute(sa.text(f"DROP TABLE {name}"))
-            continue
-        primary = inspector.get_pk_constraint(name).get("name")
-        conn.execute(sa.text(f"ALTER TABLE {name} RENAME TO {name}_v1"))
-        if conn.dialect.name == "postgresql" and primary:  # its key's index name would clash with the new table's
-            conn.execute(sa.text(f'ALTER TABLE {name}_v1 RENAME CONSTRAINT "{primary}" TO "{name}_v1_pkey"'))
-        retired.append(name)
-    return retired
-
-
-def _copy_numeric_entry_tables(conn: sa.Connection, retired: list[str]) -> None:
-    from resources.halo import fingerprint, ticket_key  # the keys are Halo's story; imported here, not at load
-
-    inspector = sa.inspect(conn)
-    for name in retired:
-        table, old_key = TABLES.tables[name], KEYED_BY_ID[name]
-        old_columns = {c["name"] for c in inspector.get_columns(f"{name}_v1")}
-        common = [c.name for c in table.columns if c.name in old_columns and c.name not in ("entry_key", old_key)]
-        extra = {"halo_time_entries": ("halo_id",), "xero_ledger": ("halo_entry_id", "marker")}[name]
-        key = f"'#' || CAST({old_key} AS VARCHAR)"
-        values = ", ".join([key, *([old_key] if name == "halo_time_entries" else [old_key, key]), *common])
-        columns = ", ".join(["entry_key", *extra, *common])
-        conn.execute(sa.text(f"INSERT INTO {name} ({columns}) SELECT {values} FROM {name}_v1"))
-    if "halo_time_entries" in retired:
-        rows = conn.execute(sa.select(halo_time_entries)).mappings().all()
-        conn.execute(
-            halo_time_entries.update().where(halo_time_entries.c.entry_key == sa.bindparam("key"))
-            .values(ticket_key=sa.bindparam("ticket"), fingerprint=sa.bindparam("print")),
-            [{"key": r["entry_key"], "ticket": ticket_key(r["ticket_id"], r["action_number"]), "print": fingerprint(r)} for r in rows],
-        ) if rows else None
-    if "xero_ledger" in retired:
-        # A ledger row learns its entry's other keys from the entry as the warehouse holds it.
-        known = {r.halo_id: r for r in conn.execute(sa.select(halo_time_entries.c.halo_id, halo_time_entries.c.ticket_key,
-                                                                halo_time_entries.c.fingerprint))}
-        updates = [{"key": f"#{i}", "ticket": known[i].ticket_key, "print": known[i].fingerprint}
-                   for i in conn.execute(sa.select(xero_ledger.c.halo_entry_id)).scalars() if i in known]
-        if updates:
-            conn.execute(xero_ledger.update().where(xero_ledger.c.entry_key == sa.bindparam("key"))
-                         .values(ticket_key=sa.bindparam("ticket"), fingerprint=sa.bindparam("print")), updates)
-
-
-# Upgrade from the keys of before "0 is absent": Halo sends time without a ticket with
-# `ticket_id: 0, action_number: 0`, which the code before took for a ticket key, `t0.0`, told apart
-# as `t0.0~2`, ... by position in one response, so one chunk's `t0.0~3` overwrote another's. Such
-# entries are re-keyed once, when a process first opens the warehouse: their zero ids become
-# NULL and their key their fingerprint (identical twins `~2`, ... in their old keys' order). Ledger
-# rows take their entry's fingerprint, which the ledger kept as pushed, and keep their marker, so
-# Xero's entry is recognised: nothing is pushed twice or orphaned, and what should never have
-# gone (a break on client 0) is deleted by the next push of its day.
-ZERO_IDS = ("ticket_id", "action_number", "client_id", "contract_id", "site_id")
-
-
-def _zero_keyed(table: sa.Table) -> sa.ColumnElement[bool]:
-    key = table.c.entry_key
-    return key.like("t0.%") | key.like("t%.0") | key.like("t%.0~%")
-
-
-def _rekey_zero_filled_entries(conn: sa.Connection) -> None:
-    from resources.halo import fingerprint  # the keys are Halo's story; imported here, not at load
-
-    entries = halo_time_entries
-    stale = conn.execute(sa.select(entries).where(_zero_keyed(entries) | sa.or_(*[entries.c[c] == 0 for c in ZERO_IDS]))
-                         .order_by(entries.c.entry_key)).mappings().all()
-    taken = set()
-    for row in stale:
-        values = {c: (None if row[c] == 0 else row[c]) for c in ZERO_IDS}
-        fixed = {**row, **values}
-        new_key = row["entry_key"] if not _is_zero_key(row["entry_key"]) else _free(fingerprint(fixed), taken, conn, entries)
-        conn.execute(entries.update().where(entries.c.entry_key == row["entry_key"])
-                     .values(entry_key=new_key, fingerprint=fingerprint(fixed), **values,
-                             ticket_key=None if values["ticket_id"] is None or values["action_number"] is None else row["ticket_key"]))
-    ledger = conn.execute(sa.select(xero_ledger.c.entry_key, xero_ledger.c.fingerprint).where(_zero_keyed(xero_ledger))
-                          .order_by(xero_ledger.c.entry_key)).all()
-    taken = set()
-    for old_key, printed in ledger:
-        new_key = _free(printed or old_key.replace("t", "x", 1), taken, conn, xero_ledger)
-        conn.execute(xero_ledger.update().where(xero_ledger.c.entry_key == old_key)
-                     .values(entry_key=new_key, ticket_key=None, marker=sa.func.coalesce(xero_ledger.c.marker, old_key)))
-
-
-def _is_zero_key(key: str) -> bool:
-    return bool(re.fullmatch(r"t(0\.\d+|\d+\.0)(~\d+)?", key))
-
-
-def _free(key: str, taken: set[str], conn: sa.Connection, table: sa.Table) -> str:
-    """`key`, or `key~2`, `key~3`, ... when an entry (or one re-keyed just before) holds it."""
-    candidate, number = key, 1
-    while candidate in taken or conn.execute(sa.select(table.c.entry_key).where(table.c.entry_key == candidate)).first():
-        number += 1
-        candidate = f"{key}~{number}"
-    taken.add(candidate)
-    return candidate
 
 
 def upsert(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]], *, newer_or_equal: str | None = None) -> None:

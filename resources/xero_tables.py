@@ -3,8 +3,8 @@ and the nightly reconciliation's findings."""
 
 import sqlalchemy as sa
 
-from resources.halo_tables import ENTRY_KEY
-from resources.tables import TABLES
+from resources.halo_tables import copy_numeric_keyed, free_key, halo_time_entries, retire_numeric_keyed, zero_keyed
+from resources.tables import ENTRY_KEY, TABLES, UPGRADES, Upgrade
 
 # Xero. The refresh token is kept apart from the sync tables and encrypted (resources/xero.py).
 xero_tokens = sa.Table(
@@ -51,3 +51,45 @@ xero_findings = sa.Table(
     sa.Column("detail", sa.Text),
     sa.Column("found_at", sa.DateTime, nullable=False),
 )
+
+tables = (xero_tokens, xero_ledger, xero_findings)
+
+
+# -- upgrades of older warehouses (resources/halo_tables.py upgrades the entries first) -------
+def _ledger_keyed(conn: sa.Connection, retired: bool) -> None:
+    """The ledger of before entry keys, copied under `#<id>` with its marker; a row learns its
+    entry's other keys from the entry as the warehouse holds it."""
+    if not retired:
+        return
+    copy_numeric_keyed(conn, xero_ledger, "halo_entry_id", {"halo_entry_id": "halo_entry_id", "marker": "'#' || CAST(halo_entry_id AS VARCHAR)"})
+    entries = halo_time_entries
+    known = {r.halo_id: r for r in conn.execute(sa.select(entries.c.halo_id, entries.c.ticket_key, entries.c.fingerprint))}
+    updates = [{"key": f"#{i}", "ticket": known[i].ticket_key, "print": known[i].fingerprint}
+               for i in conn.execute(sa.select(xero_ledger.c.halo_entry_id)).scalars() if i in known]
+    if updates:
+        conn.execute(xero_ledger.update().where(xero_ledger.c.entry_key == sa.bindparam("key"))
+                     .values(ticket_key=sa.bindparam("ticket"), fingerprint=sa.bindparam("print")), updates)
+
+
+def _zero_keyed_ledger_rekeyed(conn: sa.Connection, _state: None) -> None:
+    """Ledger rows keyed from zero-filled ids take their entry's fingerprint, which the ledger kept
+    as pushed, and keep their marker, so Xero's entry is recognised: nothing is pushed twice or
+    orphaned, and what should never have gone (a break on client 0) is deleted by the next push of
+    its day."""
+    ledger = conn.execute(sa.select(xero_ledger.c.entry_key, xero_ledger.c.fingerprint).where(zero_keyed(xero_ledger))
+                          .order_by(xero_ledger.c.entry_key)).all()
+    taken: set[str] = set()
+    for old_key, printed in ledger:
+        new_key = free_key(printed or old_key.replace("t", "x", 1), taken, conn, xero_ledger)
+        conn.execute(xero_ledger.update().where(xero_ledger.c.entry_key == old_key)
+                     .values(entry_key=new_key, ticket_key=None, marker=sa.func.coalesce(xero_ledger.c.marker, old_key)))
+
+
+UPGRADES += [
+    Upgrade("xero_ledger: numeric ids to entry keys", before=lambda conn: retire_numeric_keyed(conn, "xero_ledger", "halo_entry_id"),
+            after=_ledger_keyed),
+    # Rebuilt every night: nothing to keep.
+    Upgrade("xero_findings: numeric ids to entry keys",
+            before=lambda conn: retire_numeric_keyed(conn, "xero_findings", "halo_entry_id", keep=False)),
+    Upgrade("xero_ledger: zero-filled keys to fingerprints", after=_zero_keyed_ledger_rekeyed),
+]

@@ -5,17 +5,18 @@ output metadata (a table, and the counts), and the run fails when any check fail
 
 import dagster as dg
 
+from providers import PROVIDERS, doctor_checks
 from resources.doctor import FAIL, exit_code, run_doctor, summary
 from resources.settings import sync_env
 
-PROVIDER_RESOURCES = ("gohighlevel", "halopsa", "employes", "xero", "mapping_files", "warehouse")
+PROVIDER_RESOURCES = (*(p.name for p in PROVIDERS), "mapping_files", "warehouse")
 
 
 @dg.op(required_resource_keys=set(PROVIDER_RESOURCES), tags={"kind": "doctor"})
 def check_providers(context: dg.OpExecutionContext) -> dg.Output[int]:
     """Read-only checks of every assumption the syncs make about each provider."""
     resources = {name: getattr(context.resources, name) for name in PROVIDER_RESOURCES}
-    findings = run_doctor(resources, production=sync_env() == "production")
+    findings = run_doctor(doctor_checks(), resources, production=sync_env() == "production")
     for finding in findings:
         (context.log.error if finding.severity == FAIL else context.log.info)(finding.line())
     table = ["| result | provider | check | seen | what to do |", "|---|---|---|---|---|"]

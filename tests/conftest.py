@@ -15,6 +15,7 @@ from cryptography.fernet import Fernet
 from dagster._core.test_utils import freeze_time
 from openapi_contract import Contract, specs_missing
 
+import providers  # noqa: F401  (the registry: every provider's tables join the warehouse's)
 from emulator import Emulator
 from emulator import employes as employes_emulator, halo as halo_emulator, xero as xero_emulator
 from emulator.ghl import LOCATION_ID, TOKEN

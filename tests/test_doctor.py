@@ -18,6 +18,7 @@ from dagster._core.test_utils import freeze_time
 from helpers import AGENT, DAY, halo_day, load_mappings, meta, push
 
 from emulator import Emulator
+from providers import doctor_checks
 from resources.doctor import FAIL, PASS, WARN, exit_code, push_gate, run_doctor
 from resources.mappings import MappingFilesResource
 from resources.settings import PROJECT_ROOT
@@ -39,7 +40,7 @@ def doctor_resources(emulator: Emulator, warehouse_url: str, **files) -> dict:
 
 def examine(emulator: Emulator, warehouse_url: str, *, production: bool = False, **files) -> list:
     with freeze_time(ANCHOR):
-        return run_doctor(doctor_resources(emulator, warehouse_url, **files), production=production)
+        return run_doctor(doctor_checks(), doctor_resources(emulator, warehouse_url, **files), production=production)
 
 
 def not_passed(findings) -> dict[tuple[str, str], str]:
@@ -131,7 +132,7 @@ def test_a_base_url_that_is_not_the_provider_fails_as_unreachable(ideal_emulator
     resources["employes"] = employes_resources(emulator, sqlite_warehouse_url)["employes"].model_copy(
         update={"base_url": emulator.url + "/v9"})
     with freeze_time(ANCHOR):
-        findings = run_doctor(resources, production=False, providers=("employes",))
+        findings = run_doctor(doctor_checks(("employes",)), resources, production=False)
     assert not_passed(findings) == {("employes", "company"): FAIL}
 
 
@@ -152,7 +153,7 @@ def test_xeros_day_budget_is_what_its_header_says_and_a_low_remainder_warns(idea
 
     def day_budget():
         with freeze_time(ANCHOR):
-            findings = run_doctor(resources, production=False, providers=("xero",))
+            findings = run_doctor(doctor_checks(("xero",)), resources, production=False)
         return next(f for f in findings if f.check == "day_budget")
 
     fresh = day_budget()  # the emulator's day is the Starter tier's 1,000: no 5,000 to divide by
@@ -248,7 +249,7 @@ def test_a_production_push_stays_a_dry_run_until_the_doctor_passes(emulator, sql
         assert meta(waiting, "xero_time_entries")["dry_run"] is True
         assert "doctor has not passed" in meta(waiting, "xero_time_entries")["dry_run_reason"]
 
-        assert exit_code(run_doctor(resources, production=False)) == 0  # the emulator is no production URL
+        assert exit_code(run_doctor(doctor_checks(), resources, production=False)) == 0  # the emulator is no production URL
         pushed = push(resources, instance)
     assert meta(pushed, "xero_time_entries")["dry_run"] is False
     assert len(emulator.xero.entries()) == meta(pushed, "xero_time_entries")["created"] == len(halo_day(emulator))

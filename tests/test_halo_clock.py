@@ -20,6 +20,7 @@ from helpers import AGENT, YEAR, halo_day, load_mappings, meta, push, sync_year,
 
 from emulator import Emulator
 
+from providers import doctor_checks
 from resources.doctor import FAIL, PASS, WARN, run_doctor
 from resources.halo import range_params
 from resources.warehouse import engine_for
@@ -168,7 +169,7 @@ def test_ranges_are_the_local_days_on_halos_clock(monkeypatch):
 
 def halo_clock(emulator, url) -> tuple[str, str, str]:
     with freeze_time(ANCHOR):
-        findings = run_doctor(doctor_resources(emulator, url), production=False, providers=("halopsa",))
+        findings = run_doctor(doctor_checks(("halopsa",)), doctor_resources(emulator, url), production=False)
     (finding,) = [f for f in findings if f.check == "halo_clock"]
     return finding.severity, finding.seen, finding.action
 

@@ -1,0 +1,34 @@
+"""GoHighLevel CRM, declared once: contacts pulled hourly, reconciled nightly."""
+
+import dagster as dg
+
+from resources.ghl import GoHighLevelResource
+from resources.ghl_doctor import check_gohighlevel
+from resources.ghl_tables import ghl_contacts
+from resources.provider import Provider
+from resources.settings import setting
+
+
+def definitions() -> dg.Definitions:
+    # Imported when the code location loads, not with the registry: they read settings.
+    import schedules.ghl, sync_assets.ghl  # noqa: E401
+
+    return dg.Definitions(assets=sync_assets.ghl.assets, asset_checks=sync_assets.ghl.asset_checks, jobs=sync_assets.ghl.jobs,
+                          schedules=schedules.ghl.schedules)
+
+
+def local() -> GoHighLevelResource:
+    from emulator import ghl as emulator  # its well-known local credentials; never imported in production
+
+    return GoHighLevelResource(base_url=setting("EMULATOR_URL"), token=emulator.TOKEN, location_id=emulator.LOCATION_ID)
+
+
+def production() -> GoHighLevelResource:
+    return GoHighLevelResource(base_url=setting("GHL_BASE_URL"), token=dg.EnvVar("GHL_TOKEN"), location_id=dg.EnvVar("GHL_LOCATION_ID"))
+
+
+PROVIDER = Provider(
+    name="gohighlevel", title="GoHighLevel CRM", module="ghl", definitions=definitions,
+    resource_defs={"local": local, "production": production}, tables=(ghl_contacts,), doctor=check_gohighlevel,
+    emulator="emulator.ghl",
+)

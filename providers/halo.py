@@ -1,0 +1,36 @@
+"""HaloPSA, declared once: agents and their mappings, timesheets by fiscal year."""
+
+import dagster as dg
+
+from resources import halo_tables
+from resources.halo import HaloPSAResource
+from resources.halo_doctor import check_halopsa
+from resources.provider import Provider
+from resources.settings import setting
+
+
+def definitions() -> dg.Definitions:
+    # Imported when the code location loads, not with the registry: they read settings.
+    import schedules.halo, sensors.halo, sync_assets.halo  # noqa: E401
+
+    return dg.Definitions(assets=sync_assets.halo.assets, asset_checks=sync_assets.halo.asset_checks, jobs=sync_assets.halo.jobs,
+                          schedules=schedules.halo.schedules, sensors=sensors.halo.sensors)
+
+
+def local() -> HaloPSAResource:
+    from emulator import halo as emulator  # its well-known local credentials; never imported in production
+
+    url = setting("EMULATOR_URL")
+    return HaloPSAResource(base_url=url, auth_url=f"{url}/auth", client_id=emulator.CLIENT_ID, client_secret=emulator.CLIENT_SECRET)
+
+
+def production() -> HaloPSAResource:
+    return HaloPSAResource(base_url=setting("HALO_BASE_URL"), auth_url=setting("HALO_AUTH_URL"), client_id=dg.EnvVar("HALO_CLIENT_ID"),
+                           client_secret=dg.EnvVar("HALO_CLIENT_SECRET"), tenant=setting("HALO_TENANT"))
+
+
+PROVIDER = Provider(
+    name="halopsa", title="HaloPSA", module="halo", definitions=definitions,
+    resource_defs={"local": local, "production": production}, tables=halo_tables.tables, doctor=check_halopsa,
+    emulator="emulator.halo",
+)

@@ -1,0 +1,47 @@
+"""Xero Projects, declared once: approved Halo time pushed as time entries, reconciled nightly.
+The push reads Halo's approved time, so Xero's modules may import Halo's (`reads`)."""
+
+import os
+
+import dagster as dg
+
+from resources import xero_tables
+from resources.provider import Provider
+from resources.settings import setting
+from resources.xero import XeroResource, local_token_key
+from resources.xero_doctor import check_xero
+
+
+def definitions() -> dg.Definitions:
+    # Imported when the code location loads, not with the registry: they read settings.
+    import schedules.xero, sensors.xero, sync_assets.xero  # noqa: E401
+
+    return dg.Definitions(assets=sync_assets.xero.assets, asset_checks=sync_assets.xero.asset_checks, jobs=sync_assets.xero.jobs,
+                          schedules=schedules.xero.schedules, sensors=sensors.xero.sensors)
+
+
+def local() -> XeroResource:
+    from emulator import xero as emulator  # its well-known local credentials; never imported in production
+
+    url = setting("EMULATOR_URL")
+    return XeroResource(
+        api_url=url, identity_url=url, client_id=emulator.CLIENT_ID, client_secret=emulator.CLIENT_SECRET, tenant_id=emulator.TENANT_ID,
+        # XERO_TOKEN_KEY when set (the tests set it), else the installation's own key file.
+        token_key=dg.EnvVar("XERO_TOKEN_KEY") if os.environ.get("XERO_TOKEN_KEY") else local_token_key(),
+        initial_refresh_token=emulator.INITIAL_REFRESH_TOKEN,
+    )
+
+
+def production() -> XeroResource:
+    return XeroResource(
+        api_url=setting("XERO_API_URL"), identity_url=setting("XERO_IDENTITY_URL"), client_id=dg.EnvVar("XERO_CLIENT_ID"),
+        client_secret=dg.EnvVar("XERO_CLIENT_SECRET"), tenant_id=dg.EnvVar("XERO_TENANT_ID"), token_key=dg.EnvVar("XERO_TOKEN_KEY"),
+        initial_refresh_token=dg.EnvVar("XERO_REFRESH_TOKEN") if os.environ.get("XERO_REFRESH_TOKEN") else None,
+    )
+
+
+PROVIDER = Provider(
+    name="xero", title="Xero Projects", module="xero", definitions=definitions,
+    resource_defs={"local": local, "production": production}, tables=xero_tables.tables, doctor=check_xero,
+    emulator="emulator.xero", reads=("halopsa",),
+)
