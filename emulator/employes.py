@@ -27,8 +27,7 @@ from typing import Any
 
 from emulator.server import Emulator, Options, Request, Response
 
-TOKEN = "local-employes-token"
-COMPANY_ID = "c0ffee00-0000-4000-8000-000000000001"
+from providers.employes import LOCAL_COMPANY_ID as COMPANY_ID, LOCAL_TOKEN as TOKEN  # the local resource's credentials
 COMPANY_NAME = "Emulated B.V."
 RATE_LIMIT = (5, 1.0)
 NONE_DATE = "0001-01-01T00:00:00"

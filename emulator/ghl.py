@@ -30,8 +30,7 @@ from typing import Any
 
 from emulator.server import Emulator, Options, Request, Response
 
-TOKEN = "local-ghl-token"
-LOCATION_ID = "locEmulator0001"
+from providers.ghl import LOCAL_LOCATION_ID as LOCATION_ID, LOCAL_TOKEN as TOKEN  # the local resource's credentials
 API_VERSION = "2021-07-28"
 RATE_LIMIT = (100, 10.0)
 DAILY_LIMIT = 200_000

@@ -57,8 +57,7 @@ from zoneinfo import ZoneInfo
 
 from emulator.server import Emulator, Options, Request, Response
 
-CLIENT_ID = "local-halo-client"
-CLIENT_SECRET = "local-halo-secret"
+from providers.halo import LOCAL_CLIENT_ID as CLIENT_ID, LOCAL_CLIENT_SECRET as CLIENT_SECRET  # the local resource's credentials
 TOKEN_TTL_S = 3600
 # approvalstatus: 1 approved, 0 not approved (pending), 2 rejected. Halo's swagger gives an int
 # 0/1/2 without saying which is which: this meaning is unverified.

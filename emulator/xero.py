@@ -39,13 +39,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from emulator.halo import CLIENTS
+from providers.xero import (  # the local resource's credentials
+    LOCAL_CLIENT_ID as CLIENT_ID, LOCAL_CLIENT_SECRET as CLIENT_SECRET, LOCAL_REFRESH_TOKEN as INITIAL_REFRESH_TOKEN, LOCAL_TENANT_ID as TENANT_ID,
+)
 from emulator.server import Emulator, Options, Request, Response
 
-CLIENT_ID = "local-xero-client"
-CLIENT_SECRET = "local-xero-secret"
 REFRESH_PREFIX = "local-xero-refresh-"
-INITIAL_REFRESH_TOKEN = REFRESH_PREFIX + "initial"
-TENANT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "xero-tenant-local"))
 TENANT_NAME = "Workforce Sync Local"
 SCOPE = "offline_access projects"
 USERS = 30

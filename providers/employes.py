@@ -16,10 +16,12 @@ def definitions() -> dg.Definitions:
     return dg.Definitions(assets=sync_assets.employes.assets, jobs=sync_assets.employes.jobs, schedules=schedules.employes.schedules)
 
 
-def local() -> EmployesResource:
-    from emulator import employes as emulator  # its well-known local credentials; never imported in production
+# The embedded default's credentials: the emulator (emulator/employes.py) accepts these.
+LOCAL_TOKEN, LOCAL_COMPANY_ID = "local-employes-token", "c0ffee00-0000-4000-8000-000000000001"
 
-    return EmployesResource(base_url=setting("EMULATOR_URL"), token=emulator.TOKEN, company_id=emulator.COMPANY_ID)
+
+def local() -> EmployesResource:
+    return EmployesResource(base_url=setting("EMULATOR_URL"), token=LOCAL_TOKEN, company_id=LOCAL_COMPANY_ID)
 
 
 def production() -> EmployesResource:

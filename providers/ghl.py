@@ -17,10 +17,12 @@ def definitions() -> dg.Definitions:
                           schedules=schedules.ghl.schedules)
 
 
-def local() -> GoHighLevelResource:
-    from emulator import ghl as emulator  # its well-known local credentials; never imported in production
+# The embedded default's credentials: the emulator (emulator/ghl.py) accepts these.
+LOCAL_TOKEN, LOCAL_LOCATION_ID = "local-ghl-token", "locEmulator0001"
 
-    return GoHighLevelResource(base_url=setting("EMULATOR_URL"), token=emulator.TOKEN, location_id=emulator.LOCATION_ID)
+
+def local() -> GoHighLevelResource:
+    return GoHighLevelResource(base_url=setting("EMULATOR_URL"), token=LOCAL_TOKEN, location_id=LOCAL_LOCATION_ID)
 
 
 def production() -> GoHighLevelResource:

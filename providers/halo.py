@@ -17,11 +17,13 @@ def definitions() -> dg.Definitions:
                           schedules=schedules.halo.schedules, sensors=sensors.halo.sensors)
 
 
-def local() -> HaloPSAResource:
-    from emulator import halo as emulator  # its well-known local credentials; never imported in production
+# The embedded default's credentials: the emulator (emulator/halo.py) accepts these.
+LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET = "local-halo-client", "local-halo-secret"
 
+
+def local() -> HaloPSAResource:
     url = setting("EMULATOR_URL")
-    return HaloPSAResource(base_url=url, auth_url=f"{url}/auth", client_id=emulator.CLIENT_ID, client_secret=emulator.CLIENT_SECRET)
+    return HaloPSAResource(base_url=url, auth_url=f"{url}/auth", client_id=LOCAL_CLIENT_ID, client_secret=LOCAL_CLIENT_SECRET)
 
 
 def production() -> HaloPSAResource:

@@ -2,6 +2,7 @@
 The push reads Halo's approved time, so Xero's modules may import Halo's (`reads`)."""
 
 import os
+import uuid
 
 import dagster as dg
 
@@ -20,15 +21,19 @@ def definitions() -> dg.Definitions:
                           schedules=schedules.xero.schedules, sensors=sensors.xero.sensors)
 
 
-def local() -> XeroResource:
-    from emulator import xero as emulator  # its well-known local credentials; never imported in production
+# The embedded default's credentials: the emulator (emulator/xero.py) accepts these.
+LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET = "local-xero-client", "local-xero-secret"
+LOCAL_TENANT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "xero-tenant-local"))
+LOCAL_REFRESH_TOKEN = "local-xero-refresh-initial"
 
+
+def local() -> XeroResource:
     url = setting("EMULATOR_URL")
     return XeroResource(
-        api_url=url, identity_url=url, client_id=emulator.CLIENT_ID, client_secret=emulator.CLIENT_SECRET, tenant_id=emulator.TENANT_ID,
+        api_url=url, identity_url=url, client_id=LOCAL_CLIENT_ID, client_secret=LOCAL_CLIENT_SECRET, tenant_id=LOCAL_TENANT_ID,
         # XERO_TOKEN_KEY when set (the tests set it), else the installation's own key file.
         token_key=dg.EnvVar("XERO_TOKEN_KEY") if os.environ.get("XERO_TOKEN_KEY") else local_token_key(),
-        initial_refresh_token=emulator.INITIAL_REFRESH_TOKEN,
+        initial_refresh_token=LOCAL_REFRESH_TOKEN,
     )
 
 

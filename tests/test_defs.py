@@ -10,14 +10,14 @@ import dagster as dg
 import pytest
 
 from definitions import CADENCE_TAG, HEALTH, defs as load_definitions
+from providers import NAMES as PROVIDERS  # also their resource keys and pool names
+from providers import PROVIDERS as REGISTERED
 from sync_assets.step import NOTHING_LOST
 
 defs = load_definitions()
 
-PROVIDERS = ("gohighlevel", "halopsa", "employes", "xero")  # also their resource keys and pool names
 # The group of each asset module: its provider's, or operations for what runs around the syncs.
-MODULE_GROUP = {"ghl": "gohighlevel", "halo": "halopsa", "employes": "employes", "xero": "xero",
-                "report": "operations", "doctor": "operations"}
+MODULE_GROUP = {**{p.module: p.name for p in REGISTERED}, "report": "operations", "doctor": "operations"}
 # Documented exceptions, with where the README explains them.
 NOT_A_SYNC = {"sync_report": "the daily report reads the run history and the warehouse and writes no table"}
 NO_HEALTH_WINDOW = {
