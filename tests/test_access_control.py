@@ -26,6 +26,7 @@ from playwright.sync_api import sync_playwright
 from deployment import ARTIFACTS, CHROMIUM, IN_PROGRESS, Deployment, wait_for
 from helpers import free_port, stop_group
 
+from providers import NAMES
 from resources.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -287,7 +288,7 @@ def test_chromium_logs_in_as_an_operator_and_sees_the_asset_graph(protected):
         page = context.new_page()
         page.goto(protected.origin + "/asset-groups")
         page.get_by_text("Global asset lineage").wait_for(timeout=BROWSER_WAIT_MS)
-        for group in ("gohighlevel", "halopsa", "employes", "xero"):  # the graph's lanes, collapsed
+        for group in NAMES:  # the graph's lanes, collapsed
             page.get_by_text(group, exact=True).first.wait_for(timeout=BROWSER_WAIT_MS)
         skip = page.get_by_role("button", name="Skip")  # the UI's one-time community invitation
         if skip.is_visible():

@@ -15,6 +15,7 @@ from deployment import AGENT, ARTIFACTS, ASSETS_SHOWN, CHROMIUM, IN_PROGRESS, WA
 from helpers import halo_day, halo_keys, wait_until
 from playwright.sync_api import sync_playwright
 
+from providers import NAMES
 from resources.xero import XeroResource
 from sync_assets.xero_plan import MARKER
 
@@ -175,7 +176,7 @@ def test_a_browser_shows_the_asset_graph(deployment):
         page.screenshot(path=ARTIFACTS / "asset-graph.png")
         text = page.locator("body").inner_text()
         browser.close()
-    for lane in ("gohighlevel", "halopsa", "employes", "xero"):
+    for lane in NAMES:
         assert lane in text
     for asset in ASSETS_SHOWN:
         assert asset in text

@@ -18,7 +18,7 @@ from dagster._core.test_utils import freeze_time
 from helpers import AGENT, DAY, halo_day, load_mappings, meta, push
 
 from emulator import Emulator
-from providers import doctor_checks
+from providers import NAMES, doctor_checks
 from resources.doctor import FAIL, PASS, WARN, exit_code, push_gate, run_doctor
 from resources.mappings import MappingFilesResource
 from resources.settings import PROJECT_ROOT
@@ -123,7 +123,7 @@ def test_a_revoked_refresh_token_fails_with_how_to_reconnect(ideal_emulator, sql
 def test_the_emulator_as_a_production_base_url_fails_for_every_provider(ideal_emulator, sqlite_warehouse_url):
     emulator = ideal_emulator
     findings = examine(emulator, sqlite_warehouse_url, production=True)
-    assert not_passed(findings) == {(p, "base_url"): FAIL for p in ("gohighlevel", "halopsa", "employes", "xero")}
+    assert not_passed(findings) == {(p, "base_url"): FAIL for p in NAMES}
 
 
 def test_a_base_url_that_is_not_the_provider_fails_as_unreachable(ideal_emulator, sqlite_warehouse_url):
@@ -172,7 +172,7 @@ def test_a_skewed_clock_is_named_for_every_provider(sqlite_warehouse_url, skew_s
         findings = examine(emulator, sqlite_warehouse_url)
     finally:
         emulator.stop()
-    assert not_passed(findings) == {(p, "clock_skew"): severity for p in ("gohighlevel", "halopsa", "employes", "xero")}
+    assert not_passed(findings) == {(p, "clock_skew"): severity for p in NAMES}
     assert exit_code(findings) == (severity == FAIL)
 
 
