@@ -44,7 +44,7 @@ class Provider:
     resource_defs: Mapping[str, Callable[[], dg.ConfigurableResource]]  # per SYNC_ENV, as hooli's resource_defs[env]
     tables: Sequence[sa.Table]
     doctor: Callable[[dict, bool, datetime], list[Finding]]
-    emulator: str  # the emulator's module, imported only by the emulator and the local resources
+    emulator: str  # its emulator module (`serve(emulator, options)`), imported only by the emulator
     reads: tuple[str, ...] = ()  # providers whose modules this one's may import (the Xero push reads Halo)
 
     def resource(self, env: str) -> dg.ConfigurableResource:
