@@ -52,6 +52,7 @@ LOGGED_REJECTS = 50  # per run: a million bad records must not bury the log
 NOTHING_LOST = "nothing_lost"
 # What a provider's error outside any phase (`SyncStep.phase`) leaves done.
 NOTHING_WRITTEN = "Nothing was written; re-run it."
+# The client a resource opens, so that `step.open(halopsa, ...)` is typed as a HaloClient.
 Client = TypeVar("Client", bound=CountedClient)
 
 
