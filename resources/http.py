@@ -19,8 +19,9 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import dagster as dg
 import httpx
@@ -445,9 +446,39 @@ class ProviderClient:
         return redact(str(value), self._secrets)
 
 
+class NamedProvider(Protocol):
+    """The HTTP core as a sync step sees it: the provider it talks to (`ProviderClient.provider`)."""
+
+    @property
+    def provider(self) -> str: ...
+
+
+class CountedClient(Protocol):
+    """What a sync step needs of a provider's client (HaloClient, XeroClient, ...): the provider
+    its requests go to, to count them under, and those counts as run metadata."""
+
+    @property
+    def http(self) -> NamedProvider: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+ClientT = TypeVar("ClientT", bound=CountedClient, covariant=True)
+
+
+class OpensClient(Protocol[ClientT]):
+    """A provider's resource as a sync step opens it (sync_assets/step.py `SyncStep.open`): its
+    `client(...)` is a context manager of the provider's client. The step always passes `log=`;
+    the other arguments are the resource's own (`HaloPSAResource.client(engine, ...)`), hence the
+    gradual signature."""
+
+    def client(self, *args: Any, **options: Any) -> AbstractContextManager[ClientT]: ...
+
+
 class ProviderResource(dg.ConfigurableResource):
     """What every provider's resource shares: the settings of the retry rules, and the HTTP
-    client built from them (each resource adds its credentials, limit and headers)."""
+    client built from them (each resource adds its credentials, limit and headers). Each one's
+    `client(..., log=...)` makes it an `OpensClient` of its provider's client."""
 
     timeout_s: float = 30.0
     max_attempts: int = 6

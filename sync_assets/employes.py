@@ -88,8 +88,7 @@ def employes_employee_snapshots(
     having left; one removed between the list and its read is left out."""
     with sync_step(context, GROUP) as step:
         day = _todays_partition(step)
-        with step.open(employes) as client:
-            step.if_failed = "Nothing was written; earlier snapshots are unchanged."
+        with step.open(employes) as client, step.phase("Nothing was written; earlier snapshots are unchanged."):
             pages, records_read = _read_employees(step, client)
         rows, rejects = _snapshot_rows(pages, day)
         rows = _one_each(step.books, rows, lambda row: f"employee {row['employee_id']}", lambda row: row["raw"])
@@ -212,9 +211,9 @@ def _read_employments(step: SyncStep, client: EmployesClient, employee_ids: list
     fetched: dict[str, list[dict]] = {kind: [] for kind in PERIOD_TABLES}
     done, rejects = [], []
     for number, employee_id in enumerate(employee_ids, start=1):
-        step.if_failed = (f"Stopped after {len(done)} of {len(employee_ids)} employees; nothing was written, "
-                          "the previous history is unchanged. Re-run today's partition to complete the day.")
-        items = client.employments(employee_id)
+        with step.phase(lambda: f"Stopped after {len(done)} of {len(employee_ids)} employees; nothing was written, "
+                                "the previous history is unchanged. Re-run today's partition to complete the day."):
+            items = client.employments(employee_id)
         try:
             rows = employment_rows(employee_id, items)
         except ValueError as error:

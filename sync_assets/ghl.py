@@ -145,8 +145,8 @@ def ghl_contacts(context: dg.AssetExecutionContext, gohighlevel: GoHighLevelReso
     """
     window = context.partition_time_window
     start, end = _naive_utc(window.start) - WINDOW_OVERLAP, _naive_utc(window.end)
-    with sync_step(context, GROUP) as step, step.open(gohighlevel) as client:
-        step.if_failed = "Pages written before the failure are complete; re-run the partition to finish it."
+    with (sync_step(context, GROUP) as step, step.open(gohighlevel) as client,
+          step.phase("Pages written before the failure are complete; re-run the partition to finish it.")):
         try:
             totals = sync_pages(step, warehouse, client.search_contacts(start, end, trust_total=True))
         except DailyBudgetSpent as error:
@@ -176,8 +176,8 @@ def ghl_contacts_reconciliation(
     complete pass, and never for more than `max_delete_share` of the live contacts at once.
     """
     pass_started = utcnow()
-    with sync_step(context, GROUP) as step, step.open(gohighlevel) as client:
-        step.if_failed = "The pass stopped early, so nothing was soft-deleted; re-run it."
+    with (sync_step(context, GROUP) as step, step.open(gohighlevel) as client,
+          step.phase("The pass stopped early, so nothing was soft-deleted; re-run it.")):
         try:
             totals = sync_pages(step, warehouse, client.search_contacts(), seen_at=pass_started)
         except DailyBudgetSpent as error:

@@ -220,18 +220,25 @@ class YearSync:
         self.totals: Counter = Counter()
         self.gone: dict[sa.Table, set] = {entries_table: set(), timesheets_table: set()}
         self.observed = Observed()
+        self.synced_through: date | None = None  # the last day of the last chunk written
 
     def write_chunks(self, client: HaloClient) -> None:
         """Fetch and write the range chunk by chunk; a failure leaves the written chunks whole."""
         chunks = len(date_chunks(self.start, self.end, client.chunk_days))
-        self.step.if_failed = "Nothing was written, deletions not yet applied; re-run the partition to finish."
-        for number, (first, last, entries, sheets) in enumerate(client.period(self.start, self.end), start=1):
-            counts = self.write_chunk(first, last, entries, sheets)
-            self.step.if_failed = f"Days through {last} are synced, deletions not yet applied; re-run the partition to finish."
-            self.step.context.log.info(f"{self.key} chunk {number}/{chunks} {first}..{last}: {counts}")
+        with self.step.phase(self.left_done):
+            for number, (first, last, entries, sheets) in enumerate(client.period(self.start, self.end), start=1):
+                counts = self.write_chunk(first, last, entries, sheets)
+                self.synced_through = last
+                self.step.context.log.info(f"{self.key} chunk {number}/{chunks} {first}..{last}: {counts}")
         self.observed.outside_range = client.outside_range
         self.step.books.receive(client.outside_range)
         self.step.books.exclude("outside the days or agents asked for", client.outside_range)
+
+    def left_done(self) -> str:
+        """What a provider's error leaves done: the chunks written before it are whole."""
+        if self.synced_through is None:
+            return "Nothing was written, deletions not yet applied; re-run the partition to finish."
+        return f"Days through {self.synced_through} are synced, deletions not yet applied; re-run the partition to finish."
 
     def write_chunk(self, first: date, last: date, entries: list, sheets: list) -> dict:
         """Upsert one chunk in one transaction; collects the keys its days no longer have into `gone`."""

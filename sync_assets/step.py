@@ -3,9 +3,13 @@ turn a provider's error into a `dg.Failure` that carries what the run asked of t
 and count rejected records, and report the same metadata keys from every asset.
 
     with sync_step(context, "halopsa") as step, step.open(halopsa, warehouse.engine) as client:
-        ...
-        step.if_failed = "Days through 2026-03-31 are synced; re-run the partition to finish."
+        with step.phase("Nothing was written; re-run the partition."):
+            ...
     return step.result(counts, fiscal_year=key)
+
+Each phase names what a provider's error inside it leaves done (`step.phase`); outside a phase
+the failure says that nothing was written (`sync_step`). `step.open` is typed by the resource's
+client (resources/http.py `OpensClient`): `step.open(halopsa, ...)` gives a HaloClient.
 
 Every step keeps books (`step.books`, resources/records.py `Books`): each record received is
 stored, rejected or excluded with a reason, and no two different records may land on one key.
@@ -29,13 +33,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import dagster as dg
 import sqlalchemy as sa
 
-from resources.http import ProviderError
+from resources.http import CountedClient, OpensClient, ProviderError
 from resources.records import Books
 from resources.warehouse import record_rejects
 from sync_assets.runs import trigger_of
@@ -46,6 +50,10 @@ NO_RUN_RETRY = {"dagster/retry_on_asset_or_op_failure": "false"}
 COUNTED = ("fetched", "written", "rejected")
 LOGGED_REJECTS = 50  # per run: a million bad records must not bury the log
 NOTHING_LOST = "nothing_lost"
+# What a provider's error outside any phase (`SyncStep.phase`) leaves done.
+NOTHING_WRITTEN = "Nothing was written; re-run it."
+# The client a resource opens, so that `step.open(halopsa, ...)` is typed as a HaloClient.
+Client = TypeVar("Client", bound=CountedClient)
 
 
 def nothing_lost(asset: str) -> dg.AssetCheckSpec:
@@ -62,17 +70,25 @@ class SyncStep:
         self.context = context
         self.provider = provider
         self.began = time.monotonic()
-        self.clients: dict[str, Any] = {}
+        self.clients: dict[str, CountedClient] = {}
         self.rejected = 0
         self.books = Books()
-        self.if_failed = "Nothing was written; re-run it."
 
     @contextlib.contextmanager
-    def open(self, resource: Any, *args: Any, **options: Any) -> Iterator[Any]:
+    def open(self, resource: OpensClient[Client], *args: Any, **options: Any) -> Iterator[Client]:
         """`resource.client(...)`, logging to the run, its requests counted in the step's metadata."""
         with resource.client(*args, log=self.context.log.info, **options) as client:
             self.clients[client.http.provider] = client
             yield client
+
+    @contextlib.contextmanager
+    def phase(self, if_failed: str | Callable[[], str]) -> Iterator[None]:
+        """A part of the step whose provider errors fail the step saying what it leaves done:
+        `if_failed`, or what it returns when the error comes (a loop's progress)."""
+        try:
+            yield
+        except ProviderError as error:
+            raise self.provider_failure(error, if_failed() if callable(if_failed) else if_failed) from None
 
     def stats(self) -> dict[str, Any]:
         """Requests, retries and seconds throttled over every provider the step used, and what each
@@ -105,6 +121,10 @@ class SyncStep:
         if not retry:
             self.context.instance.add_run_tags(self.context.run.run_id, NO_RUN_RETRY)
         return dg.Failure(description=description, metadata=self.stats(), allow_retries=retry)
+
+    def provider_failure(self, error: ProviderError, done: str) -> dg.Failure:
+        """A provider's error as the step's failure: what went wrong, then what is left done."""
+        return self.failure(f"{error}. {done}", retry=error.retry_helps)
 
     def refuse(self, description: str) -> dg.Failure:
         """A failure no retry can fix: the operator must change something first."""
@@ -148,12 +168,13 @@ class SyncStep:
 
 @contextlib.contextmanager
 def sync_step(context: dg.AssetExecutionContext, provider: str) -> Iterator[SyncStep]:
-    """A `SyncStep` whose provider errors become failures naming what was done (`if_failed`)."""
+    """A `SyncStep` whose provider errors become failures naming what was done: by the phase
+    they came from (`SyncStep.phase`), else NOTHING_WRITTEN."""
     step = SyncStep(context, provider)
     try:
         yield step
     except ProviderError as error:
-        raise step.failure(f"{error}. {step.if_failed}", retry=error.retry_helps) from None
+        raise step.provider_failure(error, NOTHING_WRITTEN) from None
 
 
 def table_metadata(table: sa.Table) -> dict[str, Any]:

@@ -7,6 +7,12 @@ its Xero id and the hash of the content Xero holds) and makes only the differenc
 unchanged entry costs no request. The plan is pure (sync_assets/xero_plan.py); the ledger and
 the calls are in sync_assets/xero_ledger.py.
 
+The push is a pipeline of values, each phase taking what it needs and returning what it made:
+the request (`PushRequest`: day, dry run and why, force), Halo's day (`HaloRead`), the ledger's
+view (`LedgerRead`), what was planned and done in Xero (`PushOutcome`), then the books and the
+report. A provider's error in the Halo phase fails the run saying nothing was pushed; in the
+Xero phase, that what was pushed is in the ledger.
+
 A push plans only against what has loaded: before the agent mappings ever have (a new
 installation whose approval sensor ticks first), it writes nothing to Xero and records the day's
 approved entries as `deferred`. The sensor `xero_mapping_changes` (sensors/xero.py) pushes such
@@ -32,6 +38,7 @@ import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -120,25 +127,58 @@ def agent_mappings_loaded(warehouse: WarehouseResource) -> bool:
         return conn.execute(sa.select(mappings_table.c.halo_agent_id).limit(1)).first() is not None
 
 
-@dataclass
-class Push:
-    """One work date's push: the day, whether it only shows its plan, and what it found and did."""
+@dataclass(frozen=True)
+class PushRequest:
+    """One work date's push as asked: whether it only shows its plan (and why, when the config
+    did not ask for that), and whether it lists the day in Xero to repair drift."""
 
     day: date
     dry_run: bool
-    dry_run_reason: str
+    reason: str
     force: bool
-    halo: HaloDay | None = None
-    surprises: tuple[str, ...] = ()
-    rekeyed: int = 0
-    approved: int = 0
-    deferred: dict[str, str] = field(default_factory=dict)  # approved entries that wait, with why
-    actions: list[Action] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HaloRead:
+    """The day as Halo answered it, and where that answer contradicts the push's assumptions."""
+
+    answer: HaloDay
+    surprises: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LedgerRead:
+    """What the ledger holds for the day's entries (`held`, after re-keying `rekeyed` rows), what
+    they should be in Xero (`wanted`), the approved entries that cannot go (`invalid`) or wait
+    (`deferred`), each with why, and how many entries were approved."""
+
+    held: dict[str, Held]
+    wanted: dict[str, Wanted]
+    invalid: dict[str, str]
+    deferred: dict[str, str]
+    approved: int
+    rekeyed: int
+
+
+@dataclass(frozen=True)
+class DayRead:
+    """What a push knows before it touches Xero: the request, Halo's day and the ledger's view."""
+
+    request: PushRequest
+    halo: HaloRead
+    ledger: LedgerRead
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """What the push planned, the day as Xero listed it (empty when not listed), and the changes made."""
+
+    actions: list[Action]
     listing: Listing = field(default_factory=Listing)
     done: Counter = field(default_factory=Counter)
 
 
-def decide_dry_run(context: dg.AssetExecutionContext, config: PushConfig, warehouse: WarehouseResource) -> Push:
+def push_request(context: dg.AssetExecutionContext, config: PushConfig, warehouse: WarehouseResource) -> PushRequest:
     """A dry run by config, else by XERO_PUSH_ENABLED; in production also while the doctor's gate is shut."""
     day = date.fromisoformat(context.partition_key)
     dry_run = (not push_enabled()) if config.dry_run is None else config.dry_run
@@ -146,62 +186,69 @@ def decide_dry_run(context: dg.AssetExecutionContext, config: PushConfig, wareho
     if gate:
         context.log.warning(f"{day}: a dry run: {gate}")
     reason = gate or ("XERO_PUSH_ENABLED is not true" if dry_run and config.dry_run is None else "")
-    return Push(day, dry_run or bool(gate), reason, config.force)
+    return PushRequest(day, dry_run or bool(gate), reason, config.force)
 
 
-def read_halo_day(step: SyncStep, halopsa: HaloPSAResource, warehouse: WarehouseResource, push: Push) -> None:
+def read_halo_day(step: SyncStep, halopsa: HaloPSAResource, warehouse: WarehouseResource, day: date) -> HaloRead:
     """The day from Halo (three requests: agents, entries, timesheets; and the token); its
     surprises are logged and checked."""
-    step.if_failed = "Nothing was pushed."
     with step.open(halopsa, warehouse.engine) as client:
-        ((_, _, entries, sheets),) = client.period(push.day, push.day)
-        push.halo = read_halo(entries, sheets, client.outside_range)
-    push.surprises = tuple(push.halo.surprises())
-    for surprise in push.surprises:
-        step.context.log.warning(f"{push.day}: {surprise}")
+        ((_, _, entries, sheets),) = client.period(day, day)
+        answer = read_halo(entries, sheets, client.outside_range)
+    surprises = tuple(answer.surprises())
+    for surprise in surprises:
+        step.context.log.warning(f"{day}: {surprise}")
+    return HaloRead(answer, surprises)
 
 
-def read_ledger(warehouse: WarehouseResource, push: Push, projects: ProjectMappings) -> tuple[dict[str, Held], dict[str, Wanted], dict[str, str]]:
+def read_ledger(warehouse: WarehouseResource, request: PushRequest, halo: HaloDay, projects: ProjectMappings) -> LedgerRead:
     """What the ledger holds for the day's entries (re-keyed where their key changed: committed
     unless a dry run), what should be in Xero, and the approved entries that cannot go. Before the
     agent mappings have ever loaded nothing can be planned: the approved entries are deferred."""
     with warehouse.engine.connect() as conn:
-        held, moved = read_held(conn, push.day, push.halo.keyed.rows)
-        if not push.dry_run:
+        held, moved = read_held(conn, request.day, halo.keyed.rows)
+        if not request.dry_run:
             conn.commit()
-    push.rekeyed = len(moved)
     if not agent_mappings_loaded(warehouse):
-        push.deferred = deferred_entries(push.halo, MAPPINGS_NOT_LOADED)
-        push.approved = len(push.deferred)
-        return held, {}, {}
-    wanted, invalid = wanted_entries(push.halo, xero_users(warehouse), projects)
-    push.approved = len(wanted) + len(invalid)
-    return held, keep_markers(wanted, held), invalid
+        deferred = deferred_entries(halo, MAPPINGS_NOT_LOADED)
+        return LedgerRead(held, {}, {}, deferred, approved=len(deferred), rekeyed=len(moved))
+    wanted, invalid = wanted_entries(halo, xero_users(warehouse), projects)
+    return LedgerRead(held, keep_markers(wanted, held), invalid, {}, approved=len(wanted) + len(invalid), rekeyed=len(moved))
 
 
-def push_to_xero(step: SyncStep, xero: XeroResource, warehouse: WarehouseResource, push: Push, projects: ProjectMappings,
-                 held: dict[str, Held], wanted: dict[str, Wanted], invalid: dict[str, str]) -> None:
+def defer_day(step: SyncStep, ledger: Ledger, read: DayRead) -> PushOutcome:
+    """A day that cannot be planned yet: no Xero call; the next push of the day, once the
+    mappings are in, plans it."""
+    request, deferred = read.request, read.ledger.deferred
+    actions = defer(deferred, read.ledger.held)
+    if not request.dry_run:
+        ledger.write_verdicts(actions)
+    step.context.log.warning(f"{request.day}: {len(deferred)} approved entries deferred, nothing pushed: {MAPPINGS_NOT_LOADED}")
+    return PushOutcome(actions)
+
+
+def push_to_xero(step: SyncStep, xero: XeroResource, warehouse: WarehouseResource, read: DayRead,
+                 projects: ProjectMappings) -> PushOutcome:
     """List the day in Xero when needed (a force run, or a run that died mid-POST), plan, and,
     unless a dry run, make the differences."""
-    ledger = Ledger(warehouse, push.day, {r["entry_key"]: r for r in push.halo.keyed.rows})
-    if push.deferred:  # no Xero call: the next push of the day, once the mappings are in, plans it
-        push.actions = defer(push.deferred, held)
-        if not push.dry_run:
-            ledger.write_verdicts(push.actions)
-        step.context.log.warning(f"{push.day}: {len(push.deferred)} approved entries deferred, nothing pushed: {MAPPINGS_NOT_LOADED}")
-        return
-    pending = {h.project_id for h in held.values() if h.status == "pending" and h.project_id}
+    request, known = read.request, read.ledger
+    ledger = Ledger(warehouse, request.day, {r["entry_key"]: r for r in read.halo.answer.keyed.rows})
+    if known.deferred:
+        return defer_day(step, ledger, read)
+    pending = {h.project_id for h in known.held.values() if h.status == "pending" and h.project_id}
     # A dry run with nothing to list needs no Xero connection (a new installation has none yet).
-    needs_xero = bool(pending) or push.force or not push.dry_run
-    step.if_failed = "What was pushed is in the ledger; re-run the partition to finish."
+    needs_xero = bool(pending) or request.force or not request.dry_run
     with step.open(xero, warehouse.engine) if needs_xero else contextlib.nullcontext() as client:
-        if push.force or pending:
-            to_list = (projects.project_ids() | {h.project_id for h in held.values() if h.project_id}) if push.force else pending
-            push.listing = adopt_listing(client, to_list, push.day, held, None if push.dry_run else ledger)
-        push.actions = plan(wanted, invalid, held, push.force)
-        if not push.dry_run:
-            ledger.write_verdicts(push.actions)
-            push.done = apply(step.context, client, ledger, push.actions, push.listing, push.force)
+        listing, held = Listing(), known.held
+        if request.force or pending:
+            to_list = (projects.project_ids() | {h.project_id for h in held.values() if h.project_id}) if request.force else pending
+            listing, held = adopt_listing(client, to_list, request.day, held, None if request.dry_run else ledger)
+        actions = plan(known.wanted, known.invalid, held, request.force)
+        if request.dry_run:
+            return PushOutcome(actions, listing)
+        ledger.write_verdicts(actions)
+        duplicates = listing.duplicates if request.force else []  # deleted by a force run only
+        return PushOutcome(actions, listing, apply(step.context, client, ledger, actions, duplicates))
 
 
 @dg.asset(
@@ -232,13 +279,15 @@ def xero_time_entries(
     un-approved or deleted in Halo; LOCKED or INVOICED entries are reported, not touched. The
     ledger (table `xero_ledger`) records each entry's Xero id, content hash, status, attempts and
     last error. Dry run (the default until XERO_PUSH_ENABLED=true) shows the plan without writing."""
-    push = decide_dry_run(context, config, warehouse)
+    request = push_request(context, config, warehouse)
     with sync_step(context, GROUP) as step:
         projects = project_mappings(step, mapping_files, ": nothing pushed")
-        read_halo_day(step, halopsa, warehouse, push)
-        held, wanted, invalid = read_ledger(warehouse, push, projects)
-        push_to_xero(step, xero, warehouse, push, projects, held, wanted, invalid)
-    return push_report(step, push)
+        with step.phase("Nothing was pushed."):
+            halo = read_halo_day(step, halopsa, warehouse, request.day)
+        read = DayRead(request, halo, read_ledger(warehouse, request, halo.answer, projects))
+        with step.phase("What was pushed is in the ledger; re-run the partition to finish."):
+            outcome = push_to_xero(step, xero, warehouse, read, projects)
+    return push_report(step, read, outcome)
 
 
 # What a planned entry is in the books: in the ledger with its verdict (pushed, or failed or
@@ -246,17 +295,17 @@ def xero_time_entries(
 STORED_AS = {"create": "inserted", "update": "updated", "unchanged": "unchanged", "conflict": "unchanged"}
 
 
-def keep_books(books: Books, push: Push) -> None:
+def keep_books(books: Books, read: DayRead, outcome: PushOutcome) -> None:
     """Where each of the day's entries from Halo went: planned into Xero and the ledger (stored),
     cannot go (rejected; the reason is in the ledger), or excluded with the reason (not approved,
     not work, deferred, a dry run)."""
-    halo = push.halo
+    halo = read.halo.answer
     books.receive(halo.keyed.received + halo.outside_range)
     books.exclude("outside the day asked for", halo.outside_range)
     books.exclude("sent twice, identical, in one response", halo.keyed.sent_twice)
     books.reject(len(halo.keyed.rejects))  # unreadable: named by the check xero_halo_day_as_expected
     books.collisions += [f"time entry {key}" for key in halo.keyed.collisions]
-    planned = {a.entry_key: a.kind for a in push.actions}
+    planned = {a.entry_key: a.kind for a in outcome.actions}
     stored = Counter()
     for row in halo.keyed.rows:
         kind = planned.get(row["entry_key"])
@@ -268,48 +317,57 @@ def keep_books(books: Books, push: Push) -> None:
             books.reject(1)
         elif kind == "deferred":
             books.exclude("deferred until the agent mappings load")
-        elif push.dry_run:
+        elif read.request.dry_run:
             books.exclude("a dry run: planned, not pushed")
         else:
             stored[STORED_AS[kind]] += 1
     books.store(stored)
 
 
-def push_report(step: SyncStep, push: Push) -> dg.MaterializeResult:
+def push_report(step: SyncStep, read: DayRead, outcome: PushOutcome) -> dg.MaterializeResult:
     """The push's metadata (its plan as a table) and the check of Halo's answer."""
-    keep_books(step.books, push)
-    kinds = Counter(a.kind for a in push.actions)
+    keep_books(step.books, read, outcome)
+    halo, done, surprises = read.halo.answer, outcome.done, read.halo.surprises
+    kinds = Counter(a.kind for a in outcome.actions)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-    step.context.log.info(f"{push.day}: {'dry run, would ' if push.dry_run else ''}{summary}; "
+    step.context.log.info(f"{read.request.day}: {'dry run, would ' if read.request.dry_run else ''}{summary}; "
                           f"Xero requests {step.clients['xero'].stats()['requests'] if 'xero' in step.clients else 0}")
-    halo, done = push.halo, push.done
     changes = ("created", "updated", "deleted", "duplicates_deleted")
     counts = {"fetched": len(halo.keyed.rows) + len(halo.keyed.rejects), "written": sum(done[k] for k in changes),
               "rejected": len(halo.keyed.rejects)}
     return step.result(
         counts,
         check_results=[dg.AssetCheckResult(
-            check_name="xero_halo_day_as_expected", passed=not push.surprises, severity=dg.AssetCheckSeverity.WARN,
-            metadata={"findings": len(push.surprises), "details": listed(push.surprises, PLAN_ROWS)})],
-        work_date=push.day.isoformat(),
-        dry_run=push.dry_run,
-        dry_run_reason=push.dry_run_reason,
-        force=push.force,
-        approved_entries=push.approved,
-        **{f"planned_{k}": kinds[k] for k in ("create", "update", "delete", "unchanged", "invalid", "conflict")},
-        deferred=kinds["deferred"],
-        deferred_reason=next(iter(push.deferred.values()), ""),
-        **{k: done[k] for k in ("created", "updated", "deleted", "failed", "conflicts", "postponed", "duplicates_deleted")},
-        made_by_hand_in_xero=len(push.listing.by_hand),
-        identity=halo.keyed.identity if halo.keyed.rows else "none",
-        ledger_rekeyed=push.rekeyed,
-        outside_range=halo.outside_range,
-        unreadable_approvals=len(halo.unreadable),
-        identical_twins=len(halo.keyed.repeated),
-        key_collisions=len(halo.keyed.collisions),
-        plan=dg.MetadataValue.md(plan_table(push.actions)),
+            check_name="xero_halo_day_as_expected", passed=not surprises, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"findings": len(surprises), "details": listed(surprises, PLAN_ROWS)})],
+        **push_metadata(read, outcome, kinds),
         **({} if "xero" in step.clients else {**NO_XERO_CLIENT, "halopsa_requests": step.stats()["requests"]}),
     )
+
+
+def push_metadata(read: DayRead, outcome: PushOutcome, kinds: Counter) -> dict[str, Any]:
+    """The push's own metadata: what was asked, planned (`kinds` of its actions) and done, and
+    what Halo's answer held."""
+    request, halo, done = read.request, read.halo.answer, outcome.done
+    return {
+        "work_date": request.day.isoformat(),
+        "dry_run": request.dry_run,
+        "dry_run_reason": request.reason,
+        "force": request.force,
+        "approved_entries": read.ledger.approved,
+        **{f"planned_{k}": kinds[k] for k in ("create", "update", "delete", "unchanged", "invalid", "conflict")},
+        "deferred": kinds["deferred"],
+        "deferred_reason": next(iter(read.ledger.deferred.values()), ""),
+        **{k: done[k] for k in ("created", "updated", "deleted", "failed", "conflicts", "postponed", "duplicates_deleted")},
+        "made_by_hand_in_xero": len(outcome.listing.by_hand),
+        "identity": halo.keyed.identity if halo.keyed.rows else "none",
+        "ledger_rekeyed": read.ledger.rekeyed,
+        "outside_range": halo.outside_range,
+        "unreadable_approvals": len(halo.unreadable),
+        "identical_twins": len(halo.keyed.repeated),
+        "key_collisions": len(halo.keyed.collisions),
+        "plan": dg.MetadataValue.md(plan_table(outcome.actions)),
+    }
 
 
 def _ledger_problems(statuses: tuple[str, ...], warehouse: WarehouseResource) -> list[sa.Row]:
@@ -383,6 +441,14 @@ def reconcile_checks(found: list[dict], token_age: timedelta | None) -> list[dg.
     ]
 
 
+def keep_compared(books: Books, halo: HaloDay, xero_entries: int) -> None:
+    """A report's books: every record read is compared, and what differs is a finding; nothing is stored."""
+    books.receive(halo.keyed.received + halo.outside_range + xero_entries)
+    books.reject(len(halo.keyed.rejects))
+    books.exclude("outside the period asked for", halo.outside_range)
+    books.exclude("compared (what differs is in xero_findings)", len(halo.keyed.rows) + halo.keyed.sent_twice + xero_entries)
+
+
 @dg.asset(
     deps=[agent_mappings],
     group_name=GROUP,
@@ -407,22 +473,18 @@ def xero_reconciliation(
     with sync_step(context, GROUP) as step:
         projects = project_mappings(step, mapping_files, "")
         token_age = xero.token_store(warehouse.engine).age()
-        step.if_failed = "The previous findings stay."
-        with step.open(halopsa, warehouse.engine) as client:
-            halo = read_period(client, first, last)
-        with warehouse.engine.connect() as conn:
-            rows = conn.execute(sa.select(ledger_table).where(ledger_table.c.work_date.between(first, last))).all()
-        wanted, _ = wanted_entries(halo, xero_users(warehouse), projects)
-        with step.open(xero, warehouse.engine) as client:
-            project_ids = sorted(projects.project_ids() | {r.xero_project_id for r in rows if r.xero_project_id})
-            xero_entries = [e for p in project_ids for e in client.time_entries(p, first, last)]
+        with step.phase("The previous findings stay."):
+            with step.open(halopsa, warehouse.engine) as client:
+                halo = read_period(client, first, last)
+            with warehouse.engine.connect() as conn:
+                rows = conn.execute(sa.select(ledger_table).where(ledger_table.c.work_date.between(first, last))).all()
+            wanted, _ = wanted_entries(halo, xero_users(warehouse), projects)
+            with step.open(xero, warehouse.engine) as client:
+                project_ids = sorted(projects.project_ids() | {r.xero_project_id for r in rows if r.xero_project_id})
+                xero_entries = [e for p in project_ids for e in client.time_entries(p, first, last)]
     found = findings(wanted, rows, xero_entries)
     keep_findings(warehouse, found)
-    # A report: every record read is compared, and what differs is a finding; nothing is stored.
-    step.books.receive(halo.keyed.received + halo.outside_range + len(xero_entries))
-    step.books.reject(len(halo.keyed.rejects))
-    step.books.exclude("outside the period asked for", halo.outside_range)
-    step.books.exclude("compared (what differs is in xero_findings)", len(halo.keyed.rows) + halo.keyed.sent_twice + len(xero_entries))
+    keep_compared(step.books, halo, len(xero_entries))
     kinds = Counter(f["kind"] for f in found)
     context.log.info(f"{first}..{last}: {dict(kinds) or 'Halo, ledger and Xero agree'}; "
                      f"Xero requests {step.clients['xero'].stats()['requests']}")

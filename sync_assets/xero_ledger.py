@@ -5,6 +5,7 @@ committed to the ledger as it happens so a crash loses at most one step.
 """
 
 from collections import Counter
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -92,38 +93,43 @@ def list_day(client: XeroClient, project_ids: set[str], day: date, held: dict[st
     return listing
 
 
-def adopt(held: dict[str, Held], listing: Listing, listed_projects: set[str], day: date) -> None:
-    """Make `held` say what the listing saw: Xero's truth wins over the ledger's memory."""
+def adopt(held: dict[str, Held], listing: Listing, listed_projects: set[str], day: date) -> dict[str, Held]:
+    """What `held` says once the listing is adopted: Xero's truth wins over the ledger's memory.
+    A new mapping; `held` is left as the ledger read it."""
+    adopted = {key: replace(have) for key, have in held.items()}
     for entry_key, entry in listing.ours.items():
-        have = held.setdefault(entry_key, Held("pushed", work_date=day))
+        have = adopted.setdefault(entry_key, Held("pushed", work_date=day))
         have.marker = MARKER.search(entry["description"]).group(1)
         have.xero_id, have.project_id = entry["timeEntryId"], entry.get("projectId")
         have.hash, have.xero_status = content_hash(xero_content(entry)), entry.get("status")
         have.status = "pushed" if have.status in ("pending", "failed", "deleted", "postponed", "invalid", "deferred") else have.status
-    for entry_key, have in held.items():
+    for entry_key, have in adopted.items():
         # Only the listed day counts: an entry moved here from another day still has its Xero
         # entry on that day, and is updated (moved), not made again.
         on_listed_day = have.project_id in listed_projects and have.work_date == day
         if entry_key not in listing.ours and on_listed_day and have.xero_id is not None:
             have.status, have.xero_id = "deleted", None  # vanished from Xero (or never made): make it again
+    return adopted
 
 
-def adopt_listing(client: XeroClient, project_ids: set[str], day: date, held: dict[str, Held], ledger: Ledger | None) -> Listing:
-    """List the day in Xero for these projects and adopt what it holds into `held`, and into the
-    ledger unless `ledger` is None (a dry run)."""
+def adopt_listing(client: XeroClient, project_ids: set[str], day: date, held: dict[str, Held],
+                  ledger: Ledger | None) -> tuple[Listing, dict[str, Held]]:
+    """List the day in Xero for these projects; the listing, and `held` with it adopted (see
+    `adopt`), written to the ledger unless `ledger` is None (a dry run)."""
     listing = list_day(client, project_ids, day, held)
-    adopt(held, listing, project_ids, day)
+    adopted = adopt(held, listing, project_ids, day)
     if ledger is not None:
-        ledger.write_held(held)
-    return listing
+        ledger.write_held(adopted)
+    return listing, adopted
 
 
-def apply(context: dg.AssetExecutionContext, client: XeroClient, ledger: Ledger, actions: list[Action], listing: Listing,
-          force: bool) -> Counter:
-    """Make the planned calls; every outcome lands in the ledger as it happens."""
+def apply(context: dg.AssetExecutionContext, client: XeroClient, ledger: Ledger, actions: list[Action],
+          duplicates: list[dict]) -> Counter:
+    """Make the planned calls, then delete `duplicates` (our entries made twice; a force run
+    passes the listing's); every outcome lands in the ledger as it happens."""
     done: Counter = Counter()
     calls = [a for a in actions if a.kind in ("create", "update", "delete")]
-    if calls or (force and listing.duplicates):
+    if calls or duplicates:
         client.connect()
     for position, action in enumerate(calls):
         try:
@@ -143,10 +149,9 @@ def apply(context: dg.AssetExecutionContext, client: XeroClient, ledger: Ledger,
             ledger.write(action.entry_key, "conflict" if locked else "failed", last_error=error.detail[:500])
             done["conflicts" if locked else "failed"] += 1
             context.log.warning(f"Halo entry {action.entry_key}: {action.kind} refused by Xero: {error.detail[:200]}")
-    if force:
-        for duplicate in listing.duplicates:
-            client.delete(duplicate["projectId"], duplicate["timeEntryId"], work_date_of(duplicate.get("dateUtc")))
-            done["duplicates_deleted"] += 1
+    for duplicate in duplicates:
+        client.delete(duplicate["projectId"], duplicate["timeEntryId"], work_date_of(duplicate.get("dateUtc")))
+        done["duplicates_deleted"] += 1
     return done
 
 

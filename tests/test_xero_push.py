@@ -330,6 +330,30 @@ def test_a_revoked_token_stops_the_run_with_how_to_reconnect(emulator, resources
     assert_xero_matches(emulator, halo_day(emulator))
 
 
+def test_a_halo_error_says_nothing_was_pushed(emulator, resources, instance, sqlite_warehouse_url):
+    emulator.halo.approve(AGENT, DAY)
+    emulator.inject("halopsa", "revoked_token", path="/api/Timesheet")  # the day's entries and approvals refused
+    result = push(resources, instance)
+    assert not result.success
+    assert failure_message(result).rstrip().endswith("Nothing was pushed."), failure_message(result)
+    assert emulator.requests("xero") == [] and ledger(sqlite_warehouse_url) == {}
+
+
+def test_a_xero_error_mid_push_says_what_was_pushed_is_in_the_ledger(emulator, resources, instance, sqlite_warehouse_url):
+    emulator.halo.approve(AGENT, DAY)
+    emulator.inject("xero", "revoked_token", path="/Time", after=1)  # the first entry is made, then Xero refuses
+    result = push(resources, instance)
+    assert not result.success
+    message = failure_message(result)
+    assert "What was pushed is in the ledger; re-run the partition to finish." in message, message
+    assert [r.status for r in ledger(sqlite_warehouse_url).values()].count("pushed") == 1
+    assert len(xero_by_halo_id(emulator)) == 1
+
+    emulator.clear_faults()
+    assert push(resources, instance).success  # the re-run the message asks for finishes the day, each entry once
+    assert_xero_matches(emulator, halo_day(emulator))
+
+
 def test_the_local_token_key_is_readable_by_its_owner_only(tmp_path, monkeypatch):
     # The key file a local installation makes in its .local/, made here in the test's own folder.
     monkeypatch.setattr("resources.xero.LOCAL_DIR", tmp_path / ".local")
