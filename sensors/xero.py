@@ -78,12 +78,6 @@ def stored_agents(warehouse: WarehouseResource) -> list[int]:
         return []
 
 
-@dg.sensor(
-    name="xero_approvals",
-    target=xero_push_job,
-    minimum_interval_seconds=int(setting("XERO_APPROVAL_POLL_SECONDS")),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
 def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource, warehouse: WarehouseResource
                    ) -> dg.SensorResult | dg.SkipReason:
     """Requests one Xero push per work date with timesheets approved since the last tick."""
@@ -178,12 +172,6 @@ def replan_dates(rows: list[tuple[date, str, int | None]], before: PlanInputs | 
     return dates
 
 
-@dg.sensor(
-    name="xero_mapping_changes",
-    target=xero_push_job,
-    minimum_interval_seconds=MAPPING_POLL_SECONDS,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
 def xero_mapping_changes(context: dg.SensorEvaluationContext, warehouse: WarehouseResource, mapping_files: MappingFilesResource
                          ) -> dg.SensorResult | dg.SkipReason:
     """Requests a Xero push of each open-period date a change of the mappings affects: the agent
@@ -215,4 +203,12 @@ def xero_mapping_changes(context: dg.SensorEvaluationContext, warehouse: Warehou
     )
 
 
-sensors = [xero_approvals, xero_mapping_changes]
+def sensors() -> list[dg.SensorDefinition]:
+    """Built when the code location is: the approval sensor's interval is a setting."""
+    running = dg.DefaultSensorStatus.RUNNING
+    return [
+        dg.sensor(name="xero_approvals", target=xero_push_job, minimum_interval_seconds=int(setting("XERO_APPROVAL_POLL_SECONDS")),
+                  default_status=running)(xero_approvals),
+        dg.sensor(name="xero_mapping_changes", target=xero_push_job, minimum_interval_seconds=MAPPING_POLL_SECONDS,
+                  default_status=running)(xero_mapping_changes),
+    ]
