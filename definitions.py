@@ -72,8 +72,8 @@ def operations() -> dg.Definitions:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    # Checked before any module reads a setting, so a bad configuration is one message naming
-    # every bad setting.
+    # Checked before any definition is built from the settings, so a bad configuration is one
+    # message naming every bad setting.
     check_settings()
     merged = dg.Definitions.merge(
         *(check_definitions(p, p.definitions()) for p in PROVIDERS),
