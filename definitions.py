@@ -5,8 +5,9 @@ doctor, the daily report, the alerts, the first sync).
 
 Built lazily (`@dg.definitions`): importing this module reads no setting and writes nothing;
 Dagster calls `defs()` when it loads the code location, and only then are the settings checked,
-the provider modules imported (their partitions and crons come from settings) and, locally, the
-Xero token key made.
+the provider modules imported, their assets, schedules and sensors built (their partitions, crons
+and intervals come from settings, read by the factories that build them) and, locally, the Xero
+token key made.
 
 `SYNC_ENV` picks the resources: `local` (default) talks to the provider emulator and an SQLite
 warehouse with no credentials; `production` talks to the real providers with secrets read
@@ -65,14 +66,14 @@ def operations() -> dg.Definitions:
     """What runs around the syncs: the doctor, the daily report, the alerts, the first sync."""
     import schedules.report, sensors.alerts, sensors.first_sync, sync_assets.doctor, sync_assets.report  # noqa: E401
 
-    return dg.Definitions(assets=sync_assets.report.assets, jobs=[*sync_assets.report.jobs, *sync_assets.doctor.jobs],
+    return dg.Definitions(assets=sync_assets.report.assets(), jobs=[*sync_assets.report.jobs, *sync_assets.doctor.jobs],
                           schedules=schedules.report.schedules, sensors=[*sensors.alerts.sensors, *sensors.first_sync.sensors])
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    # Checked before any module reads a setting, so a bad configuration is one message naming
-    # every bad setting.
+    # Checked before any definition is built from the settings, so a bad configuration is one
+    # message naming every bad setting.
     check_settings()
     merged = dg.Definitions.merge(
         *(check_definitions(p, p.definitions()) for p in PROVIDERS),

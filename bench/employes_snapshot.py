@@ -22,10 +22,7 @@ from emulator import Emulator
 from emulator import employes as employes_emulator
 from resources.employes import EmployesResource
 from resources.warehouse import WarehouseResource
-from sync_assets.employes import (
-    employes_employee_snapshots,
-    employes_employment_history,
-)
+from sync_assets.employes import assets as build_employes_assets
 from sync_assets.runs import today
 
 RATE = employes_emulator.RATE_LIMIT[0] / employes_emulator.RATE_LIMIT[1]
@@ -40,8 +37,8 @@ def one_run(employees: int, seed: int) -> dict:
                                                       company_id=employes_emulator.COMPANY_ID),
                          "warehouse": WarehouseResource(url=url)}
             began = time.monotonic()
-            result = dg.materialize([employes_employee_snapshots, employes_employment_history], resources=resources,
-                                    instance=instance, partition_key=today().isoformat(), run_config=QUIET)
+            result = dg.materialize(build_employes_assets(), selection=["employes_employee_snapshots", "employes_employment_history"],
+                                    resources=resources, instance=instance, partition_key=today().isoformat(), run_config=QUIET)
             wall = time.monotonic() - began
             assert result.success
         served = emulator.requests("employes")

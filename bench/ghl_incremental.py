@@ -24,8 +24,9 @@ from emulator import Emulator
 from emulator.ghl import LOCATION_ID, TOKEN
 from resources.ghl import GoHighLevelResource
 from resources.warehouse import WarehouseResource
-from sync_assets.ghl import ghl_contacts, ghl_contacts_reconciliation
+from sync_assets.ghl import ghl_contacts_reconciliation, hourly_contacts
 
+ghl_contacts = hourly_contacts()  # built as the code location builds it: its partitions read SYNC_TIMEZONE
 ANCHOR = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 CHANGED = (0, 5, 500)
 

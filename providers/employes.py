@@ -10,10 +10,11 @@ from resources.settings import setting
 
 
 def definitions() -> dg.Definitions:
-    # Imported when the code location loads, not with the registry: they read settings.
+    # Imported and built when the code location loads, not with the registry: what settings shape
+    # (partitions, crons, time zones) is read by the factories called here.
     import schedules.employes, sync_assets.employes  # noqa: E401
 
-    return dg.Definitions(assets=sync_assets.employes.assets, jobs=sync_assets.employes.jobs, schedules=schedules.employes.schedules)
+    return dg.Definitions(assets=sync_assets.employes.assets(), jobs=sync_assets.employes.jobs, schedules=schedules.employes.schedules())
 
 
 # The embedded default's credentials: the emulator (emulator/employes.py) accepts these.

@@ -10,11 +10,12 @@ from resources.settings import setting
 
 
 def definitions() -> dg.Definitions:
-    # Imported when the code location loads, not with the registry: they read settings.
+    # Imported and built when the code location loads, not with the registry: what settings shape
+    # (partitions, crons, time zones) is read by the factories called here.
     import schedules.ghl, sync_assets.ghl  # noqa: E401
 
-    return dg.Definitions(assets=sync_assets.ghl.assets, asset_checks=sync_assets.ghl.asset_checks, jobs=sync_assets.ghl.jobs,
-                          schedules=schedules.ghl.schedules)
+    return dg.Definitions(assets=sync_assets.ghl.assets(), asset_checks=sync_assets.ghl.asset_checks, jobs=sync_assets.ghl.jobs,
+                          schedules=schedules.ghl.schedules())
 
 
 # The embedded default's credentials: the emulator (emulator/ghl.py) accepts these.

@@ -10,11 +10,12 @@ from resources.settings import setting
 
 
 def definitions() -> dg.Definitions:
-    # Imported when the code location loads, not with the registry: they read settings.
+    # Imported and built when the code location loads, not with the registry: what settings shape
+    # (partitions, crons, time zones) is read by the factories called here.
     import schedules.halo, sensors.halo, sync_assets.halo  # noqa: E401
 
     return dg.Definitions(assets=sync_assets.halo.assets, asset_checks=sync_assets.halo.asset_checks, jobs=sync_assets.halo.jobs,
-                          schedules=schedules.halo.schedules, sensors=sensors.halo.sensors)
+                          schedules=schedules.halo.schedules(), sensors=sensors.halo.sensors)
 
 
 # The embedded default's credentials: the emulator (emulator/halo.py) accepts these.

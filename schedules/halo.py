@@ -20,16 +20,7 @@ import dagster as dg
 
 from resources.settings import setting
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar
-from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets_job
-
-halo_agents_hourly = dg.ScheduleDefinition(
-    name="halo_agents_hourly",
-    cron_schedule="10 * * * *",
-    execution_timezone=setting("SYNC_TIMEZONE"),
-    target=[halo_agents, agent_mappings],
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="HaloPSA agents and the agent mapping file, hourly.",
-)
+from sync_assets.halo import halo_timesheets_job
 
 
 def range_request(key: str, start: date, end: date, moment: datetime) -> dg.RunRequest:
@@ -57,13 +48,6 @@ def _not_yet(key: str) -> dg.SkipReason:
     return dg.SkipReason(f"{key} is not a partition yet; the sensor halo_new_fiscal_year adds and syncs it")
 
 
-@dg.schedule(
-    name="halo_timesheets_hourly",
-    cron_schedule="15 * * * *",
-    execution_timezone=setting("SYNC_TIMEZONE"),
-    target=halo_timesheets_job,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
 def halo_timesheets_hourly(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
     """The open period (the last HALO_OPEN_PERIOD_DAYS days and today), every hour: one run per
     fiscal year it reaches into, so early in a year the old year's last weeks are synced too."""
@@ -82,13 +66,6 @@ def halo_timesheets_hourly(context: dg.ScheduleEvaluationContext) -> list[dg.Run
     return requests
 
 
-@dg.schedule(
-    name="halo_timesheets_nightly",
-    cron_schedule=setting("HALO_YEAR_SYNC_CRON"),
-    execution_timezone=setting("SYNC_TIMEZONE"),
-    target=halo_timesheets_job,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
 def halo_timesheets_nightly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
     """The whole fiscal year containing today, every night: older edits, and deletions anywhere
     in the year, which only a sync of the days they lie in applies."""
@@ -100,4 +77,17 @@ def halo_timesheets_nightly(context: dg.ScheduleEvaluationContext) -> dg.RunRequ
     return range_request(key, *calendar.range_for(key), moment)
 
 
-schedules = [halo_agents_hourly, halo_timesheets_hourly, halo_timesheets_nightly]
+def schedules() -> list[dg.ScheduleDefinition]:
+    """Built when the code location is: the nightly cron and the time zone are settings."""
+    timezone, running = setting("SYNC_TIMEZONE"), dg.DefaultScheduleStatus.RUNNING
+    return [
+        dg.ScheduleDefinition(
+            name="halo_agents_hourly", cron_schedule="10 * * * *", execution_timezone=timezone,
+            target=dg.AssetSelection.assets("halo_agents", "agent_mappings"), default_status=running,
+            description="HaloPSA agents and the agent mapping file, hourly.",
+        ),
+        dg.schedule(name="halo_timesheets_hourly", cron_schedule="15 * * * *", execution_timezone=timezone,
+                    target=halo_timesheets_job, default_status=running)(halo_timesheets_hourly),
+        dg.schedule(name="halo_timesheets_nightly", cron_schedule=setting("HALO_YEAR_SYNC_CRON"), execution_timezone=timezone,
+                    target=halo_timesheets_job, default_status=running)(halo_timesheets_nightly),
+    ]

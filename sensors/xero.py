@@ -33,10 +33,17 @@ from resources.mappings import MappingFilesResource
 from resources.settings import setting
 from resources.warehouse import WarehouseResource
 from resources.xero_tables import xero_ledger as ledger_table
-from sync_assets.xero import open_period, xero_push_job
 
 NEVER = datetime(1, 1, 1)
 TICK_WAIT_S = 20.0  # at most this long for Halo's budget in a tick (Dagster gives a tick 60 s)
+
+
+def _open_period() -> tuple[date, date]:
+    # Imported when a tick needs it: sync_assets/xero.py still reads settings at import, and
+    # importing this module reads none.
+    from sync_assets.xero import open_period
+
+    return open_period()
 
 
 def approvals_after(sheets: list[dict], after: tuple[datetime, int], unreadable: list[str] | None = None,
@@ -78,16 +85,10 @@ def stored_agents(warehouse: WarehouseResource) -> list[int]:
         return []
 
 
-@dg.sensor(
-    name="xero_approvals",
-    target=xero_push_job,
-    minimum_interval_seconds=int(setting("XERO_APPROVAL_POLL_SECONDS")),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
 def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource, warehouse: WarehouseResource
                    ) -> dg.SensorResult | dg.SkipReason:
     """Requests one Xero push per work date with timesheets approved since the last tick."""
-    first, last = open_period()
+    first, last = _open_period()
     seen, known_agents = _cursor(context.cursor)
     unreadable: list[str] = []
     try:
@@ -178,17 +179,11 @@ def replan_dates(rows: list[tuple[date, str, int | None]], before: PlanInputs | 
     return dates
 
 
-@dg.sensor(
-    name="xero_mapping_changes",
-    target=xero_push_job,
-    minimum_interval_seconds=MAPPING_POLL_SECONDS,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
 def xero_mapping_changes(context: dg.SensorEvaluationContext, warehouse: WarehouseResource, mapping_files: MappingFilesResource
                          ) -> dg.SensorResult | dg.SkipReason:
     """Requests a Xero push of each open-period date a change of the mappings affects: the agent
     mappings as loaded (their first load lets deferred dates go) or the project mapping file."""
-    first, last = open_period()
+    first, last = _open_period()
     before, requested = _mapping_cursor(context.cursor)
     now = plan_inputs(warehouse, mapping_files)
     if not now.agents:
@@ -215,4 +210,13 @@ def xero_mapping_changes(context: dg.SensorEvaluationContext, warehouse: Warehou
     )
 
 
-sensors = [xero_approvals, xero_mapping_changes]
+def sensors() -> list[dg.SensorDefinition]:
+    """Built when the code location is: the approval sensor's interval is a setting. Both start
+    `xero_push_job` (sync_assets/xero.py), named: the code location resolves it."""
+    running = dg.DefaultSensorStatus.RUNNING
+    return [
+        dg.sensor(job_name="xero_push_job", name="xero_approvals", minimum_interval_seconds=int(setting("XERO_APPROVAL_POLL_SECONDS")),
+                  default_status=running)(xero_approvals),
+        dg.sensor(job_name="xero_push_job", name="xero_mapping_changes", minimum_interval_seconds=MAPPING_POLL_SECONDS,
+                  default_status=running)(xero_mapping_changes),
+    ]

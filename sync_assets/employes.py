@@ -37,8 +37,6 @@ from sync_assets.step import SyncStep, nothing_lost, sync_step, table_metadata
 GROUP = "employes"
 KINDS = {"employes", "sql"}
 TAGS = {"sync/cadence": "daily"}
-# end_offset=1: today's partition exists from midnight, so the nightly run can snapshot it.
-DAILY = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1, timezone=setting("SYNC_TIMEZONE"))
 PERIOD_TABLES = {"employments": employes_employments, "salary": employes_salary_periods,
                  "hours": employes_hours_periods, "contracts": employes_contract_periods}
 # The polars shape of snapshot rows, from the table. Amounts take the table's own precision
@@ -72,20 +70,8 @@ def _read_snapshot(conn: sa.Connection, day: date | None) -> pl.DataFrame:
     return pl.DataFrame(conn.execute(query).all(), schema=SNAPSHOT_SCHEMA, orient="row")
 
 
-@dg.asset(partitions_def=DAILY, group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS, metadata=table_metadata(snapshots_table),
-          check_specs=[nothing_lost("employes_employee_snapshots")])
-def employes_employee_snapshots(
-    context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource
-) -> dg.MaterializeResult:
-    """Every employee of the company as of the partition's day (table `employes_employee_snapshots`).
-
-    Lists the employees for their ids, then reads each one's own record (`GET /employees/{id}`),
-    as the system this replaces did, within Employes' 5 requests a second. Keeps names, employee
-    number, status, department, role, employment dates, hours and wages, and the record as sent
-    (`raw`) without IBAN, birth date, address, phone, e-mail, gender or citizen number.
-    Re-running today replaces today's snapshot. An employee record that cannot be read keeps its
-    previous day's row (and is logged and kept in `sync_rejects`), so it is never reported as
-    having left; one removed between the list and its read is left out."""
+def take_snapshot(context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Today's snapshot: the asset `employes_employee_snapshots`."""
     with sync_step(context, GROUP) as step:
         day = _todays_partition(step)
         with step.open(employes) as client, step.phase("Nothing was written; earlier snapshots are unchanged."):
@@ -178,15 +164,8 @@ def _carry_forward(conn: sa.Connection, day: date, employee_ids: list[str]) -> i
     return len(rows)
 
 
-@dg.asset(partitions_def=DAILY, deps=[employes_employee_snapshots], group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS,
-          metadata=table_metadata(employes_employments), check_specs=[nothing_lost("employes_employment_history")])
-def employes_employment_history(
-    context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource
-) -> dg.MaterializeResult:
-    """Each employee's employments, one row per period: `employes_employments`,
-    `employes_salary_periods`, `employes_hours_periods`, `employes_contract_periods`
-    (Employes' `0001-01-01` is stored as no date). Fetched for everyone in today's snapshot and
-    written in one transaction at the end: a failure half-way changes nothing."""
+def sync_employments(context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Today's employment history: the asset `employes_employment_history`."""
     with sync_step(context, GROUP) as step:
         day = _todays_partition(step)
         with warehouse.engine.connect() as conn:
@@ -302,17 +281,8 @@ def build_history(snapshots: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-@dg.asset(partitions_def=DAILY, deps=[employes_employment_history], group_name=GROUP, kinds={"polars", "sql"}, tags=TAGS,
-          metadata=table_metadata(changes_table), check_specs=[nothing_lost("employes_employee_changes")])
-def employes_employee_changes(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """What changed between the partition's snapshot and the one before it (table
-    `employes_employee_changes`: employee, field, old value, new value), and the per-employee
-    history rebuilt from all snapshots (table `employes_employee_history`, valid_from/valid_to),
-    so "what were this person's hours on date X" is one query.
-
-    Its books receive the snapshot rows read (every day's: the history is rebuilt from all of
-    them, the two compared among them), and count as stored each row the history answers for:
-    one version of its employee valid on its day, with its values."""
+def detect_day_changes(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The partition's changes and the rebuilt history: the asset `employes_employee_changes`."""
     day = date.fromisoformat(context.partition_key)
     with sync_step(context, GROUP) as step:
         with warehouse.engine.connect() as conn:
@@ -377,7 +347,62 @@ def _summary(current: pl.DataFrame, changes: pl.DataFrame) -> dict[str, int]:
     }
 
 
-assets = [employes_employee_snapshots, employes_employment_history, employes_employee_changes]
-# Run by the schedule `employes_nightly` (schedules/employes.py): today's partition of all three.
-employes_nightly_job = dg.define_asset_job("employes_nightly_job", selection=assets)
+def daily() -> dg.DailyPartitionsDefinition:
+    """The days in SYNC_TIMEZONE, read when the code location is built (never at import).
+    end_offset=1: today's partition exists from midnight, so the nightly run can snapshot it."""
+    return dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1, timezone=setting("SYNC_TIMEZONE"))
+
+
+def assets() -> list[dg.AssetsDefinition]:
+    """The three assets, built when the code location is: their partitions read SYNC_TIMEZONE."""
+    days = daily()
+
+    @dg.asset(partitions_def=days, group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS, metadata=table_metadata(snapshots_table),
+              check_specs=[nothing_lost("employes_employee_snapshots")])
+    def employes_employee_snapshots(
+        context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        """Every employee of the company as of the partition's day (table `employes_employee_snapshots`).
+
+        Lists the employees for their ids, then reads each one's own record (`GET /employees/{id}`),
+        as the system this replaces did, within Employes' 5 requests a second. Keeps names, employee
+        number, status, department, role, employment dates, hours and wages, and the record as sent
+        (`raw`) without IBAN, birth date, address, phone, e-mail, gender or citizen number.
+        Re-running today replaces today's snapshot. An employee record that cannot be read keeps its
+        previous day's row (and is logged and kept in `sync_rejects`), so it is never reported as
+        having left; one removed between the list and its read is left out."""
+        return take_snapshot(context, employes, warehouse)
+
+    @dg.asset(partitions_def=days, deps=[employes_employee_snapshots], group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS,
+              metadata=table_metadata(employes_employments), check_specs=[nothing_lost("employes_employment_history")])
+    def employes_employment_history(
+        context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        """Each employee's employments, one row per period: `employes_employments`,
+        `employes_salary_periods`, `employes_hours_periods`, `employes_contract_periods`
+        (Employes' `0001-01-01` is stored as no date). Fetched for everyone in today's snapshot and
+        written in one transaction at the end: a failure half-way changes nothing."""
+        return sync_employments(context, employes, warehouse)
+
+    @dg.asset(partitions_def=days, deps=[employes_employment_history], group_name=GROUP, kinds={"polars", "sql"}, tags=TAGS,
+              metadata=table_metadata(changes_table), check_specs=[nothing_lost("employes_employee_changes")])
+    def employes_employee_changes(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        """What changed between the partition's snapshot and the one before it (table
+        `employes_employee_changes`: employee, field, old value, new value), and the per-employee
+        history rebuilt from all snapshots (table `employes_employee_history`, valid_from/valid_to),
+        so "what were this person's hours on date X" is one query.
+
+        Its books receive the snapshot rows read (every day's: the history is rebuilt from all of
+        them, the two compared among them), and count as stored each row the history answers for:
+        one version of its employee valid on its day, with its values."""
+        return detect_day_changes(context, warehouse)
+
+    return [employes_employee_snapshots, employes_employment_history, employes_employee_changes]
+
+
+# Run by the schedule `employes_nightly` (schedules/employes.py): today's partition of all three. By
+# key: the job takes the assets' partitions when the code location resolves it.
+employes_nightly_job = dg.define_asset_job(
+    "employes_nightly_job", selection=["employes_employee_snapshots", "employes_employment_history", "employes_employee_changes"]
+)
 jobs = [employes_nightly_job]

@@ -28,7 +28,6 @@ KINDS = {"gohighlevel", "python", "sql"}
 # GoHighLevel: "updates may take a few seconds to appear in search results". Each hour
 # re-reads the end of the previous one; unchanged contacts cost nothing to re-read.
 WINDOW_OVERLAP = timedelta(minutes=5)
-HOURLY = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone=setting("SYNC_TIMEZONE"))
 # A full pass of a million contacts is 2,000 pages: a log line each would bury the run's log
 # (and cost an event-log write each).
 LOG_EVERY_PAGES = 20
@@ -127,22 +126,13 @@ def sync_pages(step: SyncStep, warehouse: WarehouseResource, pages: Iterable[lis
     return totals
 
 
-@dg.asset(
-    partitions_def=HOURLY,
-    group_name=GROUP,
-    kinds=KINDS,
-    pool=GROUP,
-    tags={"sync/cadence": "hourly"},
-    metadata=table_metadata(contacts_table),
-    check_specs=[nothing_lost("ghl_contacts")],
-)
-def ghl_contacts(context: dg.AssetExecutionContext, gohighlevel: GoHighLevelResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """GoHighLevel contacts changed in the partition's hour (table `ghl_contacts`).
+def hourly() -> dg.HourlyPartitionsDefinition:
+    """The hours in SYNC_TIMEZONE, read when the code location is built (never at import)."""
+    return dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone=setting("SYNC_TIMEZONE"))
 
-    Fetches every contact whose `dateUpdated` falls in the hour, starting five minutes early to
-    cover the search index's delay, and upserts new and changed ones. An hour with no change
-    costs one request. Malformed records are skipped, named in the log and kept in `sync_rejects`.
-    """
+
+def sync_hour(context: dg.AssetExecutionContext, gohighlevel: GoHighLevelResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The sync of the partition's hour: the asset `ghl_contacts` (`hourly_contacts`)."""
     window = context.partition_time_window
     start, end = _naive_utc(window.start) - WINDOW_OVERLAP, _naive_utc(window.end)
     with (sync_step(context, GROUP) as step, step.open(gohighlevel) as client,
@@ -158,6 +148,32 @@ def ghl_contacts(context: dg.AssetExecutionContext, gohighlevel: GoHighLevelReso
         window_end_utc=end.isoformat(),
         **_counts(totals, "inserted", "updated", "restored", "unchanged", "stale"),
     )
+
+
+def hourly_contacts() -> dg.AssetsDefinition:
+    """The asset `ghl_contacts`, built when the code location is: its partitions read SYNC_TIMEZONE."""
+
+    @dg.asset(
+        partitions_def=hourly(),
+        group_name=GROUP,
+        kinds=KINDS,
+        pool=GROUP,
+        tags={"sync/cadence": "hourly"},
+        metadata=table_metadata(contacts_table),
+        check_specs=[nothing_lost("ghl_contacts")],
+    )
+    def ghl_contacts(
+        context: dg.AssetExecutionContext, gohighlevel: GoHighLevelResource, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        """GoHighLevel contacts changed in the partition's hour (table `ghl_contacts`).
+
+        Fetches every contact whose `dateUpdated` falls in the hour, starting five minutes early to
+        cover the search index's delay, and upserts new and changed ones. An hour with no change
+        costs one request. Malformed records are skipped, named in the log and kept in `sync_rejects`.
+        """
+        return sync_hour(context, gohighlevel, warehouse)
+
+    return ghl_contacts
 
 
 @dg.asset(group_name=GROUP, kinds=KINDS, pool=GROUP, tags={"sync/cadence": "daily"}, metadata=table_metadata(contacts_table),
@@ -235,8 +251,9 @@ def _duplicate_ids(conn: sa.Connection) -> list[str]:
     return conn.execute(query).scalars().all()
 
 
-def contact_checks(asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
-    """The checks a user wants after any write to `ghl_contacts`."""
+def contact_checks(asset: str | dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
+    """The checks a user wants after any write to `ghl_contacts`, on `asset` (a key is enough: a
+    check reads the table, whatever the asset's partitions)."""
 
     @dg.asset_check(asset=asset, name="unique_ids", blocking=True)
     def unique_ids(warehouse: WarehouseResource) -> dg.AssetCheckResult:
@@ -260,8 +277,13 @@ def contact_checks(asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]
     return [unique_ids, no_future_date_updated]
 
 
-ghl_contacts_hourly_job = dg.define_asset_job("ghl_contacts_hourly_job", selection=[ghl_contacts])
+# By key: the job takes the asset's partitions when the code location resolves it.
+ghl_contacts_hourly_job = dg.define_asset_job("ghl_contacts_hourly_job", selection=["ghl_contacts"])
 
-assets = [ghl_contacts, ghl_contacts_reconciliation]
-asset_checks = [*contact_checks(ghl_contacts), *contact_checks(ghl_contacts_reconciliation)]
+
+def assets() -> list[dg.AssetsDefinition]:
+    return [hourly_contacts(), ghl_contacts_reconciliation]
+
+
+asset_checks = [*contact_checks("ghl_contacts"), *contact_checks(ghl_contacts_reconciliation)]
 jobs = [ghl_contacts_hourly_job]

@@ -25,8 +25,6 @@ from resources.webhook import escape, failure_reason, post_alert
 from sync_assets.runs import trigger_of
 
 GROUP = "operations"
-# Daily in SYNC_TIMEZONE; partition D covers D 00:00 to D+1 00:00, so it is complete from midnight.
-DAYS = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone=setting("SYNC_TIMEZONE"))
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
 RUNS_READ = 5000  # at most this many runs a day are summarised (the default schedules make ~100)
 MAX_CHANGES_LISTED = 200
@@ -55,11 +53,6 @@ class SyncDay:
             return None
         ordered = sorted(self.durations_s)
         return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
-
-
-def window_of(day: date) -> tuple[datetime, datetime]:
-    window = DAYS.time_window_for_partition_key(day.isoformat())
-    return window.start, window.end
 
 
 def _metadata_number(metadata: dict, name: str) -> float:
@@ -166,18 +159,10 @@ def webhook_text(day: date, days: dict[str, SyncDay], lights: dict[str, str], ch
     return "\n".join(lines)
 
 
-@dg.asset(partitions_def=DAYS, group_name=GROUP, kinds={"dagster", "sql"})
-def sync_report(context: dg.AssetExecutionContext, config: ReportConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """The day's sync report: per sync, its runs, successes, failures with their reasons, rows
-    written, requests, throttled seconds, p50/p95 run duration and current health light (a table
-    on the asset page, and numbers plotted per sync), the day's Halo hours per kind of time (work,
-    break, leave, other), and the day's employee changes.
-
-    Partition D covers D 00:00 to 24:00 in SYNC_TIMEZONE, by run creation time; the light is the
-    one `workforce-sync status` and the alerts show when the report is made (`resources.health`).
-    The morning schedule posts it to ALERT_WEBHOOK_URL."""
+def make_report(context: dg.AssetExecutionContext, config: ReportConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The partition's report: the asset `sync_report`."""
     day = date.fromisoformat(context.partition_key)
-    start, end = window_of(day)
+    start, end = context.partition_time_window
     by_key = day_of_runs(context.instance, start, end)
     # The syncs and their freshness policies, from the run's own job: its asset graph's source is
     # the whole code location's (`context.repository_def` is the same in a deployed run, but is
@@ -213,10 +198,39 @@ def sync_report(context: dg.AssetExecutionContext, config: ReportConfig, warehou
     })
 
 
-# The job's config turns posting on: a report materialized from the UI is not posted.
+def daily() -> dg.DailyPartitionsDefinition:
+    """The days in SYNC_TIMEZONE, read when the code location is built (never at import).
+    Partition D covers D 00:00 to D+1 00:00, so it is complete from midnight."""
+    return dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone=setting("SYNC_TIMEZONE"))
+
+
+def report_asset() -> dg.AssetsDefinition:
+    """The asset `sync_report`, built when the code location is: its partitions read SYNC_TIMEZONE."""
+
+    @dg.asset(partitions_def=daily(), group_name=GROUP, kinds={"dagster", "sql"})
+    def sync_report(context: dg.AssetExecutionContext, config: ReportConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        """The day's sync report: per sync, its runs, successes, failures with their reasons, rows
+        written, requests, throttled seconds, p50/p95 run duration and current health light (a table
+        on the asset page, and numbers plotted per sync), the day's Halo hours per kind of time (work,
+        break, leave, other), and the day's employee changes.
+
+        Partition D covers D 00:00 to 24:00 in SYNC_TIMEZONE, by run creation time; the light is the
+        one `workforce-sync status` and the alerts show when the report is made (`resources.health`).
+        The morning schedule posts it to ALERT_WEBHOOK_URL."""
+        return make_report(context, config, warehouse)
+
+    return sync_report
+
+
+# The job's config turns posting on: a report materialized from the UI is not posted. By key: the
+# job takes the asset's partitions when the code location resolves it.
 sync_report_job = dg.define_asset_job(
-    "sync_report_job", selection=[sync_report], config={"ops": {"sync_report": {"config": {"post": True}}}}
+    "sync_report_job", selection=["sync_report"], config={"ops": {"sync_report": {"config": {"post": True}}}}
 )
 
-assets = [sync_report]
+
+def assets() -> list[dg.AssetsDefinition]:
+    return [report_asset()]
+
+
 jobs = [sync_report_job]

@@ -259,3 +259,12 @@ def ledger(url, emulator=None) -> dict:
     keys = {key: i for i, key in halo_keys(emulator).items()} if emulator else {}
     with engine_for(url).connect() as conn:
         return {keys.get(r.entry_key, r.entry_key): r for r in conn.execute(sa.text("SELECT * FROM xero_ledger"))}
+
+
+def built(definitions: list, name: str):
+    """The one definition called `name` (an asset by its key, a schedule or a sensor by its name)
+    among those a factory built: the partitioned assets, the schedules and the sensors whose
+    partitions, crons or intervals are settings are built by factories (`sync_assets.employes.assets()`,
+    `sensors.xero.sensors()`), as the code location builds them, not kept at module level."""
+    (found,) = [d for d in definitions if (d.key.to_user_string() if isinstance(d, dg.AssetsDefinition) else d.name) == name]
+    return found

@@ -27,11 +27,14 @@ from resources.employes import employment_rows, snapshot_row
 from resources.ghl import parse_contacts
 from resources.halo import key_entries, timesheet_row
 from resources.warehouse import engine_for
-from sync_assets.employes import PERIOD_TABLES, assets as employes_assets
+from sync_assets.employes import PERIOD_TABLES, assets as build_employes_assets
 from sync_assets.ghl import ghl_contacts_reconciliation
 from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets
 from sync_assets.xero import xero_time_entries
 from sync_assets.xero_plan import MARKER
+
+# Built as the code location builds them: their partitions read SYNC_TIMEZONE when built, not at import.
+employes_assets = build_employes_assets()
 
 TIMEOUT_S = 0.5  # the clients' read timeout: a "slow" fault of twice this is a read timeout
 YEAR, YEAR_FIRST, YEAR_LAST = "FY2026", date(2026, 1, 1), date(2026, 12, 31)

@@ -10,7 +10,10 @@ from conftest import ghl_resources
 from health_daemon import daemon_workspace, freeze_time, step_health
 
 from sensors.alerts import health_alerts, run_failure_alerts
-from sync_assets.ghl import ghl_contacts
+from sync_assets.ghl import hourly_contacts
+
+# Built as the code location builds it: its partitions read SYNC_TIMEZONE when built, not at import.
+ghl_contacts = hourly_contacts()
 
 UI = "https://dagster.example.com"
 SECRET = "pit-DISTINCTIVE-alert-token-91c4"

@@ -5,8 +5,8 @@ Each test freezes Dagster's clock at the instant and anchors the emulator there 
 the frozen now), so what "today", "the last complete hour", "the open period" and "the current
 fiscal year" mean is decided by the instant, never by the machine's date. The module runs in the
 suite's SYNC_TIMEZONE (UTC) and once more in a child pytest with SYNC_TIMEZONE=Europe/Amsterdam:
-the partitions are built from SYNC_TIMEZONE when the code location is imported, so another zone
-needs another process.
+the partitions are built from SYNC_TIMEZONE when the code location (and this module's assets) is
+built, and sync_assets/xero.py reads it at import, so another zone needs another process.
 """
 
 import os
@@ -18,17 +18,21 @@ import dagster as dg
 import pytest
 from conftest import employes_resources, ghl_resources, halo_resources
 from dagster._core.test_utils import freeze_time
-from helpers import failure_message, hard_instants, warehouse_contacts
+from helpers import built, failure_message, hard_instants, warehouse_contacts
 
 from definitions import defs as load_definitions
 from resources.settings import PROJECT_ROOT, setting
 from sensors.halo import halo_new_fiscal_year
-from sensors.xero import xero_approvals
-from sync_assets.employes import employes_employee_snapshots
-from sync_assets.ghl import HOURLY, asset_checks, ghl_contacts
+from sensors.xero import sensors as xero_sensors
+from sync_assets.employes import assets as build_employes_assets
+from sync_assets.ghl import asset_checks, hourly_contacts
 from sync_assets.xero import open_period
 
 defs = load_definitions()
+# Built as the code location builds them: partitions and the approval sensor's interval are settings, read when built.
+ghl_contacts = hourly_contacts()
+employes_employee_snapshots = built(build_employes_assets(), "employes_employee_snapshots")
+xero_approvals = built(xero_sensors(), "xero_approvals")
 
 INSTANTS = hard_instants()
 DST_ZONE = "Europe/Amsterdam"
@@ -94,7 +98,7 @@ def test_the_approval_sensor_asks_for_the_last_work_day_not_for_one_before_the_o
 def test_the_hourly_schedule_syncs_the_last_complete_hour(now, emulator_at, sqlite_warehouse_url):
     schedule = defs.resolve_schedule_def("ghl_contacts_hourly_schedule")
     (request,) = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=now)).run_requests
-    window = HOURLY.time_window_for_partition_key(request.partition_key)
+    window = ghl_contacts.partitions_def.time_window_for_partition_key(request.partition_key)
     # In UTC: arithmetic on wall-clock times of one zone ignores a daylight-saving change.
     start, end = window.start.astimezone(UTC), window.end.astimezone(UTC)
     # An hour long in real time (also across a daylight-saving change), and the last one that has ended.

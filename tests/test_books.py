@@ -9,18 +9,19 @@ import dagster as dg
 import pytest
 from conftest import ANCHOR, employes_resources, ghl_resources
 from dagster._core.test_utils import freeze_time
-from helpers import reconcile, run_metadata, warehouse_contacts
+from helpers import built, reconcile, run_metadata, warehouse_contacts
 from syncs import GoHighLevel
 
-from sync_assets.employes import (
-    LEFT,
-    assets as employes_assets,
-    employes_employee_changes,
-    employes_employee_snapshots,
-    employes_employment_history,
-)
-from sync_assets.ghl import SUPERSEDED, asset_checks, ghl_contacts, ghl_contacts_reconciliation
+from sync_assets.employes import LEFT, assets as build_employes_assets
+from sync_assets.ghl import SUPERSEDED, asset_checks, ghl_contacts_reconciliation, hourly_contacts
 from sync_assets.step import NOTHING_LOST, nothing_lost, sync_step
+
+# Built as the code location builds them: their partitions read SYNC_TIMEZONE when built, not at import.
+ghl_contacts = hourly_contacts()
+employes_assets = build_employes_assets()
+employes_employee_snapshots = built(employes_assets, "employes_employee_snapshots")
+employes_employment_history = built(employes_assets, "employes_employment_history")
+employes_employee_changes = built(employes_assets, "employes_employee_changes")
 
 HOUR_1 = ANCHOR + timedelta(hours=1)
 DAY_1, DAY_2 = date(2026, 11, 20), date(2026, 11, 21)

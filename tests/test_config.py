@@ -80,6 +80,33 @@ def test_importing_the_code_location_reads_no_setting_and_loads_no_sync():
     assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
 
 
+# Settings that shape the definitions (partitions, crons, time zones, a sensor's interval), each malformed.
+MALFORMED_SHAPES = {"SYNC_TIMEZONE": "Nowhere/Atlantis", "XERO_FIRST_DAY": "notadate", "XERO_APPROVAL_POLL_SECONDS": "x",
+                    "GHL_RECONCILE_CRON": "bad"}
+NOT_YET_IMPORTABLE = {"sync_assets.xero"}  # converted separately
+
+
+def product_modules() -> list[str]:
+    """The registry and its providers, the code location, and every module of the product's folders."""
+    modules = [folder if path.stem == "__init__" else f"{folder}.{path.stem}"
+               for folder in ("providers", "resources", "sync_assets", "schedules", "sensors")
+               for path in sorted((PROJECT_ROOT / folder).glob("*.py"))]
+    return [m for m in ["definitions", *modules] if m not in NOT_YET_IMPORTABLE]
+
+
+def test_importing_any_module_reads_no_setting_and_building_the_code_location_names_the_bad_ones():
+    probe = ("import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\nprint('imported', flush=True)\n"
+             "import definitions\ndefinitions.defs()")
+    result = subprocess.run([sys.executable, "-c", probe, *product_modules()], cwd=PROJECT_ROOT, env={**os.environ, **MALFORMED_SHAPES},
+                            capture_output=True, text=True, timeout=600)
+
+    assert result.stdout.splitlines() == ["imported"], result.stderr[-3000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0
+    assert message.startswith("resources.settings.ConfigError: "), result.stderr[-3000:]
+    assert all(f"{name} must be" in message for name in MALFORMED_SHAPES), message
+
+
 def test_unknown_sync_env_is_a_clear_error():
     result = load_definitions({**os.environ, "SYNC_ENV": "staging"})
 

@@ -49,11 +49,15 @@ from helpers import expected_task, halo_keys, xero_by_halo_id
 from emulator import Emulator, xero as xero_emulator
 from resources.ghl import parse_contacts
 from resources.warehouse import engine_for
-from sync_assets.employes import assets as employes_assets
+from sync_assets.employes import assets as build_employes_assets
 from sync_assets.fiscal_years import FISCAL_YEARS
-from sync_assets.ghl import ghl_contacts, ghl_contacts_reconciliation
+from sync_assets.ghl import ghl_contacts_reconciliation, hourly_contacts
 from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets
 from sync_assets.xero import xero_time_entries
+
+# Built as the code location builds them: their partitions read SYNC_TIMEZONE when built, not at import.
+employes_assets = build_employes_assets()
+ghl_contacts = hourly_contacts()
 
 pytestmark = pytest.mark.slow  # minutes: left out of the quick run (scripts/test -m "not slow")
 

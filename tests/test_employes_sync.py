@@ -9,14 +9,19 @@ import pytest
 import sqlalchemy as sa
 import conftest
 from conftest import ANCHOR, serving
-from helpers import failure_message
+from helpers import built, failure_message
 from dagster._core.test_utils import freeze_time
 
 from definitions import defs as load_definitions
 from emulator import Emulator
 from resources.warehouse import engine_for
 from resources.employes_tables import employes_employee_snapshots as snapshots_table
-from sync_assets.employes import assets, employes_employee_snapshots, employes_employment_history
+from sync_assets.employes import assets as build_employes_assets
+
+# Built as the code location builds them: their partitions read SYNC_TIMEZONE when built, not at import.
+assets = build_employes_assets()
+employes_employee_snapshots = built(assets, "employes_employee_snapshots")
+employes_employment_history = built(assets, "employes_employment_history")
 
 defs = load_definitions()
 

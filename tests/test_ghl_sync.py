@@ -15,7 +15,10 @@ from emulator.ghl import LOCATION_ID
 from resources.warehouse import WarehouseResource, engine_for
 from resources.ghl_tables import ghl_contacts as ghl_contacts_table
 from resources.tables import sync_rejects
-from sync_assets.ghl import asset_checks, ghl_contacts, ghl_contacts_reconciliation, write_page
+from sync_assets.ghl import asset_checks, ghl_contacts_reconciliation, hourly_contacts, write_page
+
+# Built as the code location builds it: its partitions read SYNC_TIMEZONE when built, not at import.
+ghl_contacts = hourly_contacts()
 
 # The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW). Every
 # GoHighLevel and Xero exchange is checked against the published descriptions.

@@ -14,7 +14,10 @@ from dagster._core.workspace.load_target import ModuleTarget
 from dagster._daemon.freshness import FreshnessDaemon
 
 from resources.settings import PROJECT_ROOT
-from sync_assets.ghl import ghl_contacts, ghl_contacts_reconciliation
+from sync_assets.ghl import ghl_contacts_reconciliation, hourly_contacts
+
+# Built as the code location builds it: its partitions read SYNC_TIMEZONE when built, not at import.
+ghl_contacts = hourly_contacts()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,7 +14,10 @@ import cli
 from definitions import defs as load_definitions
 from resources.warehouse import WarehouseResource
 from sensors.alerts import health_alerts
-from sync_assets.ghl import ghl_contacts
+from sync_assets.ghl import hourly_contacts
+
+# Built as the code location builds it: its partitions read SYNC_TIMEZONE when built, not at import.
+ghl_contacts = hourly_contacts()
 
 SYNCED_AT = datetime(2026, 11, 20, 14, 2, tzinfo=UTC)
 

@@ -14,7 +14,10 @@ from conftest import ghl_resources
 from health_daemon import daemon_workspace, freeze_time, step_health
 
 import cli
-from sync_assets.ghl import ghl_contacts
+from sync_assets.ghl import hourly_contacts
+
+# Built as the code location builds it: its partitions read SYNC_TIMEZONE when built, not at import.
+ghl_contacts = hourly_contacts()
 
 CLI = str(Path(sys.executable).parent / "workforce-sync")
 PARTITION = "2026-11-20-13:00"

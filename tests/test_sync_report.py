@@ -14,8 +14,12 @@ import cli
 from definitions import defs as load_definitions
 
 from resources.warehouse import WarehouseResource
-from sync_assets.employes import assets as employes_assets
-from sync_assets.ghl import ghl_contacts
+from sync_assets.employes import assets as build_employes_assets
+from sync_assets.ghl import hourly_contacts
+
+# Built as the code location builds them: their partitions read SYNC_TIMEZONE when built, not at import.
+employes_assets = build_employes_assets()
+ghl_contacts = hourly_contacts()
 
 defs = load_definitions()
 

@@ -15,6 +15,7 @@ from helpers import (
     AGENT,
     DAY,
     Lockstep,
+    built,
     check_results as checks,
     expected_task,
     failure_message,
@@ -35,13 +36,16 @@ from resources.mappings import MappingFilesResource
 from resources.settings import PROJECT_ROOT
 from resources.warehouse import engine_for
 from resources.xero import local_token_key
-from sensors.xero import xero_approvals
+from sensors.xero import sensors as xero_sensors
 from resources.halo import timesheet_row
 from sync_assets.xero import (
     open_period,
     xero_reconciliation,
     xero_time_entries,
 )
+
+# Built as the code location builds them (the approval sensor's interval is a setting, read when built).
+xero_approvals = built(xero_sensors(), "xero_approvals")
 
 defs = load_definitions()
 

@@ -10,13 +10,16 @@ import dagster as dg
 import pytest
 from conftest import xero_resources
 from cryptography.fernet import Fernet
-from helpers import AGENT, DAY, check_results as checks, halo_day, ledger, load_mappings, meta, push, xero_by_halo_id
+from helpers import AGENT, DAY, built, check_results as checks, halo_day, ledger, load_mappings, meta, push, xero_by_halo_id
 
 from definitions import defs as load_definitions
 from emulator import xero as xero_emulator
 from resources.mappings import MappingFilesResource
 from resources.settings import PROJECT_ROOT
-from sensors.xero import PlanInputs, replan_dates, xero_mapping_changes
+from sensors.xero import PlanInputs, replan_dates, sensors as xero_sensors
+
+# Built as the code location builds them (the approval sensor's interval is a setting, read when built).
+xero_mapping_changes = built(xero_sensors(), "xero_mapping_changes")
 
 defs = load_definitions()
 
