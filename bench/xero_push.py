@@ -30,7 +30,9 @@ from resources.mappings import MappingFilesResource
 from resources.warehouse import WarehouseResource
 from resources.xero import XeroResource
 from sync_assets.halo import agent_mappings, halo_agents
-from sync_assets.xero import xero_time_entries
+from sync_assets.xero import time_entries
+
+xero_time_entries = time_entries()  # built as the code location builds it (its partitions are settings)
 
 DAY = date(2026, 11, 18)
 AGENTS = range(1, 21)

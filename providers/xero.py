@@ -14,11 +14,11 @@ from resources.xero_doctor import check_xero
 
 
 def definitions() -> dg.Definitions:
-    # Imported when the code location loads, not with the registry: sync_assets.xero still reads
-    # settings at import; the schedules and sensors read theirs in the factories called here.
+    # Imported and built when the code location loads, not with the registry: what settings shape
+    # (partitions, crons, time zones, the approval sensor's interval) is read by the factories called here.
     import schedules.xero, sensors.xero, sync_assets.xero  # noqa: E401
 
-    return dg.Definitions(assets=sync_assets.xero.assets, asset_checks=sync_assets.xero.asset_checks, jobs=sync_assets.xero.jobs,
+    return dg.Definitions(assets=sync_assets.xero.assets(), asset_checks=sync_assets.xero.asset_checks, jobs=sync_assets.xero.jobs,
                           schedules=schedules.xero.schedules(), sensors=sensors.xero.sensors())
 
 

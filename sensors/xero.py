@@ -33,17 +33,10 @@ from resources.mappings import MappingFilesResource
 from resources.settings import setting
 from resources.warehouse import WarehouseResource
 from resources.xero_tables import xero_ledger as ledger_table
+from sync_assets.xero import open_period
 
 NEVER = datetime(1, 1, 1)
 TICK_WAIT_S = 20.0  # at most this long for Halo's budget in a tick (Dagster gives a tick 60 s)
-
-
-def _open_period() -> tuple[date, date]:
-    # Imported when a tick needs it: sync_assets/xero.py still reads settings at import, and
-    # importing this module reads none.
-    from sync_assets.xero import open_period
-
-    return open_period()
 
 
 def approvals_after(sheets: list[dict], after: tuple[datetime, int], unreadable: list[str] | None = None,
@@ -88,7 +81,7 @@ def stored_agents(warehouse: WarehouseResource) -> list[int]:
 def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource, warehouse: WarehouseResource
                    ) -> dg.SensorResult | dg.SkipReason:
     """Requests one Xero push per work date with timesheets approved since the last tick."""
-    first, last = _open_period()
+    first, last = open_period()
     seen, known_agents = _cursor(context.cursor)
     unreadable: list[str] = []
     try:
@@ -183,7 +176,7 @@ def xero_mapping_changes(context: dg.SensorEvaluationContext, warehouse: Warehou
                          ) -> dg.SensorResult | dg.SkipReason:
     """Requests a Xero push of each open-period date a change of the mappings affects: the agent
     mappings as loaded (their first load lets deferred dates go) or the project mapping file."""
-    first, last = _open_period()
+    first, last = open_period()
     before, requested = _mapping_cursor(context.cursor)
     now = plan_inputs(warehouse, mapping_files)
     if not now.agents:

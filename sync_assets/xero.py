@@ -52,7 +52,6 @@ from resources.settings import setting, sync_env
 from resources.warehouse import WarehouseResource, replace_rows, utcnow
 from resources.xero import XeroResource
 from resources.xero_tables import xero_findings as findings_table, xero_ledger as ledger_table
-from sync_assets.halo import agent_mappings
 from sync_assets.runs import today
 from sync_assets.step import SyncStep, listed, nothing_lost, sync_step, table_metadata
 from sync_assets.xero_ledger import Ledger, adopt_listing, apply, read_held
@@ -65,8 +64,11 @@ GROUP = "xero"
 # A dry run that lists nothing opens no Xero client: these keep its metadata's keys the same.
 NO_XERO_CLIENT = {"xero_requests": 0, "day_limit_remaining": None, "minute_limit_remaining": None}
 
-# Settings are validated once, by check_settings, before the code location imports this module (definitions.py).
-WORK_DATES = dg.DailyPartitionsDefinition(start_date=setting("XERO_FIRST_DAY"), timezone=setting("SYNC_TIMEZONE"), end_offset=1)
+
+
+def work_dates() -> dg.DailyPartitionsDefinition:
+    """The work dates from XERO_FIRST_DAY in SYNC_TIMEZONE, read when the code location is built (never at import)."""
+    return dg.DailyPartitionsDefinition(start_date=setting("XERO_FIRST_DAY"), timezone=setting("SYNC_TIMEZONE"), end_offset=1)
 
 
 def push_enabled() -> bool:
@@ -251,34 +253,9 @@ def push_to_xero(step: SyncStep, xero: XeroResource, warehouse: WarehouseResourc
         return PushOutcome(actions, listing, apply(step.context, client, ledger, actions, duplicates))
 
 
-@dg.asset(
-    partitions_def=WORK_DATES,
-    deps=[agent_mappings],
-    group_name=GROUP,
-    kinds={"xero", "halopsa", "sql"},
-    pool=GROUP,
-    metadata=table_metadata(ledger_table),
-    check_specs=[dg.AssetCheckSpec(
-        "xero_halo_day_as_expected", asset="xero_time_entries",
-        description="Warns when Halo's answer for the day contradicts the push's assumptions: unreadable approvals "
-                    "(those entries are held back), keys carried by different entries, identical entries, approved time without entries, "
-                    "records outside the day."),
-        nothing_lost("xero_time_entries")],
-)
-def xero_time_entries(
-    context: dg.AssetExecutionContext,
-    config: PushConfig,
-    halopsa: HaloPSAResource,
-    xero: XeroResource,
-    mapping_files: MappingFilesResource,
-    warehouse: WarehouseResource,
-) -> dg.MaterializeResult:
-    """Approved HaloPSA time entries of one work date, as time entries in Xero Projects.
-
-    Creates what is missing, updates what changed since the last push, deletes what was
-    un-approved or deleted in Halo; LOCKED or INVOICED entries are reported, not touched. The
-    ledger (table `xero_ledger`) records each entry's Xero id, content hash, status, attempts and
-    last error. Dry run (the default until XERO_PUSH_ENABLED=true) shows the plan without writing."""
+def push_day(context: dg.AssetExecutionContext, config: PushConfig, halopsa: HaloPSAResource, xero: XeroResource,
+             mapping_files: MappingFilesResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The push of the partition's work date: the asset `xero_time_entries` (`time_entries`)."""
     request = push_request(context, config, warehouse)
     with sync_step(context, GROUP) as step:
         projects = project_mappings(step, mapping_files, ": nothing pushed")
@@ -288,6 +265,43 @@ def xero_time_entries(
         with step.phase("What was pushed is in the ledger; re-run the partition to finish."):
             outcome = push_to_xero(step, xero, warehouse, read, projects)
     return push_report(step, read, outcome)
+
+
+def time_entries() -> dg.AssetsDefinition:
+    """The asset `xero_time_entries`, built when the code location is: its partitions read
+    XERO_FIRST_DAY and SYNC_TIMEZONE."""
+
+    @dg.asset(
+        partitions_def=work_dates(),
+        deps=["agent_mappings"],
+        group_name=GROUP,
+        kinds={"xero", "halopsa", "sql"},
+        pool=GROUP,
+        metadata=table_metadata(ledger_table),
+        check_specs=[dg.AssetCheckSpec(
+            "xero_halo_day_as_expected", asset="xero_time_entries",
+            description="Warns when Halo's answer for the day contradicts the push's assumptions: unreadable approvals "
+                        "(those entries are held back), keys carried by different entries, identical entries, approved time without "
+                        "entries, records outside the day."),
+            nothing_lost("xero_time_entries")],
+    )
+    def xero_time_entries(
+        context: dg.AssetExecutionContext,
+        config: PushConfig,
+        halopsa: HaloPSAResource,
+        xero: XeroResource,
+        mapping_files: MappingFilesResource,
+        warehouse: WarehouseResource,
+    ) -> dg.MaterializeResult:
+        """Approved HaloPSA time entries of one work date, as time entries in Xero Projects.
+
+        Creates what is missing, updates what changed since the last push, deletes what was
+        un-approved or deleted in Halo; LOCKED or INVOICED entries are reported, not touched. The
+        ledger (table `xero_ledger`) records each entry's Xero id, content hash, status, attempts and
+        last error. Dry run (the default until XERO_PUSH_ENABLED=true) shows the plan without writing."""
+        return push_day(context, config, halopsa, xero, mapping_files, warehouse)
+
+    return xero_time_entries
 
 
 # What a planned entry is in the books: in the ledger with its verdict (pushed, or failed or
@@ -383,7 +397,7 @@ def _ledger_check(statuses: tuple[str, ...], warehouse: WarehouseResource, **met
                                metadata={"entries": len(rows), **metadata, "details": listed(lines, PLAN_ROWS)})
 
 
-@dg.asset_check(asset=xero_time_entries, name="xero_entries_pushable")
+@dg.asset_check(asset="xero_time_entries", name="xero_entries_pushable")
 def xero_entries_pushable(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     """Warns while approved entries cannot go to Xero (unmapped agent or project, bad duration,
     refused by Xero), listing each with the reason. Deferred entries wait for the agent mappings'
@@ -391,7 +405,7 @@ def xero_entries_pushable(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     return _ledger_check(("invalid", "failed"), warehouse, deferred=len(_ledger_problems(("deferred",), warehouse)))
 
 
-@dg.asset_check(asset=xero_time_entries, name="xero_no_locked_conflicts")
+@dg.asset_check(asset="xero_time_entries", name="xero_no_locked_conflicts")
 def xero_no_locked_conflicts(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     """Warns while Halo changed entries that Xero has LOCKED or INVOICED (left untouched)."""
     return _ledger_check(("conflict",), warehouse)
@@ -402,7 +416,8 @@ def xero_no_locked_conflicts(warehouse: WarehouseResource) -> dg.AssetCheckResul
 # In-process steps: the push and its two checks run in the run's own process instead of starting
 # a process each, a few seconds of every approval's wait (bench/approval_latency.py); the `xero`
 # pool holds the same.
-xero_push_job = dg.define_asset_job("xero_push_job", selection=[xero_time_entries], tags={"dagster/max_retries": "3"},
+# By key: the job takes the asset's partitions when the code location resolves it.
+xero_push_job = dg.define_asset_job("xero_push_job", selection=["xero_time_entries"], tags={"dagster/max_retries": "3"},
                                     executor_def=dg.in_process_executor)
 
 
@@ -450,7 +465,7 @@ def keep_compared(books: Books, halo: HaloDay, xero_entries: int) -> None:
 
 
 @dg.asset(
-    deps=[agent_mappings],
+    deps=["agent_mappings"],
     group_name=GROUP,
     kinds={"xero", "halopsa", "sql"},
     pool=GROUP,
@@ -498,6 +513,11 @@ def xero_reconciliation(
     )
 
 
-assets = [xero_time_entries, xero_reconciliation]
+
+
+def assets() -> list[dg.AssetsDefinition]:
+    return [time_entries(), xero_reconciliation]
+
+
 asset_checks = [xero_entries_pushable, xero_no_locked_conflicts]
 jobs = [xero_push_job]

@@ -26,8 +26,10 @@ from resources.settings import setting
 from resources.warehouse import engine_for
 from sync_assets.ghl import ghl_contacts_reconciliation
 from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets, mappings_match_agents, no_unmapped_agents
-from sync_assets.xero import xero_entries_pushable, xero_no_locked_conflicts, xero_time_entries
+from sync_assets.xero import time_entries, xero_entries_pushable, xero_no_locked_conflicts
 from sync_assets.xero_plan import MARKER
+
+xero_time_entries = time_entries()  # built as the code location builds it (its partitions are settings)
 
 FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "
 

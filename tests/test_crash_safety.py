@@ -53,7 +53,9 @@ from sync_assets.employes import assets as build_employes_assets
 from sync_assets.fiscal_years import FISCAL_YEARS
 from sync_assets.ghl import ghl_contacts_reconciliation, hourly_contacts
 from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets
-from sync_assets.xero import xero_time_entries
+from sync_assets.xero import time_entries
+
+xero_time_entries = time_entries()  # built as the code location builds it (its partitions are settings)
 
 # Built as the code location builds them: their partitions read SYNC_TIMEZONE when built, not at import.
 employes_assets = build_employes_assets()

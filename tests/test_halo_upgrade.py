@@ -18,8 +18,10 @@ from resources.warehouse import WarehouseResource, engine_for
 from resources.tables import TABLES
 from sync_assets.fiscal_years import FISCAL_YEARS
 from sync_assets.halo import agent_mappings, halo_agents, halo_timesheets
-from sync_assets.xero import xero_reconciliation, xero_time_entries
+from sync_assets.xero import time_entries, xero_reconciliation
 from sync_assets.xero_plan import MARKER
+
+xero_time_entries = time_entries()  # built as the code location builds it (its partitions are settings)
 
 # The emulator's data has fixed dates: Dagster's clock agrees with them (conftest.NOW).
 pytestmark = pytest.mark.usefixtures("frozen_clock")

@@ -38,13 +38,11 @@ from resources.warehouse import engine_for
 from resources.xero import local_token_key
 from sensors.xero import sensors as xero_sensors
 from resources.halo import timesheet_row
-from sync_assets.xero import (
-    open_period,
-    xero_reconciliation,
-    xero_time_entries,
-)
+from sync_assets.xero import open_period, time_entries, xero_reconciliation
 
-# Built as the code location builds them (the approval sensor's interval is a setting, read when built).
+# Built as the code location builds them (the push's partitions and the approval sensor's interval
+# are settings, read when built).
+xero_time_entries = time_entries()
 xero_approvals = built(xero_sensors(), "xero_approvals")
 
 defs = load_definitions()
@@ -370,11 +368,11 @@ CONCURRENT_PUSH = """
 import sys
 import dagster as dg
 from conftest import xero_resources
-from sync_assets.xero import xero_time_entries
+from sync_assets.xero import time_entries
 
 url, warehouse, key, day = sys.argv[1:]
 emulator = type("Remote", (), {"url": url})()
-result = dg.materialize([xero_time_entries], resources=xero_resources(emulator, warehouse, key), partition_key=day,
+result = dg.materialize([time_entries()], resources=xero_resources(emulator, warehouse, key), partition_key=day,
                         run_config={"ops": {"xero_time_entries": {"config": {"dry_run": False}}}}, raise_on_error=False)
 print("ok" if result.success else "failed")
 """
