@@ -135,6 +135,7 @@ def test_a_429_holds_back_every_client_of_the_tenant_through_the_warehouse(emula
 
 CHILD = textwrap.dedent("""
     import sys
+    import providers  # the registry: its tables join the warehouse's before the warehouse opens
     from resources.halo import HaloPSAResource
     from resources.warehouse import engine_for
     url, halo_url, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
