@@ -1,1 +1,12 @@
 """Every schedule of the code location, one module per provider, and the morning report."""
+
+import dagster as dg
+
+from resources.settings import setting
+
+
+def asset_schedule(name: str, cron: str, assets: tuple[str, ...], description: str) -> dg.ScheduleDefinition:
+    """A running schedule of `assets` (by key) on `cron`, in SYNC_TIMEZONE, read when called."""
+    return dg.ScheduleDefinition(name=name, cron_schedule=cron, execution_timezone=setting("SYNC_TIMEZONE"),
+                                 target=dg.AssetSelection.assets(*assets), default_status=dg.DefaultScheduleStatus.RUNNING,
+                                 description=description)

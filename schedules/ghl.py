@@ -3,6 +3,7 @@
 import dagster as dg
 
 from resources.settings import setting
+from schedules import asset_schedule
 from sync_assets.ghl import ghl_contacts_hourly_job
 
 # run_key is the partition key, so a schedule tick that fires twice never syncs an hour twice.
@@ -14,17 +15,8 @@ ghl_contacts_hourly_schedule = dg.build_schedule_from_partitioned_job(
 )
 
 
-def reconciliation_nightly() -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(
-        name="ghl_contacts_reconciliation_nightly",
-        cron_schedule=setting("GHL_RECONCILE_CRON"),
-        execution_timezone=setting("SYNC_TIMEZONE"),
-        target=dg.AssetSelection.assets("ghl_contacts_reconciliation"),
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Full pass over every GoHighLevel contact: missed inserts, drift, deletions (GHL_RECONCILE_CRON).",
-    )
-
-
 def schedules() -> list:
     """Built when the code location is: the crons and the time zone are settings."""
-    return [ghl_contacts_hourly_schedule, reconciliation_nightly()]
+    return [ghl_contacts_hourly_schedule, asset_schedule(
+        "ghl_contacts_reconciliation_nightly", setting("GHL_RECONCILE_CRON"), ("ghl_contacts_reconciliation",),
+        "Full pass over every GoHighLevel contact: missed inserts, drift, deletions (GHL_RECONCILE_CRON).")]

@@ -19,6 +19,7 @@ from datetime import date, datetime, timedelta
 import dagster as dg
 
 from resources.settings import setting
+from schedules import asset_schedule
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar
 from sync_assets.halo import halo_timesheets_job
 
@@ -81,11 +82,8 @@ def schedules() -> list[dg.ScheduleDefinition]:
     """Built when the code location is: the nightly cron and the time zone are settings."""
     timezone, running = setting("SYNC_TIMEZONE"), dg.DefaultScheduleStatus.RUNNING
     return [
-        dg.ScheduleDefinition(
-            name="halo_agents_hourly", cron_schedule="10 * * * *", execution_timezone=timezone,
-            target=dg.AssetSelection.assets("halo_agents", "agent_mappings"), default_status=running,
-            description="HaloPSA agents and the agent mapping file, hourly.",
-        ),
+        asset_schedule("halo_agents_hourly", "10 * * * *", ("halo_agents", "agent_mappings"),
+                       "HaloPSA agents and the agent mapping file, hourly."),
         dg.schedule(name="halo_timesheets_hourly", cron_schedule="15 * * * *", execution_timezone=timezone,
                     target=halo_timesheets_job, default_status=running)(halo_timesheets_hourly),
         dg.schedule(name="halo_timesheets_nightly", cron_schedule=setting("HALO_YEAR_SYNC_CRON"), execution_timezone=timezone,
