@@ -17,6 +17,9 @@
                                             add a user of the production UI, or change one's
                                             password and role (password from the terminal, or
                                             the first line of stdin); `user remove NAME`, `user list`
+    workforce-sync apikey create NAME --scope read [--scope trigger --scope events]
+                                            a key of the host-application API (printed once);
+                                            `apikey revoke NAME`, `apikey list`
 
 Runs are recorded in the Dagster instance at `DAGSTER_HOME` (default `.local/dagster_home`,
 the one `scripts/start` uses), so they show up in the UI's run history and health light.
@@ -35,6 +38,7 @@ import dagster as dg
 from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
 
 import users
+from api import keys as api_keys
 from providers import NAMES, doctor_checks
 from resources.health import health, policies_of
 from resources.settings import ConfigError, ensure_dagster_home
@@ -268,6 +272,20 @@ def manage_users(args: argparse.Namespace) -> str:
     return "\n".join(f"{name}  {role}" for name, (_, role) in listed.items()) or f"no users in {path}"
 
 
+def manage_api_keys(args: argparse.Namespace) -> str:
+    from api.app import service_from_environment
+
+    engine = service_from_environment().engine
+    if args.apikey_command == "create":
+        return api_keys.create(engine, args.name, args.scope)
+    if args.apikey_command == "revoke":
+        api_keys.revoke(engine, args.name)
+        return f"revoked the key {args.name!r}"
+    rows = api_keys.listing(engine)
+    return "\n".join(f"{r['name']}\t{r['scopes']}\tcreated {r['created_at']:%Y-%m-%d %H:%M}\tlast used "
+                     f"{r['last_used_at'] or 'never'}" for r in rows) or "no API keys"
+
+
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workforce-sync", description="Run the workforce syncs without the UI.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +307,15 @@ def argument_parser() -> argparse.ArgumentParser:
     user_remove = user_commands.add_parser("remove", help="remove a user")
     user_remove.add_argument("name")
     user_commands.add_parser("list", help="list the users and their roles")
+    apikey = commands.add_parser("apikey", help="manage the keys of the host-application API (api/)")
+    apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True)
+    apikey_create = apikey_commands.add_parser("create", help="create a key for a client application; it is printed once")
+    apikey_create.add_argument("name")
+    apikey_create.add_argument("--scope", action="append", choices=api_keys.SCOPES, required=True,
+                               help="read (status, runs), trigger (launch syncs), events (post events); repeatable")
+    apikey_revoke = apikey_commands.add_parser("revoke", help="revoke a key: its next request is refused")
+    apikey_revoke.add_argument("name")
+    apikey_commands.add_parser("list", help="list the active keys (names, scopes, last use; never the keys)")
     return parser
 
 
@@ -298,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(manage_users(args))
         except users.UsersError as error:
+            print(f"workforce-sync: {error}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "apikey":  # the warehouse only, not the code location
+        try:
+            print(manage_api_keys(args))
+        except api_keys.ApiKeyError as error:
             print(f"workforce-sync: {error}", file=sys.stderr)
             return 2
         return 0

@@ -125,3 +125,16 @@ provider_pauses = sa.Table(
     sa.Column("account", sa.String(300), primary_key=True),
     sa.Column("paused_until", sa.Float, nullable=False, comment="epoch seconds before which no request is sent"),
 )
+
+# The host-application API's keys (api/keys.py): the SHA-256 of each key's secret, never the key.
+api_keys = sa.Table(
+    "api_keys",
+    TABLES,
+    sa.Column("id", sa.String(12), primary_key=True, comment="the key's public id (wsk_<id>.<secret>)"),
+    sa.Column("name", sa.String(64), nullable=False, comment="the client application"),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("scopes", sa.String(100), nullable=False, comment="space-separated: read, trigger, events"),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("last_used_at", sa.DateTime),
+    sa.Column("revoked_at", sa.DateTime),
+)
