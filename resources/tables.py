@@ -138,3 +138,20 @@ api_keys = sa.Table(
     sa.Column("last_used_at", sa.DateTime),
     sa.Column("revoked_at", sa.DateTime),
 )
+
+# Events in from the providers (api/events.py: a Halo approval, a GoHighLevel contact change),
+# stored before the API answers 2xx and taken up by the sensors that act on them. An event is a
+# hint to look now, never the only copy of the data: polling stays the safety net.
+inbound_events = sa.Table(
+    "inbound_events",
+    TABLES,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(32), nullable=False, comment="'halopsa.approvals' or 'gohighlevel.contacts'"),
+    sa.Column("dedup_key", sa.String(200), nullable=False, comment="the provider's event id, or the SHA-256 of the body"),
+    sa.Column("received_at", sa.DateTime, nullable=False),
+    sa.Column("payload", RawJSON, nullable=False, comment="the event exactly as received"),
+    sa.Column("handled_at", sa.DateTime, comment="when a sensor took it up"),
+    sa.Column("handled_by", sa.String(200), comment="the run key or run id that acted on it"),
+    sa.UniqueConstraint("source", "dedup_key", name="uq_inbound_events_source_dedup_key"),
+    sa.Index("ix_inbound_events_source_handled_at", "source", "handled_at"),
+)
