@@ -52,11 +52,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GHL_TOKEN", "gohighlevel", required=True, secret=True, doc="Private Integration Token (scope contacts.readonly)"),
     Setting("GHL_LOCATION_ID", "gohighlevel", required=True, doc="the sub-account (location) whose contacts are synced"),
     Setting("GHL_RECONCILE_CRON", "gohighlevel", "0 2 * * *", doc="cron of the nightly full reconciliation", kind="cron"),
+    Setting("GHL_WEBHOOK_PUBLIC_KEY", "gohighlevel", None,
+            doc="PEM public key(s) that verify HighLevel's signed webhooks (`X-GHL-Signature` Ed25519, legacy `X-WH-Signature` RSA); "
+                "one line with `\\n` for line breaks is fine; default HighLevel's published keys (resources/settings.py)",
+            kind="public_keys"),
+    Setting("GHL_WEBHOOK_SECRET", "gohighlevel", None, secret=True,
+            doc="shared secret a HighLevel workflow's Webhook action sends as header `X-Webhook-Secret`; unset: not accepted"),
     Setting("HALO_BASE_URL", "halopsa", required=True, doc="your HaloPSA instance, e.g. https://yourco.halopsa.com", kind="url"),
     Setting("HALO_AUTH_URL", "halopsa", None, doc="authorisation server; default `$HALO_BASE_URL/auth`", kind="url"),
     Setting("HALO_CLIENT_ID", "halopsa", required=True, doc="API application client id (client credentials)"),
     Setting("HALO_CLIENT_SECRET", "halopsa", required=True, secret=True, doc="API application client secret"),
     Setting("HALO_TENANT", "halopsa", None, doc="tenant name, for hosted Halo instances that need it"),
+    Setting("HALO_WEBHOOK_SECRET", "halopsa", None, secret=True,
+            doc="shared secret Halo's webhook sends as header `X-Webhook-Secret` (or as the Basic auth password); unset: not accepted"),
     Setting("FISCAL_YEAR_START", "halopsa", "01-01", doc="month and day (MM-DD) on which a fiscal year starts", kind="month_day"),
     Setting("FISCAL_YEAR_FIRST", "halopsa", None,
             doc="earliest fiscal year to add as a partition, e.g. `FY2023`; default the current one", kind="fiscal_year"),
@@ -159,6 +167,58 @@ def _cron(value: str) -> bool:
     return is_valid_cron_string(value)
 
 
+# HighLevel's published webhook keys, verbatim from its docs (the Webhook Integration Guide and the
+# Webhook Authentication Guide, cited in api/events.py): Ed25519 for `X-GHL-Signature`, the only
+# signature after 2026-07-01; RSA for the legacy `X-WH-Signature`.
+GHL_PUBLISHED_KEYS = """-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAi2HR1srL4o18O8BRa7gVJY7G7bupbN3H9AwJrHCDiOg=
+-----END PUBLIC KEY-----
+-----BEGIN PUBLIC KEY-----
+MIICIjANBgkqhkiG9w0BAQEFAAOCAg8AMIICCgKCAgEAokvo/r9tVgcfZ5DysOSC
+Frm602qYV0MaAiNnX9O8KxMbiyRKWeL9JpCpVpt4XHIcBOK4u3cLSqJGOLaPuXw6
+dO0t6Q/ZVdAV5Phz+ZtzPL16iCGeK9po6D6JHBpbi989mmzMryUnQJezlYJ3DVfB
+csedpinheNnyYeFXolrJvcsjDtfAeRx5ByHQmTnSdFUzuAnC9/GepgLT9SM4nCpv
+uxmZMxrJt5Rw+VUaQ9B8JSvbMPpez4peKaJPZHBbU3OdeCVx5klVXXZQGNHOs8gF
+3kvoV5rTnXV0IknLBXlcKKAQLZcY/Q9rG6Ifi9c+5vqlvHPCUJFT5XUGG5RKgOKU
+J062fRtN+rLYZUV+BjafxQauvC8wSWeYja63VSUruvmNj8xkx2zE/Juc+yjLjTXp
+IocmaiFeAO6fUtNjDeFVkhf5LNb59vECyrHD2SQIrhgXpO4Q3dVNA5rw576PwTzN
+h/AMfHKIjE4xQA1SZuYJmNnmVZLIZBlQAF9Ntd03rfadZ+yDiOXCCs9FkHibELhC
+HULgCsnuDJHcrGNd5/Ddm5hxGQ0ASitgHeMZ0kcIOwKDOzOU53lDza6/Y09T7sYJ
+PQe7z0cvj7aE4B+Ax1ZoZGPzpJlZtGXCsu9aTEGEnKzmsFqwcSsnw3JB31IGKAyk
+T1hhTiaCeIY/OwwwNUY2yvcCAwEAAQ==
+-----END PUBLIC KEY-----
+"""
+
+
+def public_keys(value: str) -> list:
+    """The public keys in `value`: PEM blocks, their line breaks as written or as literal `\\n`
+    (an environment variable holds one line). Raises ValueError when a block is not a public key."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    text = value.replace("\\n", "\n").strip()
+    blocks = re.findall(r"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", text, re.DOTALL)
+    if not blocks:
+        raise ValueError("no PEM public key")
+    keys = []
+    for block in blocks:
+        body = re.sub(r"\s+", "", block.removeprefix("-----BEGIN PUBLIC KEY-----").removesuffix("-----END PUBLIC KEY-----"))
+        pem = "-----BEGIN PUBLIC KEY-----\n" + "\n".join(body[i:i + 64] for i in range(0, len(body), 64)) + "\n-----END PUBLIC KEY-----\n"
+        try:
+            keys.append(load_pem_public_key(pem.encode()))
+        except UnsupportedAlgorithm as error:
+            raise ValueError("not a public key of a known kind") from error
+    return keys
+
+
+def _public_keys(value: str) -> bool:
+    try:
+        public_keys(value)
+    except ValueError:
+        return False
+    return True
+
+
 CHECKS = {
     "text": (lambda value: True, ""),
     "url": (_url, "an http(s) URL with a host"),
@@ -172,6 +232,7 @@ CHECKS = {
     "bool": (lambda value: value.lower() in ("true", "false"), "true or false"),
     "int_list": (lambda value: bool(re.fullmatch(r"\s*-?\d+\s*(,\s*-?\d+\s*)*", value)), "whole numbers separated by commas, e.g. 1 or 1,3"),
     "count": (lambda value: value.isdigit() and int(value) >= 1, "a whole number of at least 1"),
+    "public_keys": (_public_keys, "one or more PEM public keys (-----BEGIN PUBLIC KEY----- ...)"),
 }
 
 
