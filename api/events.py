@@ -222,7 +222,7 @@ def _json_object(request: Request, body: bytes) -> tuple[dict, str]:
     try:
         text = body.decode("utf-8")
         value = json.loads(text, parse_constant=constant)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         raise Problem(422, "invalid request", "body: not JSON (UTF-8)") from None
     if not isinstance(value, dict):
         raise Problem(422, "invalid request", "body: must be a JSON object")

@@ -231,7 +231,8 @@ def test_a_contact_event_without_what_it_needs_is_refused_naming_the_field(api, 
     assert rows(engine) == []
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b'{"id": NaN}', b"\xff\xfe{}"])
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b'{"id": NaN}', b"\xff\xfe{}", b'{"id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"],
+                         ids=["broken", "array", "string", "NaN", "not UTF-8", "deep"])
 def test_a_body_that_is_not_a_json_object_is_refused(api, body):
     client, engine = api
     assert_problem(post(client, GHL_PATH, body, {"X-Webhook-Secret": GHL_SECRET}), 422, "body")
@@ -374,3 +375,12 @@ def test_two_identical_events_at_once_on_postgresql_are_one_row(configured, post
         assert sorted(answers) == [200] * 7 + [202]
         [row] = rows(engine)
         assert row.payload == json.loads(body)
+
+
+def test_json_that_postgresql_cannot_hold_is_refused_not_a_server_error(configured, postgres_warehouse_url):
+    with freeze_time(NOW):
+        client, engine = make_client(postgres_warehouse_url)
+        response = post(client, HALO_PATH, b'{"id": 5, "note": "nul \\u0000 here"}', {"X-Webhook-Secret": HALO_SECRET})
+
+    assert_problem(response, 422, "body")
+    assert rows(engine) == []

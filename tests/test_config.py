@@ -171,6 +171,7 @@ BAD_VALUES = {
     "ALERT_WEBHOOK_URL": "hooks.example/DISTINCTIVE-path", "GHL_RECONCILE_CRON": "every night", "FISCAL_YEAR_START": "02-29",
     "FISCAL_YEAR_FIRST": "FY27", "XERO_FIRST_DAY": "yesterday", "XERO_PUSH_ENABLED": "yes", "XERO_OPEN_PERIOD_DAYS": "-3",
     "XERO_APPROVAL_POLL_SECONDS": "0", "XERO_API_URL": "ftp://api.xero.com",
+    "GHL_WEBHOOK_PUBLIC_KEY": "BEGIN PUBLIC KEY not-a-key",
 }
 
 
