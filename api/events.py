@@ -314,6 +314,12 @@ def _halo_dedup_key(payload: dict, body: bytes) -> str:
     return _key(f"event:{event_id}") if event_id else _sha256(body)
 
 
+def _log_refusal(source: str, refused: Problem) -> None:
+    # A run of these after a provider rotates its key or secret is the sign to look for; the
+    # detail names fields and settings, never a value (api/problems.py).
+    log.warning("event %s refused: %s %s: %s", source, refused.status, refused.title, refused.detail)
+
+
 async def _store(request: Request, source: str, dedup_key: str, text: str, via: str) -> JSONResponse:
     engine = request.app.state.service.engine
     try:
@@ -337,6 +343,15 @@ async def gohighlevel_contacts(
     x_webhook_secret: str | None = Header(None, description="GHL_WEBHOOK_SECRET, from a workflow's webhook action"),
     authorization: str | None = Header(None, description="Bearer <API key with scope events>"),
 ):
+    try:
+        return await _receive_ghl(request, x_ghl_signature, x_wh_signature, x_webhook_secret, authorization)
+    except Problem as refused:
+        _log_refusal(events.GHL_CONTACTS, refused)
+        raise
+
+
+async def _receive_ghl(request: Request, x_ghl_signature: str | None, x_wh_signature: str | None, x_webhook_secret: str | None,
+                       authorization: str | None) -> JSONResponse:
     body = await request.body()
     signed = x_ghl_signature is not None or x_wh_signature is not None
     if signed:
@@ -363,6 +378,14 @@ async def halopsa_approvals(
     x_webhook_secret: str | None = Header(None, description="HALO_WEBHOOK_SECRET, from Halo's webhook"),
     authorization: str | None = Header(None, description="Bearer <API key with scope events>, or Basic with HALO_WEBHOOK_SECRET as password"),
 ):
+    try:
+        return await _receive_halo(request, x_webhook_secret, authorization)
+    except Problem as refused:
+        _log_refusal(events.HALO_APPROVALS, refused)
+        raise
+
+
+async def _receive_halo(request: Request, x_webhook_secret: str | None, authorization: str | None) -> JSONResponse:
     body = await request.body()
     password = _basic_password(authorization) if authorization is not None else None
     if x_webhook_secret is not None:

@@ -332,7 +332,7 @@ def test_no_secret_appears_in_any_answer_or_log(api, ed_key, caplog):
     shown = "\n".join([*(a.text + str(a.headers) for a in answers), caplog.text])
     for secret in (GHL_SECRET, HALO_SECRET, relay, relay.partition(".")[2]):
         assert secret not in shown
-    assert "stored as" in caplog.text
+    assert "stored as" in caplog.text and "refused: 401" in caplog.text
 
 
 # --- the shared functions, and PostgreSQL ----------------------------------------------------
