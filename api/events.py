@@ -376,7 +376,8 @@ async def _receive_ghl(request: Request, x_ghl_signature: str | None, x_wh_signa
 async def halopsa_approvals(
     request: Request,
     x_webhook_secret: str | None = Header(None, description="HALO_WEBHOOK_SECRET, from Halo's webhook"),
-    authorization: str | None = Header(None, description="Bearer <API key with scope events>, or Basic with HALO_WEBHOOK_SECRET as password"),
+    authorization: str | None = Header(None, description="Bearer <API key with scope events>, "
+                                                         "or Basic with HALO_WEBHOOK_SECRET as the password"),
 ):
     try:
         return await _receive_halo(request, x_webhook_secret, authorization)
