@@ -387,3 +387,26 @@ def test_json_that_postgresql_cannot_hold_is_refused_not_a_server_error(configur
 
     assert_problem(response, 422, "body")
     assert rows(engine) == []
+
+
+def test_unset_the_public_key_setting_means_highlevels_published_keys(api, ed_key, monkeypatch):
+    from resources.settings import GHL_PUBLISHED_KEYS, public_keys
+
+    client, engine = api
+    monkeypatch.delenv("GHL_WEBHOOK_PUBLIC_KEY")
+    published = public_keys(GHL_PUBLISHED_KEYS)
+    body = body_of(contact_event())
+
+    assert [type(k).__name__ for k in published] == ["Ed25519PublicKey", "RSAPublicKey"] and published[1].key_size == 4096
+    assert_problem(post(client, GHL_PATH, body, signed(ed_key, body)), 401, "X-GHL-Signature")  # ours is not HighLevel's key
+    assert rows(engine) == []
+
+
+def test_in_production_without_a_location_no_contact_event_is_accepted(api, monkeypatch):
+    client, engine = api
+    monkeypatch.setenv("SYNC_ENV", "production")
+
+    assert_problem(post(client, GHL_PATH, body_of(contact_event()), {"X-Webhook-Secret": GHL_SECRET}), 503, "GHL_LOCATION_ID")
+    monkeypatch.setenv("GHL_LOCATION_ID", LOCAL_LOCATION_ID)
+    assert post(client, GHL_PATH, body_of(contact_event()), {"X-Webhook-Secret": GHL_SECRET}).status_code == 202
+    assert len(rows(engine)) == 1
