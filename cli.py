@@ -196,6 +196,14 @@ def _next_start(schedules: list) -> tuple[str | None, str | None]:
     return when.astimezone(UTC).isoformat(timespec="seconds"), name
 
 
+def _rows_written(success, run_id: str) -> int | None:
+    """The rows the run wrote for the asset (its `written` metadata), if it materialized it."""
+    if success is None or success.run_id != run_id:
+        return None
+    written = success.asset_materialization.metadata.get("written")
+    return int(written.value) if written is not None and isinstance(written.value, (int, float)) else None
+
+
 def status_json(defs: dg.Definitions, instance: dg.DagsterInstance, rows: list[dict]) -> list[dict]:
     """`status`'s rows with what a host application's sync indicator needs: the last run's start,
     finish and result, the last successful finish, the next scheduled start and what starts the
@@ -220,6 +228,7 @@ def status_json(defs: dg.Definitions, instance: dg.DagsterInstance, rows: list[d
                 "started_utc": _iso(record.start_time),
                 "finished_utc": _iso(record.end_time),
                 "result": record.dagster_run.status.value.lower(),
+                "rows": _rows_written(success, record.dagster_run.run_id),
             },
             "last_success_utc": _iso(success.timestamp if success else None),
             "last_failure_utc": _iso(failed_at),

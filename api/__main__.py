@@ -1,4 +1,4 @@
-"""`python -m api [--host 127.0.0.1] [--port 3002]`: the API service (uvicorn), as scripts/start,
+"""`python -m api [--host 127.0.0.1] [--port $API_PORT]`: the API service (uvicorn), as scripts/start,
 deploy/start and deploy/systemd/workforce-sync-api.service run it."""
 
 import argparse
@@ -6,12 +6,13 @@ import argparse
 import uvicorn
 
 from api.app import create_app
+from resources.settings import setting
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m api", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=3002)
+    parser.add_argument("--port", type=int, default=int(setting("API_PORT")))
     args = parser.parse_args()
     # No access log of its own: the proxy keeps one, and uvicorn's would show query strings.
     uvicorn.run(create_app(), host=args.host, port=args.port, access_log=False, proxy_headers=True, forwarded_allow_ips="127.0.0.1")

@@ -1,7 +1,7 @@
 """The API's application: `create_app()` builds it over the Dagster instance at `DAGSTER_HOME`,
 the code location's definitions (read for the syncs, their jobs and schedules; nothing is run in
 this process) and the warehouse the syncs write. Runs are launched through the Dagster
-webserver at `DAGSTER_WEBSERVER_URL`, so the daemon's run queue and the pools decide when they
+webserver at `API_LAUNCH_URL`, so the daemon's run queue and the pools decide when they
 start, as for a schedule's runs."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from starlette.middleware.base import BaseHTTPMiddleware
 
+import providers  # noqa: F401  (the registry's tables join the warehouse's before it is opened)
 from api import problems
 from resources.settings import ensure_dagster_home, local_warehouse_url, setting
-from resources.warehouse import engine_for, ensure_schema
+from resources.warehouse import engine_for
 
 PREFIX = "/api/v1"
 MAX_BODY_BYTES = 256 * 1024  # a webhook is a few KiB; the proxy holds bodies to the same size
@@ -40,16 +41,12 @@ class Service:
 
     @cached_property
     def engine(self) -> sa.Engine:
-        engine = engine_for(self.warehouse_url, self.warehouse_schema)
-        ensure_schema(engine)
-        return engine
+        return engine_for(self.warehouse_url, self.warehouse_schema)
 
 
 def service_from_environment() -> Service:
-    import providers  # noqa: F401  (the registry's tables join the warehouse before it is opened)
-
     ensure_dagster_home()
-    return Service(instance=dg.DagsterInstance.get(), webserver_url=setting("DAGSTER_WEBSERVER_URL"),
+    return Service(instance=dg.DagsterInstance.get(), webserver_url=setting("API_LAUNCH_URL"),
                    warehouse_url=os.environ.get("WAREHOUSE_URL") or local_warehouse_url(),
                    warehouse_schema=setting("WAREHOUSE_SCHEMA"))
 

@@ -89,6 +89,7 @@ class Deployment:
             "VIEWER_WEBSERVER_PORT": str(free_port()),
             "PROXY_HOST": "127.0.0.1",
             "PROXY_PORT": str(free_port()),
+            "API_PORT": str(free_port()),
             "SYNC_ENV": "local",
             "EMULATOR_URL": self.emulator.url,
             "WAREHOUSE_URL": self.warehouse_url,
@@ -105,6 +106,9 @@ class Deployment:
 
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.web_port}{path}"
+
+    def proxy_url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.env['PROXY_PORT']}{path}"
 
     def wait_until_up(self) -> None:
         def up():

@@ -5,6 +5,9 @@ GraphQL API) runs a sync, a headless Chromium shows the asset graph, and afterwa
 left running."""
 
 import subprocess
+import sys
+
+import httpx
 
 import dagster as dg
 import pytest
@@ -16,6 +19,7 @@ from helpers import halo_day, halo_keys, wait_until
 from playwright.sync_api import sync_playwright
 
 from providers import NAMES
+from resources.settings import PROJECT_ROOT
 from resources.xero import XeroResource
 from sync_assets.xero_plan import MARKER
 
@@ -180,6 +184,62 @@ def test_a_browser_shows_the_asset_graph(deployment):
         assert lane in text
     for asset in ASSETS_SHOWN:
         assert asset in text
+
+
+def api_key(deployment, *scopes: str) -> str:
+    """A key made as an operator makes one: `workforce-sync apikey create`."""
+    name = f"host-app-{'-'.join(scopes)}"
+    args = [sys.executable, "-m", "cli", "apikey", "create", name, *(f"--scope={s}" for s in scopes)]
+    done = subprocess.run(args, env=deployment.env, capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
+    return done.stdout.strip()
+
+
+def test_a_host_application_reads_status_and_syncs_contacts_through_the_api_only(deployment):
+    """The test host application: it knows the proxy's address and a key, nothing else."""
+    key = api_key(deployment, "read", "trigger")
+    api = httpx.Client(base_url=deployment.proxy_url("/api/v1"), headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    status = api.get("/status")
+    assert status.status_code == 200, status.text
+    assert {row["asset"] for row in status.json()} >= set(ASSETS_SHOWN)
+    assert "ghl_contacts_hourly_job" in {sync["sync"] for sync in api.get("/syncs").json()}
+
+    launched = api.post("/syncs/ghl_contacts_hourly_job/runs", json={"triggered_by": "ana@example.com"})
+    assert launched.status_code == 202, launched.text
+    run_id, partition = launched.json()["run_id"], launched.json()["partition"]
+    assert launched.headers["location"] == f"/api/v1/runs/{run_id}"
+    again = api.post("/syncs/ghl_contacts_hourly_job/runs", json={"triggered_by": "ana@example.com", "partition": partition})
+    # Refused while the first is queued or running; once it is done, a second launch is allowed.
+    first = api.get(f"/runs/{run_id}").json()
+    if first["status"] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED"):
+        assert again.status_code == 409 and again.json()["run_id"] == run_id, again.text
+        assert again.headers["content-type"] == "application/problem+json"
+
+    def finished():
+        state = api.get(f"/runs/{run_id}").json()
+        return state if state["status"] not in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED") else None
+
+    state = wait_for("the API's run", finished, seen=deployment.seen)
+    assert state["status"] == "SUCCESS", state
+    assert state["sync"] == "ghl_contacts_hourly_job" and state["partition"] == partition
+    assert state["triggered_by"] == "api: ana@example.com (key host-app-read-trigger)"
+    assert state["steps_done"] == state["steps_total"] >= 1 and state["failure"] is None
+    row = next(r for r in api.get("/status").json() if r["asset"] == "ghl_contacts")
+    assert row["last_success_utc"] is not None and row["light"] == "green"
+
+
+def test_the_api_behind_the_proxy_refuses_foreign_pages_big_bodies_and_bursts(deployment):
+    key = api_key(deployment, "read")
+    url = deployment.proxy_url("/api/v1")
+    bearer = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{url}/status").status_code == 401  # no login asked at the proxy, but a key at the API
+    foreign = httpx.post(f"{url}/syncs/ghl_contacts_hourly_job/runs", json={"triggered_by": "x"},
+                         headers={**bearer, "Origin": "https://evil.example"})
+    assert foreign.status_code == 403 and "cross-site" in foreign.text
+    big = httpx.post(f"{url}/events/halopsa/approvals", content=b"{" + b" " * 300_000 + b"}",
+                     headers={**bearer, "Content-Type": "application/json"})
+    assert big.status_code == 413 and big.headers["content-type"] == "application/problem+json"
+    answers = [httpx.get(f"{url}/status", headers=bearer).status_code for _ in range(40)]
+    assert 429 in answers and answers[0] == 200, answers
 
 
 def test_stopping_leaves_nothing_running(deployment):

@@ -112,7 +112,7 @@ def test_json_says_what_the_table_says_and_more(home, emulator, sqlite_warehouse
         assert (row["failed_run"] or "-") == line[4]
     contacts = rows["ghl_contacts"]
     assert contacts["last_run"] == {"run_id": failed.run_id, "started_utc": "2026-11-20T14:22:00+00:00",
-                                    "finished_utc": "2026-11-20T14:22:00+00:00", "result": "failure"}
+                                    "finished_utc": "2026-11-20T14:22:00+00:00", "result": "failure", "rows": None}
     assert contacts["last_success_utc"] == "2026-11-20T14:02:00+00:00"
     assert contacts["first_sync_done"] is True
     # the next hourly tick at :05 after 14:32, the nightly reconciliation at 02:00 (GHL_RECONCILE_CRON)
