@@ -101,24 +101,31 @@ class Duplicate(BaseModel):
     duplicate: Literal[True]
 
 
+# A provider's id as `_text` reads it: a string with something in it, or a whole number.
+ID_SCHEMA = {"anyOf": [{"type": "string", "pattern": "\\S"}, {"type": "integer"}]}
 GHL_EVENT_SCHEMA = {
     "type": "object",
     "description": "a HighLevel contact event as HighLevel sends it (kept exactly as received)",
     "properties": {
-        "type": {"type": "string", "description": "ContactCreate, ContactUpdate, ContactDelete, ..."},
-        "locationId": {"type": "string"}, "id": {"type": "string", "description": "the contact's id"},
-        "contact_id": {"type": "string", "description": "the contact's id, in a workflow's standard data"},
-        "location": {"type": "object", "properties": {"id": {"type": "string"}}},
+        "type": {"type": "string", "pattern": "^Contact", "description": "ContactCreate, ContactUpdate, ContactDelete, ..."},
+        "locationId": {}, "id": {}, "contact_id": {}, "location": {},
         "webhookId": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"},
     },
-    "anyOf": [{"required": ["id"]}, {"required": ["contact_id"]}],
+    # What `_check_ghl` asks for: the contact's id and the location, each in either of its two forms.
+    "allOf": [
+        {"anyOf": [{"required": ["id"], "properties": {"id": {**ID_SCHEMA, "description": "the contact's id"}}},
+                   {"required": ["contact_id"], "properties": {"contact_id": {**ID_SCHEMA, "description": "the contact's id, in a workflow's standard data"}}}]},
+        {"anyOf": [{"required": ["locationId"], "properties": {"locationId": ID_SCHEMA}},
+                   {"required": ["location"], "properties": {"location": {"type": "object", "required": ["id"], "properties": {"id": ID_SCHEMA}}}}]},
+    ],
     "additionalProperties": True,
 }
 HALO_EVENT_SCHEMA = {
     "type": "object",
     "description": "a Halo webhook's payload naming an approved timesheet (kept exactly as received)",
-    "properties": {"id": {}, "timesheet_id": {}, "agent_id": {}, "date": {"type": "string"}, "event_id": {}},
-    "anyOf": [{"required": [name]} for name in HALO_HINTS],
+    "properties": {"id": {}, "timesheet_id": {}, "agent_id": {}, "date": {}, "event_id": {}},
+    # What `_check_halo` asks for: at least one of the hints, not empty.
+    "anyOf": [{"required": [name], "properties": {name: {"not": {"enum": [None, "", [], {}]}}}} for name in HALO_HINTS],
     "additionalProperties": True,
 }
 
