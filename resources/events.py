@@ -20,6 +20,12 @@ from resources.tables import inbound_events
 HALOPSA_APPROVALS = "halopsa.approvals"
 GOHIGHLEVEL_CONTACTS = "gohighlevel.contacts"
 
+# How often the sensors that take events up tick. The sensor daemon's loop evaluates sensors at
+# most every 5 s (MIN_INTERVAL_LOOP_TIME in dagster/_daemon/sensor.py, dagster 1.13): no interval
+# ticks faster. An interval of exactly 5 would skip every other loop whenever a tick lands a hair
+# under 5 s after the last one, so the interval is below the loop's: a tick on every loop.
+EVENT_CHECK_SECONDS = 2
+
 
 def _now():
     return get_current_datetime().replace(tzinfo=None)

@@ -11,7 +11,7 @@ A read costs one Halo request: the open period's timesheets. The agents come fro
 (kept by the hourly `halo_agents` sync; Halo is asked only before its first sync) and the token
 is kept between ticks until it expires.
 
-When it reads: the sensor ticks every few seconds (EVENT_CHECK_SECONDS) but reads Halo only when
+When it reads: the sensor ticks every few seconds (events.EVENT_CHECK_SECONDS) but reads Halo only when
 XERO_APPROVAL_POLL_SECONDS have passed since its last read, or when Halo approval events (table
 `inbound_events`, source `halopsa.approvals`) are pending. The poll timer restarts at every read,
 so an event moves a read earlier rather than adding one; and no more reads are made in any hour
@@ -50,11 +50,6 @@ from sync_assets.xero import open_period
 
 NEVER = datetime(1, 1, 1)
 TICK_WAIT_S = 20.0  # at most this long for Halo's budget in a tick (Dagster gives a tick 60 s)
-# The sensor daemon's loop evaluates sensors at most every 5 s (MIN_INTERVAL_LOOP_TIME in
-# dagster/_daemon/sensor.py, dagster 1.13): no interval ticks faster. An interval of exactly 5
-# would skip every other loop whenever a tick lands a hair under 5 s after the last one, so the
-# interval is below the loop's and the sensor ticks on every loop (about every 5 s).
-EVENT_CHECK_SECONDS = 2
 READ_WINDOW_S = 3600.0  # the reads of the last hour, kept in the cursor to hold them to the poll's
 
 
@@ -263,7 +258,7 @@ def sensors() -> list[dg.SensorDefinition]:
     running = dg.DefaultSensorStatus.RUNNING
     return [
         # Ticks every loop of the daemon; reads Halo on its timer or for an event (see the module).
-        dg.sensor(job_name="xero_push_job", name="xero_approvals", minimum_interval_seconds=EVENT_CHECK_SECONDS,
+        dg.sensor(job_name="xero_push_job", name="xero_approvals", minimum_interval_seconds=events.EVENT_CHECK_SECONDS,
                   default_status=running)(xero_approvals),
         dg.sensor(job_name="xero_push_job", name="xero_mapping_changes", minimum_interval_seconds=MAPPING_POLL_SECONDS,
                   default_status=running)(xero_mapping_changes),
