@@ -375,7 +375,10 @@ ghl_contacts_hourly_job = dg.define_asset_job("ghl_contacts_hourly_job", selecti
 
 
 # Started by the sensor `ghl_contact_events` (sensors/ghl.py), named: the code location resolves it.
-ghl_contact_events_job = dg.define_asset_job("ghl_contact_events_job", selection=["ghl_contacts_from_events"])
+# Its steps run in the run's own process, as the Xero push's: a process per step (the asset and
+# its checks) would load the code location again each, seconds an event should not wait.
+ghl_contact_events_job = dg.define_asset_job("ghl_contact_events_job", selection=["ghl_contacts_from_events"],
+                                             executor_def=dg.in_process_executor)
 
 
 def assets() -> list[dg.AssetsDefinition]:
