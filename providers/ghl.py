@@ -1,4 +1,5 @@
-"""GoHighLevel CRM, declared once: contacts pulled hourly, reconciled nightly."""
+"""GoHighLevel CRM, declared once: contacts pulled hourly, reconciled nightly, and read at once
+when a contact event names them."""
 
 import dagster as dg
 
@@ -12,10 +13,10 @@ from resources.settings import setting
 def definitions() -> dg.Definitions:
     # Imported and built when the code location loads, not with the registry: what settings shape
     # (partitions, crons, time zones) is read by the factories called here.
-    import schedules.ghl, sync_assets.ghl  # noqa: E401
+    import schedules.ghl, sensors.ghl, sync_assets.ghl  # noqa: E401
 
     return dg.Definitions(assets=sync_assets.ghl.assets(), asset_checks=sync_assets.ghl.asset_checks, jobs=sync_assets.ghl.jobs,
-                          schedules=schedules.ghl.schedules())
+                          schedules=schedules.ghl.schedules(), sensors=sensors.ghl.sensors())
 
 
 # The embedded default's credentials: the emulator (emulator/ghl.py) accepts these.

@@ -75,3 +75,10 @@ def mark_handled(engine: sa.Engine, ids: Collection[int], by: str) -> None:
     with engine.begin() as conn:
         conn.execute(inbound_events.update().where(inbound_events.c.id.in_(ids), inbound_events.c.handled_at.is_(None))
                      .values(handled_at=now_utc(), handled_by=by[:200]))
+
+
+# How often the sensors that take events up tick. The sensor daemon's loop evaluates sensors at
+# most every 5 s (MIN_INTERVAL_LOOP_TIME in dagster/_daemon/sensor.py, dagster 1.13): no interval
+# ticks faster. An interval of exactly 5 would skip every other loop whenever a tick lands a hair
+# under 5 s after the last one, so the interval is below the loop's: a tick on every loop.
+EVENT_CHECK_SECONDS = 2

@@ -22,12 +22,13 @@ import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import polars as pl
 
 from resources.ghl_tables import ghl_contacts
-from resources.http import BearerAuth, ProviderClient, ProviderError, ProviderResource, shared_limiter
+from resources.http import BearerAuth, ProviderClient, ProviderError, ProviderResource, RequestRejected, shared_limiter
 from resources.records import content_hash, parse_each, text_value
 from resources.tables import frame_schema
 
@@ -57,6 +58,14 @@ TEXT_FIELDS = {
     "postalCode": "postal_code",
     "dateOfBirth": "date_of_birth",
 }
+# `GET /contacts/{id}` answers another shape than search (GetContectByIdSchema): these are its
+# fields with the search Contact's names (`address1` is search's `address`); its own others
+# (`name`, `fullNameLowerCase`, `emailLowerCase`, `timezone`, `website`, ...) search never sends.
+# Fields search sends and it does not (`phoneLabel`, `additionalEmails`, `followers`, ...) it cannot tell.
+BY_ID_AS_SEARCH = {**{f: f for f in (
+    "id", "locationId", "firstName", "lastName", "email", "companyName", "phone", "dnd", "dndSettings", "type", "source",
+    "assignedTo", "city", "state", "country", "postalCode", "tags", "dateOfBirth", "dateAdded", "dateUpdated",
+    "firstNameLowerCase", "lastNameLowerCase", "customFields", "businessId")}, "address1": "address"}
 # List and object fields, kept as JSON text.
 JSON_FIELDS = {
     "additionalEmails": "additional_emails",
@@ -123,6 +132,18 @@ def _contact_row(record: Any) -> dict[str, Any]:
         "raw": json.dumps(record, default=str),
         "content_hash": content_hash({k: v for k, v in record.items() if k != "searchAfter"}),
     }
+
+
+def search_shaped(by_id: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
+    """A `GET /contacts/{id}` answer in the shape the warehouse keeps (search's, which the hourly
+    and nightly syncs write): its fields renamed, and the fields it does not carry taken from the
+    stored version (`raw`). So an unchanged contact hashes as the syncs hash it (and is
+    `unchanged`, not rewritten back and forth), and a field only search sends is not blanked
+    until the next hourly sync reads it; a field it carries but left out was cleared (GoHighLevel
+    leaves absent values out)."""
+    record = {k: v for k, v in (stored or {}).items() if k not in BY_ID_AS_SEARCH.values() and k != "searchAfter"}
+    record.update({BY_ID_AS_SEARCH[k]: v for k, v in by_id.items() if k in BY_ID_AS_SEARCH})
+    return record
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -205,6 +226,23 @@ class GoHighLevelClient:
                 if isinstance(page.get("total"), int) and len(seen) >= page["total"]:
                     return
             body["searchAfter"] = self._search_after(contacts[-1])
+
+    def contact(self, contact_id: str) -> dict | None:
+        """One contact as `GET /contacts/{id}` answers it (its own shape: see `search_shaped`), read
+        straight from the contact store, so a change shows at once (search's index lags by a few
+        seconds); None when GoHighLevel has no such contact (it answers 400 "not found"; 404 too)."""
+        self.budget.check()
+        try:
+            answer = self.http.request_json("GET", f"/contacts/{quote(contact_id, safe='')}")
+        except RequestRejected as error:
+            if error.status == 404 or (error.status == 400 and "not found" in error.detail.lower()):
+                return None
+            raise
+        contact = answer.get("contact") if isinstance(answer, dict) else None
+        if not isinstance(contact, dict):
+            got = sorted(answer) if isinstance(answer, dict) else type(answer).__name__
+            raise ProviderError(f"gohighlevel GET /contacts/{{id}}: response has no 'contact' object (got {got})")
+        return contact
 
     @staticmethod
     def _search_after(contact: dict) -> list:

@@ -106,7 +106,7 @@ SETTINGS: tuple[Setting, ...] = (
             doc="`true` lets a production push write before `workforce-sync doctor` has passed for HaloPSA and Xero", kind="bool"),
     Setting("XERO_FIRST_DAY", "xero", "2026-01-01", doc="first work date (YYYY-MM-DD) of the Xero push partitions", kind="date"),
     Setting("XERO_APPROVAL_POLL_SECONDS", "xero", "45",
-            doc="seconds between the approval sensor's ticks, one Halo request each (bench/approval_latency.py)", kind="count"),
+            doc="seconds between the approval sensor's reads of Halo, one request each; an approval event moves a read earlier (bench/approval_latency.py)", kind="count"),
     Setting("XERO_OPEN_PERIOD_DAYS", "xero", "31", doc="days back from today the approval sensor and the reconciliation cover", kind="count"),
     Setting("XERO_PROJECT_MAPPINGS_FILE", "xero", "config/xero_projects.csv",
             doc="CSV mapping Halo clients, contracts and tickets to Xero projects and tasks"),
@@ -289,6 +289,9 @@ def local_warehouse_url() -> str:
 
 
 # Schedule and sensor ticks are purged by the daemon (as in deploy/dagster.yaml).
+# The queued run coordinator takes queued runs every 5 s by default; every second instead, so a
+# push asked by an approval event starts without most of that wait (one indexed query a second).
+RUN_QUEUE = "run_queue:\n  dequeue_interval_seconds: 1\n"
 TICK_RETENTION = ("retention:\n  schedule:\n    purge_after_days: 90\n  sensor:\n    purge_after_days:\n"
                   "      skipped: 7\n      failure: 30\n      success: 90\n")
 
@@ -296,17 +299,20 @@ TICK_RETENTION = ("retention:\n  schedule:\n    purge_after_days: 90\n  sensor:\
 def ensure_dagster_home() -> Path:
     """Create the instance folder `DAGSTER_HOME` (default `.local/dagster_home`) with telemetry off
     and one step at a time per provider pool (`xero`, `halopsa`, ...), so two runs never add up
-    past a provider's limits; run retries on for the jobs that ask for them (the Xero push); tick
-    retention (added to an instance made before it had any)."""
+    past a provider's limits; run retries on for the jobs that ask for them (the Xero push); queued runs
+    taken every second; tick retention (these two added to an instance made before it had them)."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(LOCAL_DIR / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text("telemetry:\n  enabled: false\nrun_retries:\n  enabled: true\n  max_retries: 0\n"
-                          "concurrency:\n  pools:\n    default_limit: 1\n" + TICK_RETENTION)
-    elif not re.search(r"^retention:", config.read_text(), re.MULTILINE):
-        with config.open("a") as file:
-            file.write(TICK_RETENTION)
+                          "concurrency:\n  pools:\n    default_limit: 1\n" + RUN_QUEUE + TICK_RETENTION)
+    else:  # an instance made before a setting was added gets it (one the operator set stays)
+        text = config.read_text()
+        for key, block in (("run_queue", RUN_QUEUE), ("retention", TICK_RETENTION)):
+            if not re.search(rf"^{key}:", text, re.MULTILINE):
+                with config.open("a") as file:
+                    file.write(block)
     return home
 
 

@@ -1,3 +1,3 @@
-"""Every sensor of the code location: one module per provider (GoHighLevel's and Employes'
-syncs are time-driven and have none), and `alerts` (failed runs and red health lights to
+"""Every sensor of the code location: one module per provider (Employes' sync is time-driven and
+has none; GoHighLevel's takes up contact events), and `alerts` (failed runs and red health lights to
 ALERT_WEBHOOK_URL), and `first_sync` (every asset once on a new installation)."""

@@ -7,9 +7,19 @@ that Halo reports late is still seen while it lies in the open period. The curso
 the agents it has asked about: an agent new to the warehouse's `halo_agents` has all of its
 open period's approvals taken as new once, whatever their moment.
 
-A tick costs one Halo request: the open period's timesheets. The agents come from the warehouse
+A read costs one Halo request: the open period's timesheets. The agents come from the warehouse
 (kept by the hourly `halo_agents` sync; Halo is asked only before its first sync) and the token
-is kept between ticks until it expires, so the sensor can tick often (XERO_APPROVAL_POLL_SECONDS).
+is kept between ticks until it expires.
+
+When it reads: the sensor ticks every few seconds (events.EVENT_CHECK_SECONDS) but reads Halo only when
+XERO_APPROVAL_POLL_SECONDS have passed since its last read, or when Halo approval events (table
+`inbound_events`, source `halopsa.approvals`) are pending. The poll timer restarts at every read,
+so an event moves a read earlier rather than adding one; and no more reads are made in any hour
+than the timer alone makes (3600 / XERO_APPROVAL_POLL_SECONDS): a storm of events costs no more
+requests than today's poll, it only waits for the hour's reads to free up. A tick that reads
+marks the events it saw pending as handled, by the run keys it asks for (or "tick <time>").
+The last reads' times are kept in the cursor, not in the process: the daemon evaluates the
+sensor in the code server, which may restart, and the instance's last tick is every few seconds.
 
 The mapping sensor: a push plans against the agent mappings as loaded and the project mapping
 file, and a date planned before they were right (deferred before the agent mappings' first load,
@@ -21,11 +31,14 @@ A tick reads the warehouse and the file only; no provider is asked.
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import dagster as dg
 import sqlalchemy as sa
 
+from dagster._time import get_current_timestamp  # Dagster's clock: frozen in tests
+
+from resources import events
 from resources.halo import HaloPSAResource, timesheet_row
 from resources.halo_tables import agent_mappings as mappings_table, halo_agents
 from resources.http import ProviderError
@@ -37,6 +50,7 @@ from sync_assets.xero import open_period
 
 NEVER = datetime(1, 1, 1)
 TICK_WAIT_S = 20.0  # at most this long for Halo's budget in a tick (Dagster gives a tick 60 s)
+READ_WINDOW_S = 3600.0  # the reads of the last hour, kept in the cursor to hold them to the poll's
 
 
 def approvals_after(sheets: list[dict], after: tuple[datetime, int], unreadable: list[str] | None = None,
@@ -68,6 +82,26 @@ def _cursor(text: str | None) -> tuple[tuple[datetime, int], frozenset[int] | No
     return (datetime.fromisoformat(data["approved_at"]), int(data["timesheet_id"])), agents
 
 
+def _reads(text: str | None) -> tuple[list[float], bool]:
+    """(when the sensor read Halo in the last hour, epoch seconds oldest first: none in a cursor
+    from before they were kept; whether the last read failed)."""
+    data = json.loads(text) if text else {}
+    return [float(t) for t in data.get("reads", [])], bool(data.get("read_failed"))
+
+
+def read_due(reads: list[float], now: float, poll_s: float, events_pending: bool, last_failed: bool) -> str | None:
+    """Why this tick reads Halo ("poll", "event"), or None. A read is due when `poll_s` have passed
+    since the last one, or earlier for a pending event (not after a failed read: a Halo that
+    fails is not asked again before the timer); never when the last hour already holds as many
+    reads as the timer alone makes in an hour."""
+    recent = [t for t in reads if now - t < READ_WINDOW_S]
+    if len(recent) >= int(READ_WINDOW_S // poll_s):
+        return None
+    if not recent or now - recent[-1] >= poll_s:
+        return "poll"
+    return "event" if events_pending and not last_failed else None
+
+
 def stored_agents(warehouse: WarehouseResource) -> list[int]:
     """Halo's agents as the warehouse has them (disabled ones too: their time still counts); none
     before the first agents sync."""
@@ -80,9 +114,20 @@ def stored_agents(warehouse: WarehouseResource) -> list[int]:
 
 def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource, warehouse: WarehouseResource
                    ) -> dg.SensorResult | dg.SkipReason:
-    """Requests one Xero push per work date with timesheets approved since the last tick."""
+    """Requests one Xero push per work date with timesheets approved since the last read of Halo,
+    reading it every XERO_APPROVAL_POLL_SECONDS or earlier when an approval event is pending."""
+    now = get_current_timestamp()
+    reads, last_failed = _reads(context.cursor)
+    waiting = events.pending(warehouse.engine, events.HALO_APPROVALS)
+    why = read_due(reads, now, float(setting("XERO_APPROVAL_POLL_SECONDS")), bool(waiting), last_failed)
+    if why is None:
+        return dg.SkipReason(f"not reading Halo: last read {now - reads[-1]:.0f} s ago"
+                             + (f"; {len(waiting)} approval events wait for the hour's reads to free up" if waiting else ""))
+    # Counted before the read: a read that fails has cost its request too.
+    reads = [t for t in reads if now - t < READ_WINDOW_S] + [now]
     first, last = open_period()
     seen, known_agents = _cursor(context.cursor)
+    kept = json.loads(context.cursor) if context.cursor else {}
     unreadable: list[str] = []
     try:
         # Per tick: the open period's timesheets; a token only when the kept one has expired, the
@@ -95,30 +140,34 @@ def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource
             approvals = approvals_after(halo.timesheets(first, last, agent_ids), seen, unreadable, new_agents)
             stats = halo.stats()
     except ProviderError as error:
-        return dg.SkipReason(f"could not read approvals from Halo: {error}")
+        # The approvals cursor stays; the events stay pending for the next read.
+        return dg.SensorResult(skip_reason=f"could not read approvals from Halo: {error}",
+                               cursor=json.dumps({**kept, "reads": reads, "read_failed": True}))
     for problem in unreadable[:20]:
         context.log.warning(f"approval cannot be read, that day is not pushed until it can: {problem}")
     context.log.info(f"{len(approvals)} new approvals, {len(unreadable)} unreadable, in {stats['requests']} Halo requests "
                      f"({stats['rate_limit_remaining']} left in the tenant's rate-limit window)"
                      + (f"; agents new to the sensor: {sorted(new_agents)}" if new_agents else ""))
     newest_seen = max([seen, *((at, sid) for at, sid, _ in approvals)])
-    cursor = json.dumps({"approved_at": newest_seen[0].isoformat(), "timesheet_id": newest_seen[1], "agents": agent_ids})
-    if not approvals:
-        skip = f"no approvals in {first}..{last} since {seen[0]:%Y-%m-%d %H:%M:%S} (timesheet {seen[1]})"
-        return dg.SensorResult(skip_reason=skip, cursor=cursor) if cursor != context.cursor else dg.SkipReason(skip)
+    cursor = json.dumps({"approved_at": newest_seen[0].isoformat(), "timesheet_id": newest_seen[1], "agents": agent_ids,
+                         "reads": reads})
     newest: dict[date, tuple[datetime, int]] = {}
     for approved_at, sheet_id, work_date in approvals:
         newest[work_date] = max(newest.get(work_date, (NEVER, 0)), (approved_at, sheet_id))
-    context.log.info(f"{len(approvals)} new approvals on {len(newest)} work dates")
-    return dg.SensorResult(
-        run_requests=[
-            # The key names the newest approval of that date: a repeated tick asks nothing new,
-            # a later approval on the same date asks again.
-            dg.RunRequest(run_key=f"approved-{day}-{at:%Y%m%dT%H%M%S}-{sid}", partition_key=day.isoformat())
-            for day, (at, sid) in sorted(newest.items())
-        ],
-        cursor=cursor,
-    )
+    # The key names the newest approval of that date: a repeated read asks nothing new, a later
+    # approval on the same date asks again.
+    requests = [dg.RunRequest(run_key=f"approved-{day}-{at:%Y%m%dT%H%M%S}-{sid}", partition_key=day.isoformat())
+                for day, (at, sid) in sorted(newest.items())]
+    # The events seen before the read are answered by it (an approval made before its event was
+    # stored is in Halo's answer); one stored during the read waits for the next read.
+    events.mark_handled(warehouse.engine, [e.id for e in waiting],
+                        " ".join(r.run_key for r in requests) or f"tick {datetime.fromtimestamp(now, UTC):%Y-%m-%dT%H:%M:%SZ}")
+    why_text = f"read for {len(waiting)} approval events" if why == "event" else "read on the poll timer"
+    if not approvals:
+        return dg.SensorResult(skip_reason=f"{why_text}: no approvals in {first}..{last} since "
+                                           f"{seen[0]:%Y-%m-%d %H:%M:%S} (timesheet {seen[1]})", cursor=cursor)
+    context.log.info(f"{why_text}: {len(approvals)} new approvals on {len(newest)} work dates")
+    return dg.SensorResult(run_requests=requests, cursor=cursor)
 
 
 # -- re-planning when what the push plans against changes --------------------------------------
@@ -208,7 +257,8 @@ def sensors() -> list[dg.SensorDefinition]:
     `xero_push_job` (sync_assets/xero.py), named: the code location resolves it."""
     running = dg.DefaultSensorStatus.RUNNING
     return [
-        dg.sensor(job_name="xero_push_job", name="xero_approvals", minimum_interval_seconds=int(setting("XERO_APPROVAL_POLL_SECONDS")),
+        # Ticks every loop of the daemon; reads Halo on its timer or for an event (see the module).
+        dg.sensor(job_name="xero_push_job", name="xero_approvals", minimum_interval_seconds=events.EVENT_CHECK_SECONDS,
                   default_status=running)(xero_approvals),
         dg.sensor(job_name="xero_push_job", name="xero_mapping_changes", minimum_interval_seconds=MAPPING_POLL_SECONDS,
                   default_status=running)(xero_mapping_changes),

@@ -16,8 +16,10 @@ import polars as pl
 import sqlalchemy as sa
 from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
 
-from resources.ghl import DailyBudgetSpent, GoHighLevelResource, parse_contacts
+from resources import events
+from resources.ghl import DailyBudgetSpent, GoHighLevelResource, parse_contacts, search_shaped
 from resources.ghl_tables import ghl_contacts as contacts_table
+from resources.tables import inbound_events
 from resources.records import WRITES, Books, classify
 from resources.settings import setting
 from resources.warehouse import WarehouseResource, bulk_upsert, utcnow
@@ -209,6 +211,97 @@ def ghl_contacts_reconciliation(
                        **{"dagster/row_count": live})
 
 
+# -- contacts named by GoHighLevel's contact events ----------------------------------------------
+EVENT_BATCH = 100  # contacts written per transaction (a GET each: the page of the event run)
+NOT_FOUND = "not found at GoHighLevel (deleted there): soft-deleted in the warehouse"
+OTHER_LOCATION = "an event of another location than GHL_LOCATION_ID"
+
+
+class ContactEventsConfig(dg.Config):
+    event_ids: list[int] = []
+    """The `inbound_events` (source gohighlevel.contacts) to take up, as the sensor
+    `ghl_contact_events` names them; empty: the pending ones (at most 500), e.g. from the UI."""
+
+
+def _events(warehouse: WarehouseResource, ids: list[int]) -> list[sa.Row]:
+    if not ids:
+        return events.pending(warehouse.engine, events.GHL_CONTACTS)
+    t = inbound_events
+    with warehouse.engine.connect() as conn:
+        return conn.execute(sa.select(t).where(t.c.id.in_(ids), t.c.source == events.GHL_CONTACTS).order_by(t.c.id)).all()
+
+
+def _stored_raw(conn: sa.Connection, ids: list[str]) -> dict[str, dict]:
+    t = contacts_table
+    return {i: raw for i, raw in conn.execute(sa.select(t.c.id, t.c.raw).where(t.c.id.in_(ids))) if isinstance(raw, dict)}
+
+
+@dg.asset(group_name=GROUP, kinds=KINDS, pool=GROUP, metadata=table_metadata(contacts_table),
+          check_specs=[nothing_lost("ghl_contacts_from_events")])
+def ghl_contacts_from_events(
+    context: dg.AssetExecutionContext, config: ContactEventsConfig, gohighlevel: GoHighLevelResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """The GoHighLevel contacts that contact events (ContactCreate / ContactUpdate / ContactDelete)
+    name, read again and written to `ghl_contacts` as the hourly sync writes them.
+
+    Each contact is read with `GET /contacts/{id}` (one request each: its answer is current at
+    once, where search's index lags), put in the table's shape (search's; fields that answer does
+    not carry are kept from the stored version, see `resources.ghl.search_shaped`) and written in
+    batches through the hourly sync's `write_page` (content hash, newer-or-equal dateUpdated, the
+    books). A contact GoHighLevel no longer has is soft-deleted (`deleted_at`); the nightly
+    reconciliation restores one that comes back. The events are then marked handled by the run.
+    The event is only a hint: the hourly sync and the reconciliation still read every change.
+    """
+    taken = _events(warehouse, config.event_ids)
+    wanted: dict[str, None] = {}  # the contact ids, once each, in the events' order
+    skipped: Counter = Counter()
+    for event in taken:
+        payload = event.payload if isinstance(event.payload, dict) else {}
+        contact_id = payload.get("id") or payload.get("contactId")
+        if not isinstance(contact_id, str) or not contact_id.strip():
+            skipped["no contact id"] += 1
+        elif payload.get("locationId") not in (None, gohighlevel.location_id):
+            skipped[OTHER_LOCATION] += 1
+        else:
+            wanted[contact_id] = None
+    for reason, count in skipped.items():
+        context.log.warning(f"{count} contact events not acted on: {reason}")
+    ids = list(wanted)
+    totals: Counter = Counter()
+    gone: list[str] = []
+    with (sync_step(context, GROUP) as step, step.open(gohighlevel) as client,
+          step.phase(lambda: f"{totals['written']} contacts written before the failure; the events stay pending "
+                             "(the hourly sync reads the changes too)")):
+        earlier: set[str] = set()
+        for start in range(0, len(ids), EVENT_BATCH):
+            batch = ids[start:start + EVENT_BATCH]
+            try:
+                answers = {i: client.contact(i) for i in batch}
+            except DailyBudgetSpent as error:
+                raise _budget_failure(step, error, "the rest of the events stay pending for the hourly sync") from None
+            found = [i for i in batch if answers[i] is not None]
+            step.books.receive(len(batch))
+            with warehouse.engine.begin() as conn:
+                stored = _stored_raw(conn, found)
+                page = [search_shaped(answers[i], stored.get(i)) for i in found]
+                counts, rejects = write_page(conn, page, where="event ", books=step.books, earlier=earlier)
+                step.keep_rejects(conn, "contact", rejects)
+                missing = [i for i in batch if answers[i] is None]
+                if missing:
+                    t = contacts_table
+                    conn.execute(t.update().where(t.c.id.in_(missing), t.c.deleted_at.is_(None)).values(deleted_at=utcnow()))
+                    step.books.exclude(NOT_FOUND, len(missing))
+            totals.update(counts)
+            totals["rejected"] += len(rejects)
+            gone += missing
+    events.mark_handled(warehouse.engine, [e.id for e in taken], context.run.run_id)
+    context.log.info(f"{len(taken)} contact events: {len(ids)} contacts read, {totals['written']} written, "
+                     f"{len(gone)} not found (soft-deleted), {step.stats()['requests']} requests")
+    return step.result(totals, events=len(taken), contacts=len(ids), not_found=len(gone),
+                       **_counts(totals, "inserted", "updated", "restored", "unchanged", "stale"),
+                       events_not_acted_on=dg.MetadataValue.json(dict(skipped)))
+
+
 def _budget_failure(step: SyncStep, error: DailyBudgetSpent, outcome: str) -> dg.Failure:
     """Stopping at the day's budget: retrying before GoHighLevel's day ends cannot help."""
     return step.refuse(f"{error}: stopped early so the location keeps calls for the rest of the day. "
@@ -281,9 +374,17 @@ def contact_checks(asset: str | dg.AssetsDefinition) -> list[dg.AssetChecksDefin
 ghl_contacts_hourly_job = dg.define_asset_job("ghl_contacts_hourly_job", selection=["ghl_contacts"])
 
 
+# Started by the sensor `ghl_contact_events` (sensors/ghl.py), named: the code location resolves it.
+# Its steps run in the run's own process, as the Xero push's: a process per step (the asset and
+# its checks) would load the code location again each, seconds an event should not wait.
+ghl_contact_events_job = dg.define_asset_job("ghl_contact_events_job", selection=["ghl_contacts_from_events"],
+                                             executor_def=dg.in_process_executor)
+
+
 def assets() -> list[dg.AssetsDefinition]:
-    return [hourly_contacts(), ghl_contacts_reconciliation]
+    return [hourly_contacts(), ghl_contacts_reconciliation, ghl_contacts_from_events]
 
 
-asset_checks = [*contact_checks("ghl_contacts"), *contact_checks(ghl_contacts_reconciliation)]
-jobs = [ghl_contacts_hourly_job]
+asset_checks = [*contact_checks("ghl_contacts"), *contact_checks(ghl_contacts_reconciliation),
+                *contact_checks(ghl_contacts_from_events)]
+jobs = [ghl_contacts_hourly_job, ghl_contact_events_job]

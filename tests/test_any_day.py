@@ -21,6 +21,7 @@ from dagster._core.test_utils import freeze_time
 from helpers import built, failure_message, hard_instants, warehouse_contacts
 
 from definitions import defs as load_definitions
+from resources import events
 from resources.settings import PROJECT_ROOT, setting
 from sensors.halo import halo_new_fiscal_year
 from sensors.xero import sensors as xero_sensors
@@ -89,6 +90,8 @@ def test_the_approval_sensor_asks_for_the_last_work_day_not_for_one_before_the_o
     caught_up = tick(None)  # a new installation catches up on the open period's approvals
     emulator.halo.approve(1, recent)
     emulator.halo.approve(1, too_old)
+    # At the same moment, before the poll timer's next read: Halo's approval event makes the read.
+    events.store_event(resources["warehouse"].engine, events.HALO_APPROVALS, "approvals", {"date": recent.isoformat()})
     after = tick(caught_up.cursor)
 
     assert recent.isoformat() not in [r.partition_key for r in caught_up.run_requests]

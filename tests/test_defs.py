@@ -22,6 +22,7 @@ MODULE_GROUP = {**{p.module: p.name for p in REGISTERED}, "report": "operations"
 NOT_A_SYNC = {"sync_report": "the daily report reads the run history and the warehouse and writes no table"}
 NO_HEALTH_WINDOW = {
     "xero_time_entries": "runs when approvals come, not on a clock (README 'The health light')",
+    "ghl_contacts_from_events": "runs when contact events come, not on a clock; ghl_contacts' light is the hourly sync's",
     **NOT_A_SYNC,
 }
 

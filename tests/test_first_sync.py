@@ -49,6 +49,7 @@ def test_the_first_wave_is_the_assets_without_upstreams_at_their_schedules_parti
         assert first == {
             "ghl_contacts": "2026-11-20-11:00",  # the last complete hour
             "ghl_contacts_reconciliation": None,
+            "ghl_contacts_from_events": None,  # takes up the contact events stored before the daemon ran (none here)
             "halo_agents": None,
             "employes_employee_snapshots": "2026-11-20",  # today, as the nightly schedule runs it
             "sync_report": "2026-11-19",  # yesterday, as the morning schedule makes it

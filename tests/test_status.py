@@ -54,7 +54,7 @@ def test_green_after_a_sync_red_seven_hours_later(home, emulator, sqlite_warehou
     assert table["ghl_contacts"] == ["ghl_contacts", "green", f"{synced_at:%Y-%m-%dT%H:%M}Z", "-", "-"]
     assert table["ghl_contacts_reconciliation"][1:] == ["unknown", "-", "-", "-"]  # never synced: not red
     assert table["xero_time_entries"][1] == "-"  # no freshness policy: no light
-    assert len(table) == 11  # every asset of the code location
+    assert len(table) == 12  # every asset of the code location
 
     with daemon_workspace(home) as workspace:
         step_health(workspace, synced_at + timedelta(hours=7))

@@ -2,6 +2,7 @@
 un-approvals, locked entries, drift repair, limits and the rotating refresh token, through real
 Dagster runs over real HTTP to the emulator's Halo and Xero."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from definitions import defs as load_definitions
 
 from emulator import xero as xero_emulator
 from resources.mappings import MappingFilesResource
-from resources.settings import PROJECT_ROOT
+from resources.settings import PROJECT_ROOT, setting
 from resources.warehouse import engine_for
 from resources.xero import local_token_key
 from sensors.xero import sensors as xero_sensors
@@ -85,8 +86,13 @@ def assert_xero_matches(emulator, entries: dict[int, dict]) -> None:
         assert entry["subject"] in pushed["description"]
 
 
+TICKS = itertools.count()
+
+
 def tick(instance, resources, cursor):
-    with freeze_time(ANCHOR + timedelta(hours=1)):
+    # Each tick a poll interval after the one before: the sensor reads Halo on its timer (no
+    # approval events here; tests/test_events_consumers.py has them).
+    with freeze_time(ANCHOR + timedelta(hours=1, seconds=int(setting("XERO_APPROVAL_POLL_SECONDS")) * next(TICKS))):
         context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"halopsa": resources["halopsa"], "warehouse": resources["warehouse"]},
                                           definitions=defs)
         return xero_approvals.evaluate_tick(context)
