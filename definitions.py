@@ -63,11 +63,12 @@ def resources(env: str) -> dict:
 
 
 def operations() -> dg.Definitions:
-    """What runs around the syncs: the doctor, the daily report, the alerts, the first sync."""
-    import schedules.report, sensors.alerts, sensors.first_sync, sync_assets.doctor, sync_assets.report  # noqa: E401
+    """What runs around the syncs: the doctor, the daily report, the alerts, the first sync, the
+    health checks' sensor."""
+    import schedules.report, sensors.alerts, sensors.first_sync, sensors.health, sync_assets.doctor, sync_assets.report  # noqa: E401
 
     return dg.Definitions(assets=sync_assets.report.assets(), jobs=[*sync_assets.report.jobs, *sync_assets.doctor.jobs],
-                          schedules=schedules.report.schedules, sensors=[*sensors.alerts.sensors, *sensors.first_sync.sensors])
+                          schedules=schedules.report.schedules, sensors=[*sensors.alerts.sensors, *sensors.first_sync.sensors, *sensors.health.sensors])
 
 
 @dg.definitions
@@ -80,4 +81,14 @@ def defs() -> dg.Definitions:
         operations(),
         dg.Definitions(resources=resources(sync_env())),
     )
-    return merged.permissive_map_resolved_asset_specs(func=with_health, selection=dg.AssetSelection.tag(CADENCE_TAG, "hourly") | dg.AssetSelection.tag(CADENCE_TAG, "daily"))
+    healthy = merged.permissive_map_resolved_asset_specs(func=with_health, selection=dg.AssetSelection.tag(CADENCE_TAG, "hourly") | dg.AssetSelection.tag(CADENCE_TAG, "daily"))
+    return dg.Definitions.merge(healthy, dg.Definitions(asset_checks=[health_checks(healthy)]))
+
+
+def health_checks(healthy: dg.Definitions) -> dg.AssetChecksDefinition:
+    """The light as a check the UI shows: a `health` check on every asset the policy went to
+    (sensors/health.py; its sensor evaluates them without runs). Asset specs carry no check
+    specs, so the checks are one definition over the assets `with_health` gave a policy."""
+    from sensors.health import health_checks_def
+
+    return health_checks_def({spec.key: spec.freshness_policy for spec in healthy.resolve_all_asset_specs() if spec.freshness_policy})

@@ -42,7 +42,7 @@ halo_time_entries = sa.Table(
     TABLES,
     sa.Column("entry_key", ENTRY_KEY, primary_key=True, comment="#(id), t(ticket_id).(action_number) or f(fingerprint)"),
     sa.Column("halo_id", sa.Integer, comment="the id Halo sent, when real (tenants that hide it send 0)"),
-    sa.Column("ticket_key", sa.String(40), comment="t<ticket_id>.<action_number> for ticket time"),
+    sa.Column("ticket_key", sa.String(40), comment="`t<ticket_id>.<action_number>` for ticket time"),
     sa.Column("fingerprint", sa.String(32), comment="digest of the entry's own fields (resources/halo.py FINGERPRINT_FIELDS)"),
     sa.Column("fiscal_year", sa.String(16), nullable=False),
     sa.Column("agent_id", sa.Integer, nullable=False),

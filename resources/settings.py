@@ -7,10 +7,11 @@ resources bind them with `dg.EnvVar`, so Dagster shows their names, never their 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -39,6 +40,9 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("SYNC_ENV", "general", "local", doc="`local` (emulator + SQLite) or `production` (real providers)"),
     Setting("SYNC_TIMEZONE", "general", "UTC", doc="time zone of schedules and of the hourly/daily partitions' boundaries", kind="timezone"),
+    Setting("SYNC_HISTORY_START", "general", None,
+            doc="first day (YYYY-MM-DD) of the hourly contacts' and the daily Employes partitions (the report's: the day before); "
+                "default the hour before the installation's first start, recorded once in `$DAGSTER_HOME/installed.json`", kind="date"),
     Setting("WAREHOUSE_URL", "general", None, required=True, secret=True,
             doc="SQLAlchemy URL of the warehouse; local default `sqlite:///.local/warehouse.db`", kind="sqlalchemy_url"),
     Setting("WAREHOUSE_SCHEMA", "general", None,
@@ -300,7 +304,8 @@ def ensure_dagster_home() -> Path:
     """Create the instance folder `DAGSTER_HOME` (default `.local/dagster_home`) with telemetry off
     and one step at a time per provider pool (`xero`, `halopsa`, ...), so two runs never add up
     past a provider's limits; run retries on for the jobs that ask for them (the Xero push); queued runs
-    taken every second; tick retention (these two added to an instance made before it had them)."""
+    taken every second; tick retention (these two added to an instance made before it had them); the
+    installation's first start (`installed_at`, where the partitions' history starts)."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(LOCAL_DIR / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
@@ -313,7 +318,67 @@ def ensure_dagster_home() -> Path:
             if not re.search(rf"^{key}:", text, re.MULTILINE):
                 with config.open("a") as file:
                     file.write(block)
+    installed_at(home)
     return home
+
+
+# -- where the partitions' history starts ------------------------------------------------------
+# Dagster has no "start at install": a time-partitioned asset starts at a fixed date, and a new
+# installation with a start months back reads "0% filled" over thousands of partitions in the UI.
+# So the history starts where the installation did: its first start, recorded once in
+# DAGSTER_HOME and never moved (partition keys must not shift under stored materializations), or
+# SYNC_HISTORY_START where an operator wants more history (a backfill reaches back to it).
+INSTALLED_FILE = "installed.json"
+# The start every partitioned asset had before the start was recorded: an instance that already
+# has runs keeps it, so its partitions stay where they were.
+LEGACY_HISTORY_START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def dagster_home() -> Path:
+    return Path(os.environ.get("DAGSTER_HOME") or LOCAL_DIR / "dagster_home")
+
+
+def _instance_has_runs() -> bool:
+    import dagster as dg
+
+    try:
+        with dg.DagsterInstance.get() as instance:
+            return instance.get_runs_count() > 0
+    except Exception:  # noqa: BLE001 - no readable instance yet: a new installation
+        return False
+
+
+def installed_at(home: Path | None = None) -> datetime:
+    """The installation's first start (the hour, UTC), recorded in `DAGSTER_HOME/installed.json`
+    the first time it is asked for (by `ensure_dagster_home`, or the code location's first load),
+    and read from there ever after. An instance with runs and no record predates the record and
+    gets `LEGACY_HISTORY_START`."""
+    from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
+
+    home = home or dagster_home()
+    path = home / INSTALLED_FILE
+    if not path.exists():
+        started = LEGACY_HISTORY_START if _instance_has_runs() else get_current_datetime().astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        home.mkdir(parents=True, exist_ok=True)
+        try:
+            with path.open("x") as file:  # the first process to start wins; the others read its record
+                json.dump({"first_start": started.isoformat()}, file)
+        except FileExistsError:
+            pass
+    return datetime.fromisoformat(json.loads(path.read_text())["first_start"])
+
+
+def history_start(environ: dict | None = None) -> datetime:
+    """Where the synced history starts, in SYNC_TIMEZONE: SYNC_HISTORY_START at midnight, else the
+    hour before the installation's first start, so that the hour a first sync takes (the last
+    complete one) is a partition from the first minute."""
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(setting("SYNC_TIMEZONE", environ))
+    chosen = setting("SYNC_HISTORY_START", environ)
+    if chosen:
+        return datetime.combine(date.fromisoformat(chosen), datetime.min.time(), zone)
+    return (installed_at() - timedelta(hours=1)).astimezone(zone).replace(minute=0)
 
 
 def env_example() -> str:

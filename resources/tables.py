@@ -113,7 +113,7 @@ sync_rejects = sa.Table(
 provider_requests = sa.Table(
     "provider_requests",
     TABLES,
-    sa.Column("account", sa.String(300), nullable=False, comment="provider and account, e.g. 'halopsa <base url>'"),
+    sa.Column("account", sa.String(300), nullable=False, comment="provider and account, e.g. `halopsa <base url>`"),
     sa.Column("sent_at", sa.Float, nullable=False, comment="epoch seconds (time.time) the request was let through"),
     sa.Index("ix_provider_requests_account_sent_at", "account", "sent_at"),
 )

@@ -25,7 +25,7 @@ xero_ledger = sa.Table(
     sa.Column("halo_entry_id", sa.Integer, comment="the numeric id the row was keyed by before entry keys"),
     sa.Column("ticket_key", sa.String(40)),
     sa.Column("fingerprint", sa.String(32)),
-    sa.Column("marker", ENTRY_KEY, comment="the key in the Xero description's [halo <key>] marker"),
+    sa.Column("marker", ENTRY_KEY, comment="the key in the Xero description's `[halo <key>]` marker"),
     sa.Column("work_date", sa.Date, nullable=False),
     sa.Column("agent_id", sa.Integer),
     sa.Column("status", sa.String(16), nullable=False,

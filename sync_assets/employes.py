@@ -28,7 +28,7 @@ from resources.employes_tables import (
     employes_salary_periods,
 )
 from resources.records import Books, content_hash, parse_each, reject
-from resources.settings import setting
+from resources.settings import history_start, setting
 from resources.tables import frame_schema
 from resources.warehouse import WarehouseResource, lock_for_replace, replace_rows, utcnow
 from sync_assets.runs import today
@@ -349,8 +349,9 @@ def _summary(current: pl.DataFrame, changes: pl.DataFrame) -> dict[str, int]:
 
 def daily() -> dg.DailyPartitionsDefinition:
     """The days in SYNC_TIMEZONE, read when the code location is built (never at import).
-    end_offset=1: today's partition exists from midnight, so the nightly run can snapshot it."""
-    return dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1, timezone=setting("SYNC_TIMEZONE"))
+    end_offset=1: today's partition exists from midnight, so the nightly run can snapshot it. From
+    the day the history starts (`history_start`: SYNC_HISTORY_START, else the installation's)."""
+    return dg.DailyPartitionsDefinition(start_date=history_start().strftime("%Y-%m-%d"), end_offset=1, timezone=setting("SYNC_TIMEZONE"))
 
 
 def assets() -> list[dg.AssetsDefinition]:

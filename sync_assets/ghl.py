@@ -21,7 +21,7 @@ from resources.ghl import DailyBudgetSpent, GoHighLevelResource, parse_contacts,
 from resources.ghl_tables import ghl_contacts as contacts_table
 from resources.tables import inbound_events
 from resources.records import WRITES, Books, classify
-from resources.settings import setting
+from resources.settings import history_start, setting
 from resources.warehouse import WarehouseResource, bulk_upsert, utcnow
 from sync_assets.step import SyncStep, listed, nothing_lost, sync_step, table_metadata
 
@@ -129,8 +129,10 @@ def sync_pages(step: SyncStep, warehouse: WarehouseResource, pages: Iterable[lis
 
 
 def hourly() -> dg.HourlyPartitionsDefinition:
-    """The hours in SYNC_TIMEZONE, read when the code location is built (never at import)."""
-    return dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone=setting("SYNC_TIMEZONE"))
+    """The hours in SYNC_TIMEZONE, read when the code location is built (never at import), from
+    where the history starts (`history_start`: SYNC_HISTORY_START, else the hour before the
+    installation's first start), so a new installation is not thousands of empty hours."""
+    return dg.HourlyPartitionsDefinition(start_date=history_start().strftime("%Y-%m-%d-%H:%M"), timezone=setting("SYNC_TIMEZONE"))
 
 
 def sync_hour(context: dg.AssetExecutionContext, gohighlevel: GoHighLevelResource, warehouse: WarehouseResource) -> dg.MaterializeResult:

@@ -9,7 +9,7 @@ and posts it to ALERT_WEBHOOK_URL; a report made from the UI is not posted unles
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import sqlalchemy as sa
@@ -19,7 +19,7 @@ from resources.employes_tables import employes_employee_changes as changes_table
 from resources.halo import TIME_KINDS
 from resources.halo_tables import halo_time_entries as entries_table
 from resources.health import health, policies_of
-from resources.settings import setting
+from resources.settings import history_start, setting
 from resources.warehouse import WarehouseResource
 from resources.webhook import escape, failure_reason, post_alert
 from sync_assets.runs import trigger_of
@@ -200,8 +200,11 @@ def make_report(context: dg.AssetExecutionContext, config: ReportConfig, warehou
 
 def daily() -> dg.DailyPartitionsDefinition:
     """The days in SYNC_TIMEZONE, read when the code location is built (never at import).
-    Partition D covers D 00:00 to D+1 00:00, so it is complete from midnight."""
-    return dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone=setting("SYNC_TIMEZONE"))
+    Partition D covers D 00:00 to D+1 00:00, so it is complete from midnight. From the day before
+    the history starts (`history_start`): a first sync makes yesterday's report, which must be a
+    partition on the day of installation."""
+    return dg.DailyPartitionsDefinition(start_date=(history_start() - timedelta(days=1)).strftime("%Y-%m-%d"),
+                                        timezone=setting("SYNC_TIMEZONE"))
 
 
 def report_asset() -> dg.AssetsDefinition:

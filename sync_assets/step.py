@@ -180,6 +180,8 @@ def sync_step(context: dg.AssetExecutionContext, provider: str) -> Iterator[Sync
 def table_metadata(table: sa.Table) -> dict[str, Any]:
     """Definition metadata naming the warehouse table an asset writes, and its columns, in Dagster's
     own keys (`dagster/table_name`, `dagster/column_schema`) so the UI shows them."""
+    # The UI renders a column's description as Markdown, where a bare `<id>` is an HTML tag and
+    # vanishes: a comment writes such placeholders in backticks (`t<ticket_id>`).
     columns = [dg.TableColumn(c.name, str(c.type), description=c.comment) for c in table.columns]
     return {"dagster/table_name": table.name, "dagster/column_schema": dg.TableSchema(columns=columns)}
 

@@ -34,6 +34,9 @@ from resources.xero import XeroResource
 _SCRATCH = tempfile.mkdtemp(prefix="workforce-sync-tests-")
 os.environ["WAREHOUSE_URL"] = f"sqlite:///{_SCRATCH}/warehouse.db"
 os.environ["XERO_TOKEN_KEY"] = Fernet.generate_key().decode()
+# The partitions' history from a fixed day, not from the day the suite runs (a new installation's
+# default): the tests sync hours and days of 2026 from 2026-01-01 on.
+os.environ.setdefault("SYNC_HISTORY_START", "2026-01-01")
 atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 
 # The emulator's seeded data ends here; tests make their changes in the hours after it.

@@ -197,3 +197,43 @@ def test_loading_the_code_location_with_malformed_settings_stops_naming_each_of_
     assert message.startswith("resources.settings.ConfigError: ")
     assert all(f"{name} must be" in message for name in ("SYNC_TIMEZONE", "XERO_PUSH_ENABLED", "ALERT_WEBHOOK_URL"))
     assert "Mars/Base" in message and BAD_VALUES["ALERT_WEBHOOK_URL"] not in result.stderr  # a secret is named, not shown
+
+
+def test_the_history_starts_at_the_installation_and_stays_there(tmp_path, monkeypatch):
+    """A new installation's partitions start the hour before its first start (recorded once in
+    DAGSTER_HOME), not on a fixed date months back; the record never moves; SYNC_HISTORY_START wins."""
+    from datetime import UTC, datetime
+
+    from dagster._core.test_utils import freeze_time
+
+    from resources.settings import ensure_dagster_home, history_start, installed_at
+    from sync_assets.ghl import hourly
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.delenv("SYNC_HISTORY_START")
+    with freeze_time(datetime(2026, 12, 2, 14, 37, tzinfo=UTC)):
+        ensure_dagster_home()
+        assert installed_at() == datetime(2026, 12, 2, 14, tzinfo=UTC)
+        keys = hourly().get_partition_keys()
+        assert keys == ["2026-12-02-13:00"]  # the hour a first sync takes, and no empty history
+    with freeze_time(datetime(2027, 3, 1, 9, 5, tzinfo=UTC)):
+        assert history_start() == datetime(2026, 12, 2, 13, tzinfo=UTC)  # a restart months later: the same start
+    monkeypatch.setenv("SYNC_HISTORY_START", "2026-06-01")
+    assert hourly().get_first_partition_key() == "2026-06-01-00:00"
+
+
+def test_an_instance_with_runs_keeps_the_old_start(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from resources.settings import LEGACY_HISTORY_START, installed_at
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+
+    @dg.asset
+    def one():
+        return 1
+
+    with dg.DagsterInstance.get() as instance:
+        assert dg.materialize([one], instance=instance).success
+    assert installed_at() == LEGACY_HISTORY_START
