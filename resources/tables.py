@@ -130,7 +130,7 @@ provider_pauses = sa.Table(
 api_keys = sa.Table(
     "api_keys",
     TABLES,
-    sa.Column("id", sa.String(12), primary_key=True, comment="the key's public id (wsk_<id>.<secret>)"),
+    sa.Column("id", sa.String(12), primary_key=True, comment="the key's public id (`wsk_<id>.<secret>`)"),
     sa.Column("name", sa.String(64), nullable=False, comment="the client application"),
     sa.Column("secret_sha256", sa.String(64), nullable=False),
     sa.Column("scopes", sa.String(100), nullable=False, comment="space-separated: read, trigger, events"),
