@@ -82,7 +82,7 @@ def test_status_json_alerts_and_report_show_one_light(home, emulator, sqlite_war
                 alerts, cursor = alert_lights(defs, home, cursor)
                 report = report_lights(defs, home, sqlite_warehouse_url)
             seen[hours] = table["ghl_contacts"]
-            assert len(table) == 11  # every asset of the code location
+            assert len(table) == 12  # every asset of the code location
             assert as_json == table
             assert alerts == {name: light for name, light in table.items() if light != "-"}  # the watched ones
             assert report == {name: light for name, light in table.items() if name != "sync_report"}
