@@ -122,9 +122,10 @@ def test_status_is_the_json_of_status_json(client, service, home, emulator, sqli
 
 def test_a_run_reads_back_with_its_steps_rows_and_failure(client, service, home, emulator, sqlite_warehouse_url):
     resources = ghl_resources(emulator, sqlite_warehouse_url)
-    synced = dg.materialize([hourly_contacts()], resources=resources, partition_key=PARTITION, instance=home)
-    emulator.ghl.token = "revoked"
-    failed = dg.materialize([hourly_contacts()], resources=resources, partition_key=PARTITION, instance=home, raise_on_error=False)
+    with freeze_time(SYNCED_AT):
+        synced = dg.materialize([hourly_contacts()], resources=resources, partition_key=PARTITION, instance=home)
+        emulator.ghl.token = "revoked"
+        failed = dg.materialize([hourly_contacts()], resources=resources, partition_key=PARTITION, instance=home, raise_on_error=False)
     headers = bearer(service, "read")
     good = client.get(f"/api/v1/runs/{synced.run_id}", headers=headers).json()
     assert (good["status"], good["partition"], good["steps_done"], good["steps_total"], good["failure"]) == ("SUCCESS", PARTITION, 1, 1, None)

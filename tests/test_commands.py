@@ -34,9 +34,10 @@ def test_run_once_syncs_everything_and_prints_a_summary(emulator, sqlite_warehou
 
     assert result.returncode == 0, result.stderr[-2000:]
     table = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:] if line.startswith("ghl_")}
-    assert set(table) == {"ghl_contacts", "ghl_contacts_reconciliation"}
+    assert set(table) == {"ghl_contacts", "ghl_contacts_reconciliation", "ghl_contacts_from_events"}
     assert table["ghl_contacts_reconciliation"][2:5] == ["ok", "300/300", "1"]  # 300 contacts fit one page of 500
-    assert all(row[-1] == "green" for row in table.values())
+    assert table["ghl_contacts_from_events"][2] == "ok"  # no event pending: nothing to fetch
+    assert [table[name][-1] for name in ("ghl_contacts", "ghl_contacts_reconciliation")] == ["green", "green"]
     assert len(warehouse_contacts(sqlite_warehouse_url)) == 300
 
 

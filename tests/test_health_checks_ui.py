@@ -26,7 +26,10 @@ from sync_assets.ghl import hourly_contacts
 pytestmark = pytest.mark.slow
 
 ghl_contacts = hourly_contacts()
-SYNCED_AT = datetime(2026, 11, 20, 14, 2, tzinfo=UTC)
+# From the real today: the webserver runs on the real clock, and every moment the test steps to
+# (up to 7 h after the sync) must lie in its past.
+SYNCED_AT = datetime.now(UTC).replace(minute=2, second=0, microsecond=0) - timedelta(hours=8)
+PARTITION = (SYNCED_AT - timedelta(hours=1)).strftime("%Y-%m-%d-%H:00")
 WAIT_MS = 180_000  # a shared machine loads the code location slowly
 
 
@@ -90,7 +93,7 @@ def test_the_asset_graph_shows_the_health_check_turn(webserver, emulator, sqlite
     defs = load_definitions()
     with freeze_time(SYNCED_AT):
         assert dg.materialize([ghl_contacts], resources=ghl_resources(emulator, sqlite_warehouse_url),
-                              partition_key="2026-11-20-13:00", instance=instance).success
+                              partition_key=PARTITION, instance=instance).success
     cursor = None
     seen = []
     with sync_playwright() as p:
