@@ -330,17 +330,14 @@ def argument_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = argument_parser().parse_args(argv)
-    if args.command == "user":  # needs neither the instance nor the code location's settings
+    # Commands that need neither the instance nor the code location's settings (users: a file;
+    # API keys: the warehouse only), and the error each answers with exit code 2.
+    standalone = {"user": (manage_users, users.UsersError), "apikey": (manage_api_keys, api_keys.ApiKeyError)}
+    if args.command in standalone:
+        command, error_type = standalone[args.command]
         try:
-            print(manage_users(args))
-        except users.UsersError as error:
-            print(f"workforce-sync: {error}", file=sys.stderr)
-            return 2
-        return 0
-    if args.command == "apikey":  # the warehouse only, not the code location
-        try:
-            print(manage_api_keys(args))
-        except api_keys.ApiKeyError as error:
+            print(command(args))
+        except error_type as error:
             print(f"workforce-sync: {error}", file=sys.stderr)
             return 2
         return 0
