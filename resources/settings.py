@@ -39,6 +39,9 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("SYNC_ENV", "general", "local", doc="`local` (emulator + SQLite) or `production` (real providers)"),
+    Setting("ORGANISATIONS_FILE", "general", None,
+            doc="YAML file declaring several organisations, each its own code location (resources/organisations.py, "
+                "config/organisations.example.yaml); unset: one organisation, these settings"),
     Setting("SYNC_TIMEZONE", "general", "UTC", doc="time zone of schedules and of the hourly/daily partitions' boundaries", kind="timezone"),
     Setting("SYNC_HISTORY_START", "general", None,
             doc="first day (YYYY-MM-DD) of the hourly contacts' and the daily Employes partitions (the report's: the day before); "
