@@ -30,9 +30,11 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 from dagster._time import get_current_datetime  # honours dagster's freeze_time in tests
@@ -40,6 +42,7 @@ from dagster._time import get_current_datetime  # honours dagster's freeze_time 
 import users
 from api import keys as api_keys
 from providers import NAMES, doctor_checks
+from resources import organisations
 from resources.health import health, policies_of
 from resources.settings import ConfigError, ensure_dagster_home
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey
@@ -90,7 +93,7 @@ def run_once(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[dict]:
             raise_on_error=False,
             tags={TRIGGER_TAG: "cli run-once"},
         )
-        materializations = result.asset_materializations_for_node(key.path[-1]) if result.success else []
+        materializations = result.asset_materializations_for_node(key.to_python_identifier()) if result.success else []
         metadata = {k: v.value for k, v in materializations[0].metadata.items()} if materializations else {}
         rows.append(
             {
@@ -295,9 +298,41 @@ def manage_api_keys(args: argparse.Namespace) -> str:
                      f"{r['last_used_at'] or 'never'}" for r in rows) or "no API keys"
 
 
+def organisation_environment(name: str) -> dict[str, str]:
+    """The environment `name`'s code server and commands run with (resources/organisations.py)."""
+    all_orgs = organisations.load()
+    return organisations.environment(organisations.find(name), os.environ, all_orgs)
+
+
+def manage_organisations(args: argparse.Namespace) -> str:
+    orgs = organisations.load()
+    if not orgs:
+        raise ConfigError("ORGANISATIONS_FILE is not set: this installation is one organisation (README, Many organisations)")
+    if args.orgs_command == "workspace":
+        return organisations.workspace(orgs, ensure_dagster_home()).rstrip("\n")
+    if args.orgs_command == "serve":
+        # The organisation's code server, in its own environment: its runs are launched from it
+        # and inherit that environment, so no other organisation's credentials reach them.
+        env = organisation_environment(args.name)
+        socket = organisations.socket_path(args.name, ensure_dagster_home())
+        socket.parent.mkdir(parents=True, exist_ok=True)
+        socket.unlink(missing_ok=True)  # left by a code server that was killed
+        dagster = str(Path(sys.executable).parent / "dagster")
+        os.execve(dagster, [dagster, "code-server", "start", "-m", "definitions", "--socket", str(socket),
+                            "--location-name", args.name], env)
+    return "\n".join(f"{o.name}\t{','.join(o.providers)}\t{'paused' if o.paused else 'active'}" for o in orgs)
+
+
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workforce-sync", description="Run the workforce syncs without the UI.")
+    parser.add_argument("--org", metavar="NAME", help="run the command as this organisation of ORGANISATIONS_FILE (its settings and secrets only)")
     commands = parser.add_subparsers(dest="command", required=True)
+    orgs = commands.add_parser("orgs", help="the organisations of ORGANISATIONS_FILE, each its own code location")
+    orgs_commands = orgs.add_subparsers(dest="orgs_command", required=True)
+    orgs_commands.add_parser("list", help="list the organisations, their providers and whether they are paused")
+    orgs_commands.add_parser("workspace", help="print the workspace.yaml of the webserver and daemon: one code server per organisation")
+    orgs_serve = orgs_commands.add_parser("serve", help="run an organisation's code server (a Unix socket in DAGSTER_HOME/orgs)")
+    orgs_serve.add_argument("name")
     commands.add_parser("run-once", help="materialize every sync once and print a per-asset summary")
     add = commands.add_parser("add-fiscal-years", help="add fiscal-year partitions from FIRST through the current year")
     add.add_argument("first", help="the earliest fiscal year, e.g. FY2023")
@@ -329,10 +364,20 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = argument_parser().parse_args(argv)
+    if args.org:  # the same command again, in the organisation's own environment
+        try:
+            env = organisation_environment(args.org)
+        except ConfigError as error:
+            print(f"workforce-sync: {error}", file=sys.stderr)
+            return 2
+        rest = [a for i, a in enumerate(argv) if a != "--org" and not a.startswith("--org=") and (i == 0 or argv[i - 1] != "--org")]
+        os.execve(sys.executable, [sys.executable, "-m", "cli", *rest], env)
     # Commands that need neither the instance nor the code location's settings (users: a file;
     # API keys: the warehouse only), and the error each answers with exit code 2.
-    standalone = {"user": (manage_users, users.UsersError), "apikey": (manage_api_keys, api_keys.ApiKeyError)}
+    standalone = {"user": (manage_users, users.UsersError), "apikey": (manage_api_keys, api_keys.ApiKeyError),
+                  "orgs": (manage_organisations, ConfigError)}
     if args.command in standalone:
         command, error_type = standalone[args.command]
         try:

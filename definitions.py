@@ -21,7 +21,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from providers import PROVIDERS
+from providers import enabled
 from resources.mappings import MappingFilesResource
 from resources.provider import check_definitions
 from resources.settings import check_production, check_settings, local_warehouse_url, setting, sync_env
@@ -59,7 +59,7 @@ def resources(env: str) -> dict:
     shared ones."""
     if env == "production":
         check_production()
-    return {**{p.name: p.resource(env) for p in PROVIDERS}, "mapping_files": mapping_files(), "warehouse": warehouse(env)}
+    return {**{p.name: p.resource(env) for p in enabled()}, "mapping_files": mapping_files(), "warehouse": warehouse(env)}
 
 
 def operations() -> dg.Definitions:
@@ -77,7 +77,7 @@ def defs() -> dg.Definitions:
     # message naming every bad setting.
     check_settings()
     merged = dg.Definitions.merge(
-        *(check_definitions(p, p.definitions()) for p in PROVIDERS),
+        *(check_definitions(p, p.definitions()) for p in enabled()),
         operations(),
         dg.Definitions(resources=resources(sync_env())),
     )

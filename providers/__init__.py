@@ -10,6 +10,7 @@ provider left half registered stops the registry from loading, naming what is mi
 import pkgutil
 
 from providers import employes, ghl, halo, xero
+from resources.organisations import enabled_providers
 from resources.provider import Provider, check_registry
 from resources.tables import LOADED_PROVIDERS
 
@@ -22,6 +23,12 @@ BY_NAME = {p.name: p for p in PROVIDERS}
 NAMES = tuple(BY_NAME)
 
 
+def enabled() -> tuple[Provider, ...]:
+    """The providers this code location builds: all, or those its organisation has (an
+    organisation's code server is told by ORGANISATION_PROVIDERS, resources/organisations.py)."""
+    return tuple(p for p in PROVIDERS if p.name in enabled_providers())
+
+
 def doctor_checks(names: tuple[str, ...] | None = None) -> dict:
-    """The doctor's checks of each provider (or of those named), in the registry's order."""
-    return {p.name: p.doctor for p in PROVIDERS if names is None or p.name in names}
+    """The doctor's checks of each enabled provider (or of those named), in the registry's order."""
+    return {p.name: p.doctor for p in enabled() if names is None or p.name in names}

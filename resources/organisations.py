@@ -189,3 +189,10 @@ def workspace(orgs: tuple[Organisation, ...], home: Path) -> str:
         if not org.paused:
             lines += ["  - grpc_server:", f"      socket: {socket_path(org.name, home)}", f"      location_name: {org.name}"]
     return "\n".join(lines) + "\n"
+
+
+def asset_key(name: str):
+    """The key of this organisation's asset `name` (where code names an asset by its name)."""
+    import dagster as dg
+
+    return dg.AssetKey([*key_prefix(), name])

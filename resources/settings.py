@@ -281,7 +281,9 @@ def sync_env(environ: dict | None = None) -> str:
 def check_production(environ: dict | None = None) -> None:
     """Fail with one message naming every required variable that is missing."""
     env = os.environ if environ is None else environ
-    missing = [s.name for s in SETTINGS if s.required and not env.get(s.name, "").strip()]
+    enabled = env.get("ORGANISATION_PROVIDERS", "").strip()  # an organisation's code server: its providers only
+    wanted = {"general", *(enabled.split(",") if enabled else [s.provider for s in SETTINGS])}
+    missing = [s.name for s in SETTINGS if s.required and s.provider in wanted and not env.get(s.name, "").strip()]
     if missing:
         raise ConfigError(
             "SYNC_ENV=production needs these environment variables, which are not set: "
@@ -290,9 +292,17 @@ def check_production(environ: dict | None = None) -> None:
         )
 
 
+def local_data_dir() -> Path:
+    """Where the local defaults keep an organisation's data (warehouse, Xero token key):
+    `.local`, or `.local/orgs/<name>` in an organisation's code server, so no two share a file."""
+    org = os.environ.get("WORKFORCE_ORG", "").strip()
+    path = LOCAL_DIR / "orgs" / org if org else LOCAL_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def local_warehouse_url() -> str:
-    LOCAL_DIR.mkdir(exist_ok=True)
-    return f"sqlite:///{LOCAL_DIR / 'warehouse.db'}"
+    return f"sqlite:///{local_data_dir() / 'warehouse.db'}"
 
 
 # Schedule and sensor ticks are purged by the daemon (as in deploy/dagster.yaml).

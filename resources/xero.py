@@ -36,7 +36,7 @@ from resources.http import (
     parse_retry_after,
     shared_limiter,
 )
-from resources.settings import LOCAL_DIR, ConfigError, setting
+from resources.settings import ConfigError, local_data_dir, setting
 from resources.warehouse import utcnow
 from resources.xero_tables import xero_tokens
 
@@ -70,9 +70,8 @@ LOCKED_STATUSES = ("LOCKED", "INVOICED")
 
 def local_token_key() -> str:
     """The local installation's token key: made once, kept readable by its owner only."""
-    path = LOCAL_DIR / "xero_token.key"
+    path = local_data_dir() / "xero_token.key"
     if not path.exists():
-        LOCAL_DIR.mkdir(exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(Fernet.generate_key())

@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta
 
 import dagster as dg
 
+from resources.organisations import asset_key
 from resources.settings import setting
 from schedules import asset_schedule
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar
@@ -29,7 +30,7 @@ def range_request(key: str, start: date, end: date, moment: datetime) -> dg.RunR
     return dg.RunRequest(
         run_key=f"{key}:{start}..{end}@{moment.isoformat()}",
         partition_key=key,
-        run_config={"ops": {"halo_timesheets": {"config": {"start": start.isoformat(), "end": end.isoformat()}}}},
+        run_config={"ops": {asset_key("halo_timesheets").to_python_identifier(): {"config": {"start": start.isoformat(), "end": end.isoformat()}}}},
     )
 
 

@@ -10,6 +10,7 @@ nightly reconciliation stay the safety net: an event lost or failed is still syn
 import dagster as dg
 
 from resources import events
+from resources.organisations import asset_key
 from resources.warehouse import WarehouseResource
 
 
@@ -19,7 +20,7 @@ def ghl_contact_events(context: dg.SensorEvaluationContext, warehouse: Warehouse
     waiting = [e.id for e in events.pending(warehouse.engine, events.GHL_CONTACTS) if e.id > after]
     if not waiting:
         return dg.SkipReason(f"no contact events after event {after}")
-    config = {"ops": {"ghl_contacts_from_events": {"config": {"event_ids": waiting}}}}
+    config = {"ops": {asset_key("ghl_contacts_from_events").to_python_identifier(): {"config": {"event_ids": waiting}}}}
     # The key is the newest event's id: a repeated tick (a lost cursor) asks nothing new.
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"contact-events-{waiting[-1]}", run_config=config)],
                            cursor=str(waiting[-1]))

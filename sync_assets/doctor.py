@@ -5,11 +5,11 @@ output metadata (a table, and the counts), and the run fails when any check fail
 
 import dagster as dg
 
-from providers import PROVIDERS, doctor_checks
+from providers import doctor_checks, enabled
 from resources.doctor import FAIL, exit_code, run_doctor, summary
 from resources.settings import sync_env
 
-PROVIDER_RESOURCES = (*(p.name for p in PROVIDERS), "mapping_files", "warehouse")
+PROVIDER_RESOURCES = (*(p.name for p in enabled()), "mapping_files", "warehouse")
 
 
 @dg.op(required_resource_keys=set(PROVIDER_RESOURCES), tags={"kind": "doctor"})

@@ -27,6 +27,7 @@ from resources.employes_tables import (
     employes_hours_periods,
     employes_salary_periods,
 )
+from resources.organisations import asset_key, key_prefix, scoped
 from resources.records import Books, content_hash, parse_each, reject
 from resources.settings import history_start, setting
 from resources.tables import frame_schema
@@ -358,7 +359,7 @@ def assets() -> list[dg.AssetsDefinition]:
     """The three assets, built when the code location is: their partitions read SYNC_TIMEZONE."""
     days = daily()
 
-    @dg.asset(partitions_def=days, group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS, metadata=table_metadata(snapshots_table),
+    @dg.asset(key_prefix=key_prefix(), partitions_def=days, group_name=GROUP, kinds=KINDS, pool=scoped(GROUP), tags=TAGS, metadata=table_metadata(snapshots_table),
               check_specs=[nothing_lost("employes_employee_snapshots")])
     def employes_employee_snapshots(
         context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource
@@ -374,7 +375,7 @@ def assets() -> list[dg.AssetsDefinition]:
         having left; one removed between the list and its read is left out."""
         return take_snapshot(context, employes, warehouse)
 
-    @dg.asset(partitions_def=days, deps=[employes_employee_snapshots], group_name=GROUP, kinds=KINDS, pool=GROUP, tags=TAGS,
+    @dg.asset(key_prefix=key_prefix(), partitions_def=days, deps=[employes_employee_snapshots], group_name=GROUP, kinds=KINDS, pool=scoped(GROUP), tags=TAGS,
               metadata=table_metadata(employes_employments), check_specs=[nothing_lost("employes_employment_history")])
     def employes_employment_history(
         context: dg.AssetExecutionContext, employes: EmployesResource, warehouse: WarehouseResource
@@ -385,7 +386,7 @@ def assets() -> list[dg.AssetsDefinition]:
         written in one transaction at the end: a failure half-way changes nothing."""
         return sync_employments(context, employes, warehouse)
 
-    @dg.asset(partitions_def=days, deps=[employes_employment_history], group_name=GROUP, kinds={"polars", "sql"}, tags=TAGS,
+    @dg.asset(key_prefix=key_prefix(), partitions_def=days, deps=[employes_employment_history], group_name=GROUP, kinds={"polars", "sql"}, tags=TAGS,
               metadata=table_metadata(changes_table), check_specs=[nothing_lost("employes_employee_changes")])
     def employes_employee_changes(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         """What changed between the partition's snapshot and the one before it (table
@@ -404,6 +405,6 @@ def assets() -> list[dg.AssetsDefinition]:
 # Run by the schedule `employes_nightly` (schedules/employes.py): today's partition of all three. By
 # key: the job takes the assets' partitions when the code location resolves it.
 employes_nightly_job = dg.define_asset_job(
-    "employes_nightly_job", selection=["employes_employee_snapshots", "employes_employment_history", "employes_employee_changes"]
+    "employes_nightly_job", selection=[asset_key(name) for name in ("employes_employee_snapshots", "employes_employment_history", "employes_employee_changes")]
 )
 jobs = [employes_nightly_job]

@@ -11,9 +11,10 @@ from datetime import date, timedelta
 
 import dagster as dg
 
+from resources.organisations import scoped
 from resources.settings import ConfigError, setting
 
-FISCAL_YEARS = dg.DynamicPartitionsDefinition(name="fiscal_years")
+FISCAL_YEARS = dg.DynamicPartitionsDefinition(name=scoped("fiscal_years"))  # per organisation: the instance is shared
 KEY_PATTERN = re.compile(r"FY(\d{4})")
 KEY_HELP = "expected FY and the four-digit year the fiscal year starts in, e.g. FY2026"
 

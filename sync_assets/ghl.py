@@ -19,6 +19,7 @@ from dagster._time import get_current_datetime  # honours dagster's freeze_time 
 from resources import events
 from resources.ghl import DailyBudgetSpent, GoHighLevelResource, parse_contacts, search_shaped
 from resources.ghl_tables import ghl_contacts as contacts_table
+from resources.organisations import asset_key, key_prefix, scoped
 from resources.tables import inbound_events
 from resources.records import WRITES, Books, classify
 from resources.settings import history_start, setting
@@ -158,10 +159,11 @@ def hourly_contacts() -> dg.AssetsDefinition:
     """The asset `ghl_contacts`, built when the code location is: its partitions read SYNC_TIMEZONE."""
 
     @dg.asset(
+        key_prefix=key_prefix(),
         partitions_def=hourly(),
         group_name=GROUP,
         kinds=KINDS,
-        pool=GROUP,
+        pool=scoped(GROUP),
         tags={"sync/cadence": "hourly"},
         metadata=table_metadata(contacts_table),
         check_specs=[nothing_lost("ghl_contacts")],
@@ -180,7 +182,7 @@ def hourly_contacts() -> dg.AssetsDefinition:
     return ghl_contacts
 
 
-@dg.asset(group_name=GROUP, kinds=KINDS, pool=GROUP, tags={"sync/cadence": "daily"}, metadata=table_metadata(contacts_table),
+@dg.asset(key_prefix=key_prefix(), group_name=GROUP, kinds=KINDS, pool=scoped(GROUP), tags={"sync/cadence": "daily"}, metadata=table_metadata(contacts_table),
           check_specs=[nothing_lost("ghl_contacts_reconciliation")])
 def ghl_contacts_reconciliation(
     context: dg.AssetExecutionContext,
@@ -238,7 +240,7 @@ def _stored_raw(conn: sa.Connection, ids: list[str]) -> dict[str, dict]:
     return {i: raw for i, raw in conn.execute(sa.select(t.c.id, t.c.raw).where(t.c.id.in_(ids))) if isinstance(raw, dict)}
 
 
-@dg.asset(group_name=GROUP, kinds=KINDS, pool=GROUP, metadata=table_metadata(contacts_table),
+@dg.asset(key_prefix=key_prefix(), group_name=GROUP, kinds=KINDS, pool=scoped(GROUP), metadata=table_metadata(contacts_table),
           check_specs=[nothing_lost("ghl_contacts_from_events")])
 def ghl_contacts_from_events(
     context: dg.AssetExecutionContext, config: ContactEventsConfig, gohighlevel: GoHighLevelResource, warehouse: WarehouseResource
@@ -373,13 +375,13 @@ def contact_checks(asset: str | dg.AssetsDefinition) -> list[dg.AssetChecksDefin
 
 
 # By key: the job takes the asset's partitions when the code location resolves it.
-ghl_contacts_hourly_job = dg.define_asset_job("ghl_contacts_hourly_job", selection=["ghl_contacts"])
+ghl_contacts_hourly_job = dg.define_asset_job("ghl_contacts_hourly_job", selection=[asset_key("ghl_contacts")])
 
 
 # Started by the sensor `ghl_contact_events` (sensors/ghl.py), named: the code location resolves it.
 # Its steps run in the run's own process, as the Xero push's: a process per step (the asset and
 # its checks) would load the code location again each, seconds an event should not wait.
-ghl_contact_events_job = dg.define_asset_job("ghl_contact_events_job", selection=["ghl_contacts_from_events"],
+ghl_contact_events_job = dg.define_asset_job("ghl_contact_events_job", selection=[asset_key("ghl_contacts_from_events")],
                                              executor_def=dg.in_process_executor)
 
 

@@ -26,6 +26,7 @@ from resources.halo_tables import (
     halo_timesheets as timesheets_table,
 )
 from resources.mappings import MappingFilesResource, read_agent_mappings
+from resources.organisations import asset_key, key_prefix, scoped
 from resources.records import WRITES, parse_each
 from resources.tables import frame_schema
 from resources.warehouse import WarehouseResource, key_of, rekey, replace_rows, soft_delete, sync_scope, upsert, utcnow
@@ -56,7 +57,7 @@ def _frame(rows: list[dict], table: sa.Table) -> pl.DataFrame:
     return pl.DataFrame(schema=frame_schema(table, key_of(table).name, "content_hash"))
 
 
-@dg.asset(group_name=GROUP, kinds=KINDS, pool=GROUP, tags={"sync/cadence": "hourly"}, metadata=table_metadata(agents_table),
+@dg.asset(key_prefix=key_prefix(), group_name=GROUP, kinds=KINDS, pool=scoped(GROUP), tags={"sync/cadence": "hourly"}, metadata=table_metadata(agents_table),
           check_specs=[nothing_lost("halo_agents")])
 def halo_agents(context: dg.AssetExecutionContext, halopsa: HaloPSAResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """HaloPSA agents (table `halo_agents`), enabled and disabled, from `GET /api/Agent`.
@@ -81,7 +82,7 @@ def halo_agents(context: dg.AssetExecutionContext, halopsa: HaloPSAResource, war
                        **{"dagster/row_count": stored})
 
 
-@dg.asset(deps=[halo_agents], group_name=GROUP, kinds={"csv", "sql"}, tags={"sync/cadence": "hourly"},
+@dg.asset(key_prefix=key_prefix(), deps=[halo_agents], group_name=GROUP, kinds={"csv", "sql"}, tags={"sync/cadence": "hourly"},
           metadata=table_metadata(mappings_table), check_specs=[nothing_lost("agent_mappings")])
 def agent_mappings(context: dg.AssetExecutionContext, mapping_files: MappingFilesResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Which Halo agent is which person (table `agent_mappings`), loaded from the mapping file
@@ -291,15 +292,16 @@ class YearSync:
 
 
 @dg.asset(
+    key_prefix=key_prefix(),
     partitions_def=FISCAL_YEARS,
     deps=[agent_mappings],
     group_name=GROUP,
     kinds=KINDS,
-    pool=GROUP,
+    pool=scoped(GROUP),
     tags={"sync/cadence": "hourly"},
     metadata=table_metadata(entries_table),
     check_specs=[dg.AssetCheckSpec(
-        RESPONSES_CHECK, asset="halo_timesheets",
+        RESPONSES_CHECK, asset=asset_key("halo_timesheets"),
         description="Warns when Halo's answers contradict the sync's assumptions: repeated entry keys or timesheet ids, "
                     "time on a timesheet without entries, far fewer entries than the last sync of the range, "
                     "a change of entry identity, unreadable approvals, records outside the range asked for."),

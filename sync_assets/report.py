@@ -19,6 +19,7 @@ from resources.employes_tables import employes_employee_changes as changes_table
 from resources.halo import TIME_KINDS
 from resources.halo_tables import halo_time_entries as entries_table
 from resources.health import health, policies_of
+from resources.organisations import asset_key, key_prefix
 from resources.settings import history_start, setting
 from resources.warehouse import WarehouseResource
 from resources.webhook import escape, failure_reason, post_alert
@@ -92,7 +93,7 @@ def day_of_runs(instance: dg.DagsterInstance, start: datetime, end: datetime) ->
                 metadata = materialized[key]
                 day.successes += 1
             else:
-                own = [e for e in step_failures if e.step_key == key.path[-1]]
+                own = [e for e in step_failures if e.step_key == key.to_python_identifier()]
                 day.failures.append(failure_reason(own or step_failures, run_failure))
                 failure = own[0].step_failure_data.user_failure_data if own else None
                 metadata = failure.metadata if failure else {}
@@ -210,7 +211,7 @@ def daily() -> dg.DailyPartitionsDefinition:
 def report_asset() -> dg.AssetsDefinition:
     """The asset `sync_report`, built when the code location is: its partitions read SYNC_TIMEZONE."""
 
-    @dg.asset(partitions_def=daily(), group_name=GROUP, kinds={"dagster", "sql"})
+    @dg.asset(key_prefix=key_prefix(), partitions_def=daily(), group_name=GROUP, kinds={"dagster", "sql"})
     def sync_report(context: dg.AssetExecutionContext, config: ReportConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
         """The day's sync report: per sync, its runs, successes, failures with their reasons, rows
         written, requests, throttled seconds, p50/p95 run duration and current health light (a table
@@ -228,7 +229,7 @@ def report_asset() -> dg.AssetsDefinition:
 # The job's config turns posting on: a report materialized from the UI is not posted. By key: the
 # job takes the asset's partitions when the code location resolves it.
 sync_report_job = dg.define_asset_job(
-    "sync_report_job", selection=["sync_report"], config={"ops": {"sync_report": {"config": {"post": True}}}}
+    "sync_report_job", selection=[asset_key("sync_report")], config={"ops": {asset_key("sync_report").to_python_identifier(): {"config": {"post": True}}}}
 )
 
 

@@ -40,6 +40,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from resources.http import CountedClient, OpensClient, ProviderError
+from resources.organisations import asset_key
 from resources.records import Books
 from resources.warehouse import record_rejects
 from sync_assets.runs import trigger_of
@@ -58,7 +59,7 @@ Client = TypeVar("Client", bound=CountedClient)
 
 def nothing_lost(asset: str) -> dg.AssetCheckSpec:
     """The blocking check every sync asset declares: its run's books balance."""
-    return dg.AssetCheckSpec(NOTHING_LOST, asset=asset, blocking=True,
+    return dg.AssetCheckSpec(NOTHING_LOST, asset=asset_key(asset), blocking=True,
                              description="Fails the run unless every record received was stored, rejected (with the reason, "
                                          "table sync_rejects) or excluded with a reason, and no two different records landed on one key.")
 

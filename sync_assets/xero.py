@@ -47,6 +47,7 @@ from resources.doctor import push_gate
 from resources.halo import HaloClient, HaloPSAResource
 from resources.halo_tables import agent_mappings as mappings_table
 from resources.mappings import MappingFilesResource, ProjectMappings, read_project_mappings
+from resources.organisations import asset_key, key_prefix, scoped
 from resources.records import Books
 from resources.settings import setting, sync_env
 from resources.warehouse import WarehouseResource, replace_rows, utcnow
@@ -272,14 +273,15 @@ def time_entries() -> dg.AssetsDefinition:
     XERO_FIRST_DAY and SYNC_TIMEZONE."""
 
     @dg.asset(
+        key_prefix=key_prefix(),
         partitions_def=work_dates(),
-        deps=["agent_mappings"],
+        deps=[asset_key("agent_mappings")],
         group_name=GROUP,
         kinds={"xero", "halopsa", "sql"},
-        pool=GROUP,
+        pool=scoped(GROUP),
         metadata=table_metadata(ledger_table),
         check_specs=[dg.AssetCheckSpec(
-            "xero_halo_day_as_expected", asset="xero_time_entries",
+            "xero_halo_day_as_expected", asset=asset_key("xero_time_entries"),
             description="Warns when Halo's answer for the day contradicts the push's assumptions: unreadable approvals "
                         "(those entries are held back), keys carried by different entries, identical entries, approved time without "
                         "entries, records outside the day."),
@@ -397,7 +399,7 @@ def _ledger_check(statuses: tuple[str, ...], warehouse: WarehouseResource, **met
                                metadata={"entries": len(rows), **metadata, "details": listed(lines, PLAN_ROWS)})
 
 
-@dg.asset_check(asset="xero_time_entries", name="xero_entries_pushable")
+@dg.asset_check(asset=asset_key("xero_time_entries"), name="xero_entries_pushable")
 def xero_entries_pushable(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     """Warns while approved entries cannot go to Xero (unmapped agent or project, bad duration,
     refused by Xero), listing each with the reason. Deferred entries wait for the agent mappings'
@@ -405,7 +407,7 @@ def xero_entries_pushable(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     return _ledger_check(("invalid", "failed"), warehouse, deferred=len(_ledger_problems(("deferred",), warehouse)))
 
 
-@dg.asset_check(asset="xero_time_entries", name="xero_no_locked_conflicts")
+@dg.asset_check(asset=asset_key("xero_time_entries"), name="xero_no_locked_conflicts")
 def xero_no_locked_conflicts(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     """Warns while Halo changed entries that Xero has LOCKED or INVOICED (left untouched)."""
     return _ledger_check(("conflict",), warehouse)
@@ -417,7 +419,7 @@ def xero_no_locked_conflicts(warehouse: WarehouseResource) -> dg.AssetCheckResul
 # a process each, a few seconds of every approval's wait (bench/approval_latency.py); the `xero`
 # pool holds the same.
 # By key: the job takes the asset's partitions when the code location resolves it.
-xero_push_job = dg.define_asset_job("xero_push_job", selection=["xero_time_entries"], tags={"dagster/max_retries": "3"},
+xero_push_job = dg.define_asset_job("xero_push_job", selection=[asset_key("xero_time_entries")], tags={"dagster/max_retries": "3"},
                                     executor_def=dg.in_process_executor)
 
 
@@ -465,13 +467,14 @@ def keep_compared(books: Books, halo: HaloDay, xero_entries: int) -> None:
 
 
 @dg.asset(
-    deps=["agent_mappings"],
+    key_prefix=key_prefix(),
+    deps=[asset_key("agent_mappings")],
     group_name=GROUP,
     kinds={"xero", "halopsa", "sql"},
-    pool=GROUP,
+    pool=scoped(GROUP),
     tags={"sync/cadence": "daily"},
     metadata=table_metadata(findings_table),
-    check_specs=[*(dg.AssetCheckSpec(name, asset="xero_reconciliation", description=text) for name, text in RECONCILE_CHECKS.items()),
+    check_specs=[*(dg.AssetCheckSpec(name, asset=asset_key("xero_reconciliation"), description=text) for name, text in RECONCILE_CHECKS.items()),
                  nothing_lost("xero_reconciliation")],
 )
 def xero_reconciliation(

@@ -133,7 +133,7 @@ def reconcile(resources, instance=None, max_delete_share=None) -> dg.ExecuteInPr
 
 
 def run_metadata(result, asset) -> dict:
-    (materialization,) = result.asset_materializations_for_node(asset.key.path[-1])
+    (materialization,) = result.asset_materializations_for_node(asset.key.to_python_identifier())
     return {k: v.value for k, v in materialization.metadata.items()}
 
 

@@ -364,7 +364,7 @@ def test_a_xero_error_mid_push_says_what_was_pushed_is_in_the_ledger(emulator, r
 
 def test_the_local_token_key_is_readable_by_its_owner_only(tmp_path, monkeypatch):
     # The key file a local installation makes in its .local/, made here in the test's own folder.
-    monkeypatch.setattr("resources.xero.LOCAL_DIR", tmp_path / ".local")
+    monkeypatch.setattr("resources.settings.LOCAL_DIR", tmp_path / ".local")
     key = local_token_key()
     assert (tmp_path / ".local" / "xero_token.key").stat().st_mode & 0o777 == 0o600
     assert local_token_key() == key  # made once, then read
