@@ -28,6 +28,7 @@ the one `scripts/start` uses), so they show up in the UI's run history and healt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
@@ -320,7 +321,40 @@ def manage_organisations(args: argparse.Namespace) -> str:
         dagster = str(Path(sys.executable).parent / "dagster")
         os.execve(dagster, [dagster, "code-server", "start", "-m", "definitions", "--socket", str(socket),
                             "--location-name", args.name], env)
+    if args.orgs_command == "serve-all":
+        return serve_all(orgs, args.workspace)
     return "\n".join(f"{o.name}\t{','.join(o.providers)}\t{'paused' if o.paused else 'active'}" for o in orgs)
+
+
+def serve_all(orgs: tuple, workspace: Path) -> str:
+    """Every active organisation's code server, as children stopped together; `workspace` is
+    written once all answer, so the webserver and daemon that wait for it find every location."""
+    import signal
+    import subprocess
+
+    home = ensure_dagster_home()
+    active = [o for o in orgs if not o.paused]
+    for org in active:
+        organisations.socket_path(org.name, home).unlink(missing_ok=True)
+    command = [sys.executable, "-m", "cli", "orgs", "serve"]
+    servers = {o.name: subprocess.Popen([*command, o.name], start_new_session=True) for o in active}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while not all(organisations.socket_path(name, home).exists() for name in servers):
+            exited = [name for name, p in servers.items() if p.poll() is not None]
+            if exited:
+                raise ConfigError("the code server of " + ", ".join(exited) + " exited (its output says why)")
+            time.sleep(0.5)
+        workspace.write_text(organisations.workspace(orgs, home))
+        print(f"workforce-sync: {len(servers)} code servers answer; workspace {workspace}", flush=True)
+        while all(p.poll() is None for p in servers.values()):
+            time.sleep(1)
+        exited = [name for name, p in servers.items() if p.poll() is not None]
+        raise ConfigError("the code server of " + ", ".join(exited) + " exited (its output says why)")
+    finally:
+        for process in servers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # the code server does not stop on SIGTERM
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -333,6 +367,8 @@ def argument_parser() -> argparse.ArgumentParser:
     orgs_commands.add_parser("workspace", help="print the workspace.yaml of the webserver and daemon: one code server per organisation")
     orgs_serve = orgs_commands.add_parser("serve", help="run an organisation's code server (a Unix socket in DAGSTER_HOME/orgs)")
     orgs_serve.add_argument("name")
+    orgs_all = orgs_commands.add_parser("serve-all", help="run every active organisation's code server; write the workspace once they answer")
+    orgs_all.add_argument("--workspace", type=Path, required=True, help="where to write the workspace.yaml for the webserver and daemon")
     commands.add_parser("run-once", help="materialize every sync once and print a per-asset summary")
     add = commands.add_parser("add-fiscal-years", help="add fiscal-year partitions from FIRST through the current year")
     add.add_argument("first", help="the earliest fiscal year, e.g. FY2023")
