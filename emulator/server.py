@@ -241,6 +241,7 @@ class Emulator:
         if self._server:
             self._server.shutdown()
             self._server.server_close()
+            self._server = None  # stopped: a second stop does nothing
 
     def dispatch(self, request: Request) -> tuple[Response, str, str | None]:
         """(response, provider, fault kind to apply on the wire)."""

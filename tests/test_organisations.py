@@ -109,7 +109,8 @@ def test_two_organisations_sync_side_by_side_each_into_its_own_warehouse_and_a_b
     """north (all four providers, pushing to its Xero) and south (GoHighLevel and HaloPSA) against
     emulators whose Halo ids overlap; east's mapping file is broken and west's configuration does
     not load. North's and south's warehouses each match their own emulator exactly, north's Xero
-    holds north's entries, and no process or run of one holds another's secrets."""
+    holds north's entries and keeps taking them while south's providers are down, and no process
+    or run of one holds another's secrets."""
     home = tmp_path / "dagster_home"
     emulators = {name: Emulator(seed=seed, anchor=datetime.now(UTC), contacts=60, agents=3, employees=6)
                  for name, seed in (("north", 7), ("south", 8), ("east", 9))}
@@ -167,16 +168,6 @@ organisations:
                 assert_warehouse_matches_provider(emulators[name], warehouses[name])
                 assert stored_entries(warehouses[name], *this_year) == halo_entries(emulators[name], *this_year)
 
-            # An approval in each: north's reaches north's Xero, with north's times; south has no Xero.
-            agent, day = unapproved_day(emulators["north"])
-            for name in ("north", "south"):
-                emulators[name].halo.approve(agent, day)
-            work = halo_day(emulators["north"], agent, day)
-            wait_for("north's approved day in north's Xero", lambda: set(work) <= set(xero_by_halo_id(emulators["north"])), 300, seen)
-            pushed = xero_by_halo_id(emulators["north"])
-            assert all(sum(e["duration"] for e in pushed[i]) == emulators["north"].halo.minutes(i) for i in work)
-            assert not emulators["south"].xero.entries() and not emulators["east"].xero.entries()
-
             # Only east failed, and only its mapping load; west never loaded; north and south are green.
             failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
             assert {r.remote_job_origin.location_name for r in failed} == {"east"}, seen()
@@ -187,6 +178,21 @@ organisations:
                 lights = status(name, env)
                 assert all(lights[f"{name}/{a}"] == "green" for a in assets if a != "xero_time_entries"), lights  # the push has no light
                 assert set(lights.values()) <= {"green", None}, lights
+
+            # South's providers go down; an approval in each: north's reaches north's Xero with
+            # north's times, south's (it has no Xero) reaches nobody's.
+            agent, day = unapproved_day(emulators["north"])
+            emulators["south"].halo.approve(agent, day)
+            emulators["south"].stop()
+            emulators["north"].halo.approve(agent, day)
+            work = halo_day(emulators["north"], agent, day)
+            wait_for("north's approved day in north's Xero", lambda: set(work) <= set(xero_by_halo_id(emulators["north"])), 300, seen)
+            pushed = xero_by_halo_id(emulators["north"])
+            assert all(sum(e["duration"] for e in pushed[i]) == emulators["north"].halo.minutes(i) for i in work)
+            assert not emulators["south"].xero.entries() and not emulators["east"].xero.entries()
+            assert not [r for r in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+                        if r.remote_job_origin.location_name == "north"], seen()
+            assert set(status("north", env).values()) <= {"green", None}
 
             # No process of one organisation holds another's secret, nor does any run's log.
             for name, process in servers.items():
