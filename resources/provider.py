@@ -4,7 +4,7 @@ left half registered.
 The registry (`providers/__init__.py` `PROVIDERS`) is the one list of providers: the code
 location, its resources in each environment, the warehouse's tables, the doctor, the CLI's
 choices, the settings table and the emulator all derive from it. A provider is known by one
-name everywhere: its asset group, its resource key, its pool, the settings table's provider
+name everywhere: its asset group, its resource key, its pool (`<organisation>_<name>` with several organisations), the settings table's provider
 column, the doctor's `--provider` choice and the emulator's request log.
 """
 
