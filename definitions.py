@@ -23,6 +23,7 @@ import dagster as dg
 
 from providers import enabled
 from resources.mappings import MappingFilesResource
+from resources.organisations import check_served
 from resources.provider import check_definitions
 from resources.settings import check_production, check_settings, local_warehouse_url, setting, sync_env
 from resources.warehouse import WarehouseResource
@@ -76,6 +77,7 @@ def defs() -> dg.Definitions:
     # Checked before any definition is built from the settings, so a bad configuration is one
     # message naming every bad setting.
     check_settings()
+    check_served()
     merged = dg.Definitions.merge(
         *(check_definitions(p, p.definitions()) for p in enabled()),
         operations(),

@@ -134,6 +134,14 @@ def current(environ: Mapping[str, str] | None = None) -> str | None:
     return (os.environ if environ is None else environ).get(ORG_VARIABLE, "").strip() or None
 
 
+def check_served(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse to build definitions or run a command outside an organisation where there are
+    several: the installation's own settings are nobody's, and would sync with nobody's accounts."""
+    if organisations_file(environ) and not current(environ):
+        raise ConfigError("ORGANISATIONS_FILE is set, so each organisation is its own code location: run its code server with "
+                          "`workforce-sync orgs serve NAME` (or serve-all) and a command with `workforce-sync --org NAME ...`")
+
+
 def key_prefix() -> list[str]:
     """Every asset key's prefix: the organisation's name, none on a one-organisation install."""
     org = current()

@@ -66,6 +66,15 @@ def test_a_paused_organisation_has_no_code_location():
     assert "location_name: north" in workspace and "/srv/home/orgs/north.sock" in workspace and "south" not in workspace
 
 
+def test_with_several_organisations_nothing_runs_as_nobody(tmp_path, monkeypatch):
+    (tmp_path / "orgs.yaml").write_text(TWO)
+    monkeypatch.setenv("ORGANISATIONS_FILE", str(tmp_path / "orgs.yaml"))
+    monkeypatch.delenv("WORKFORCE_ORG", raising=False)
+    done = subprocess.run([str(BIN / "workforce-sync"), "status"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DAGSTER_HOME": str(tmp_path / "home")})
+    assert done.returncode == 2 and "workforce-sync --org NAME" in done.stderr, done.stderr
+
+
 # -- under the real daemon ----------------------------------------------------------------------
 def wait_for(what: str, check, seconds: float, seen=lambda: ""):
     deadline = time.monotonic() + seconds
