@@ -112,10 +112,9 @@ def on_executor(defs: dg.Definitions) -> dg.Definitions:
 
 
 def _holds_job(instigator) -> bool:
-    try:
-        return (instigator.has_job if hasattr(instigator, "has_job") else instigator.has_jobs) and not instigator.has_anonymous_job
-    except Exception:  # noqa: BLE001 - an instigator that names its job only
-        return False
+    """Built from a job object (not by a job's name, nor on assets: those resolve on their own)."""
+    held = getattr(instigator, "has_job", None) or getattr(instigator, "has_jobs", None)
+    return bool(held) and not instigator.has_anonymous_job
 
 
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}

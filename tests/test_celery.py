@@ -211,7 +211,9 @@ def test_every_sync_runs_its_steps_on_the_workers_and_matches_the_emulator(site)
             assert node in nodes, (key, node)
             assert pid != os.getpid() and pid in site.pids(nodes[node]), (key, node, pid)
     used = {node for run_id in runs for executions in site.steps(run_id).values() for node, _ in executions}
-    print(f"steps ran on {sorted(used)}")
+    records = [site.instance.get_run_record_by_id(run_id) for run_id in runs]
+    print(f"{len(runs)} runs, {sum(len(site.steps(r)) for r in runs)} steps on {sorted(used)}: "
+          + ", ".join(f"{r.dagster_run.job_name} {r.end_time - r.start_time:.1f} s" for r in records))
 
     # The warehouse (and Xero) match the emulator, as the in-process sync tests check.
     assert_warehouse_matches_provider(emulator, site.warehouse_url)
