@@ -22,6 +22,7 @@ from datetime import timedelta
 import dagster as dg
 
 from providers import enabled
+from resources.executor import on_executor
 from resources.mappings import MappingFilesResource
 from resources.organisations import check_served
 from resources.provider import check_definitions
@@ -84,7 +85,8 @@ def defs() -> dg.Definitions:
         dg.Definitions(resources=resources(sync_env())),
     )
     healthy = merged.permissive_map_resolved_asset_specs(func=with_health, selection=dg.AssetSelection.tag(CADENCE_TAG, "hourly") | dg.AssetSelection.tag(CADENCE_TAG, "daily"))
-    return dg.Definitions.merge(healthy, dg.Definitions(asset_checks=[health_checks(healthy)]))
+    # SYNC_EXECUTOR: every job's steps on this machine (unchanged) or on Celery workers.
+    return on_executor(dg.Definitions.merge(healthy, dg.Definitions(asset_checks=[health_checks(healthy)])))
 
 
 def health_checks(healthy: dg.Definitions) -> dg.AssetChecksDefinition:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from resources.doctor import Finding
 
 ENVIRONMENTS = ("local", "production")  # SYNC_ENV's values: a provider has a resource for each
-SHARED_SETTINGS = ("general", "access")  # the settings table's rows no provider owns
+SHARED_SETTINGS = ("general", "access", "executor")  # the settings table's rows no provider owns
 # Where a provider's modules live, by their short name `m`: `<folder>/<m>.py` or `<folder>/<m>_*.py`.
 MODULE_FOLDERS = ("providers", "resources", "sync_assets", "schedules", "sensors", "emulator")
 

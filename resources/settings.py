@@ -130,6 +130,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PROXY_FAILED_LOGINS_PER_MINUTE", "access", "10",
             doc="failed logins answered per minute and client address; more wait their turn", kind="count"),
     Setting("VIEWER_WEBSERVER_PORT", "access", "3001", doc="port of the viewers' read-only webserver on 127.0.0.1", kind="count"),
+    # Where the steps run (resources/executor.py); the Celery workers: deploy/celery-workers.
+    Setting("SYNC_EXECUTOR", "executor", "multiprocess",
+            doc="`multiprocess`: steps in processes of the run worker's machine (in its own process for the Xero push, the contact events "
+                "and first syncs); `celery`: every step of every job a task on Celery workers (needs PostgreSQL instance storage)", kind="executor"),
+    Setting("CELERY_BROKER_URL", "executor", "pyamqp://guest:guest@127.0.0.1:5672//", secret=True,
+            doc="RabbitMQ broker of the Celery executor, as the run workers and the workers reach it", kind="broker_url"),
+    Setting("CELERY_BACKEND_URL", "executor", "rpc://", secret=True,
+            doc="Celery result backend: `rpc://` sends results back over the broker", kind="broker_url"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -243,6 +251,8 @@ CHECKS = {
     "int_list": (lambda value: bool(re.fullmatch(r"\s*-?\d+\s*(,\s*-?\d+\s*)*", value)), "whole numbers separated by commas, e.g. 1 or 1,3"),
     "count": (lambda value: value.isdigit() and int(value) >= 1, "a whole number of at least 1"),
     "public_keys": (_public_keys, "one or more PEM public keys (-----BEGIN PUBLIC KEY----- ...)"),
+    "executor": (lambda value: value.lower() in ("multiprocess", "celery"), "multiprocess or celery"),
+    "broker_url": (lambda value: bool(re.fullmatch(r"[a-z][a-z0-9+]*://.*", value)), "a URL, e.g. pyamqp://guest:guest@127.0.0.1:5672//"),
 }
 
 

@@ -20,11 +20,13 @@ the next start. The Xero push stays a dry run unless XERO_PUSH_ENABLED is true.
 
 import dagster as dg
 
+from resources.executor import first_sync_run_config
+
 SENSOR_NAME = "first_sync"
 # A first sync is one asset and its checks: run its steps in the run's own process rather than a
 # process per step (each would load the code location again), so a new installation's burst of
-# runs weighs less on a small machine. Pools hold in-process steps all the same.
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+# runs weighs less on a small machine. Pools hold in-process steps all the same. On Celery
+# (SYNC_EXECUTOR) the steps are the workers' like every run's (resources/executor.py).
 
 
 def partition_to_sync(partitions_def) -> str | None:
@@ -70,7 +72,7 @@ def due_requests(instance: dg.DagsterInstance, graph) -> list[dg.RunRequest]:
             continue
         if all(states.get(parent, "done") == "done" for parent in node.parent_keys):
             requests.append(dg.RunRequest(run_key=f"first-sync-{key.to_user_string()}", asset_selection=[key],
-                                          partition_key=partition_to_sync(node.partitions_def), run_config=IN_PROCESS))
+                                          partition_key=partition_to_sync(node.partitions_def), run_config=first_sync_run_config()))
     return requests
 
 
