@@ -42,7 +42,7 @@ from dagster._time import get_current_datetime  # honours dagster's freeze_time 
 
 import users
 from api import keys as api_keys
-from providers import NAMES, doctor_checks
+from providers import NAMES, READS, doctor_checks
 from resources import organisations
 from resources.health import health, policies_of
 from resources.settings import ConfigError, ensure_dagster_home
@@ -301,12 +301,12 @@ def manage_api_keys(args: argparse.Namespace) -> str:
 
 def organisation_environment(name: str) -> dict[str, str]:
     """The environment `name`'s code server and commands run with (resources/organisations.py)."""
-    all_orgs = organisations.load()
-    return organisations.environment(organisations.find(name), os.environ, all_orgs)
+    all_orgs = organisations.load(READS)
+    return organisations.environment(organisations.find(name, READS), os.environ, all_orgs)
 
 
 def manage_organisations(args: argparse.Namespace) -> str:
-    orgs = organisations.load()
+    orgs = organisations.load(READS)
     if not orgs:
         raise ConfigError("ORGANISATIONS_FILE is not set: this installation is one organisation (README, Many organisations)")
     if args.orgs_command == "workspace":
@@ -323,7 +323,7 @@ def manage_organisations(args: argparse.Namespace) -> str:
                             "--location-name", args.name], env)
     if args.orgs_command == "serve-all":
         return serve_all(orgs, args.workspace)
-    return "\n".join(f"{o.name}\t{','.join(o.providers)}\t{'paused' if o.paused else 'active'}" for o in orgs)
+    return "\n".join(f"{o.name}\t{','.join(o.providers) or 'all'}\t{'paused' if o.paused else 'active'}" for o in orgs)
 
 
 def serve_all(orgs: tuple, workspace: Path) -> str:

@@ -396,6 +396,7 @@ def main() -> None:
         env[f"{name.upper()}_XERO_TOKEN_KEY"] = Fernet.generate_key().decode()
     db = None if args.sqlite else f"bench_orgs_{n}_{token.token_hex(3)}"
     os.environ.update(env)
+    from providers import READS
     from resources import organisations
     from resources.settings import ensure_dagster_home
 
@@ -406,9 +407,9 @@ def main() -> None:
         (home / "dagster.yaml").write_text(postgres_storage(db) + (home / "dagster.yaml").read_text())
     figures["dagster_yaml"] = (home / "dagster.yaml").read_text()
     workspace = home / "workspace.yaml"
-    workspace.write_text(organisations.workspace(organisations.load(), home))
+    workspace.write_text(organisations.workspace(organisations.load(READS), home))
     # The sensors' minimum intervals, from one organisation's definitions.
-    org_env = organisations.environment(organisations.find(names[0]), env, organisations.load())
+    org_env = organisations.environment(organisations.find(names[0], READS), env, organisations.load(READS))
     saved = dict(os.environ)
     os.environ.update(org_env)
     from definitions import defs as load_definitions

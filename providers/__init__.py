@@ -21,12 +21,14 @@ check_registry(PROVIDERS, declared=[m.name for m in pkgutil.iter_modules(__path_
 LOADED_PROVIDERS[:] = [p.name for p in PROVIDERS]
 BY_NAME = {p.name: p for p in PROVIDERS}
 NAMES = tuple(BY_NAME)
+READS = {p.name: p.reads for p in PROVIDERS}  # what an organisation's provider list must hold together
 
 
 def enabled() -> tuple[Provider, ...]:
     """The providers this code location builds: all, or those its organisation has (an
     organisation's code server is told by ORGANISATION_PROVIDERS, resources/organisations.py)."""
-    return tuple(p for p in PROVIDERS if p.name in enabled_providers())
+    names = enabled_providers()
+    return tuple(p for p in PROVIDERS if names is None or p.name in names)
 
 
 def doctor_checks(names: tuple[str, ...] | None = None) -> dict:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from providers import READS
 from resources import organisations
 from resources.organisations import Organisation
 from resources.settings import PROJECT_ROOT, ConfigError
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schema-dir", default=str(CHART_SCHEMA_DIR), help="where the chart's published schemas are (optional)")
     args = parser.parse_args(argv)
     try:
-        orgs = organisations.load()
+        orgs = organisations.load(READS)
         document = values(orgs, args.image, args.tag, postgres_host=args.postgres_host,
                           postgres_database=args.postgres_database, postgres_username=args.postgres_username)
     except ConfigError as error:

@@ -5,7 +5,7 @@ config/organisations.example.yaml):
 
     organisations:
       - name: acme                       # the code location, the asset key prefix, the warehouse schema
-        providers: [gohighlevel, halopsa] # default: all four; Xero needs HaloPSA (it pushes Halo's time)
+        providers: [gohighlevel, halopsa] # default: every registered provider; Xero needs HaloPSA (it reads it)
         paused: false                     # true: no code server, so no schedule, sensor or run; state kept
         settings: {GHL_LOCATION_ID: loc1, HALO_BASE_URL: https://acme.halopsa.com, SYNC_TIMEZONE: Europe/Amsterdam}
         secrets: {GHL_TOKEN: ACME_GHL_TOKEN, HALO_CLIENT_SECRET: ACME_HALO_SECRET}
@@ -37,7 +37,6 @@ from resources.settings import PROJECT_ROOT, SETTINGS, SETTINGS_BY_NAME, ConfigE
 
 ORG_VARIABLE = "WORKFORCE_ORG"  # set by `orgs serve` in an organisation's code server: its name
 NAME_RULE = r"[a-z][a-z0-9_]{0,39}"  # a SQL schema, a Dagster location and an asset key part
-PROVIDER_NAMES = ("gohighlevel", "halopsa", "employes", "xero")
 # Settings of the installation, not of an organisation: one webserver, one proxy, one instance.
 INSTALLATION_SETTINGS = {s.name for s in SETTINGS if s.provider == "access"} | {"ORGANISATIONS_FILE", "API_PORT", "API_LAUNCH_URL",
                                                                                  "DAGSTER_WEBSERVER_URL"}
@@ -46,13 +45,13 @@ INSTALLATION_SETTINGS = {s.name for s in SETTINGS if s.provider == "access"} | {
 @dataclass(frozen=True)
 class Organisation:
     name: str
-    providers: tuple[str, ...] = PROVIDER_NAMES
+    providers: tuple[str, ...] = ()  # () for every registered provider
     paused: bool = False
     settings: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, str] = field(default_factory=dict)  # secret setting -> variable that holds it
 
 
-def _problems(entry: object, index: int) -> tuple[str, list[str]]:
+def _problems(entry: object, index: int, registry: Mapping[str, tuple[str, ...]]) -> tuple[str, list[str]]:
     if not isinstance(entry, dict):
         return f"organisations[{index}]", ["must be a mapping with a name"]
     name = str(entry.get("name", ""))
@@ -62,11 +61,12 @@ def _problems(entry: object, index: int) -> tuple[str, list[str]]:
     unknown = set(entry) - {"name", "providers", "paused", "settings", "secrets"}
     if unknown:
         problems.append("unknown keys " + ", ".join(sorted(unknown)))
-    providers = entry.get("providers", list(PROVIDER_NAMES))
-    if not isinstance(providers, list) or not set(providers) <= set(PROVIDER_NAMES) or not providers:
-        problems.append(f"providers must be a non-empty list of {', '.join(PROVIDER_NAMES)}")
-    elif "xero" in providers and "halopsa" not in providers:
-        problems.append("providers: xero needs halopsa (the push sends Halo's approved time)")
+    providers = entry.get("providers", [])
+    if not isinstance(providers, list) or not set(providers) <= set(registry) or "providers" in entry and not providers:
+        problems.append(f"providers must be a non-empty list of {', '.join(registry)}")
+    else:
+        problems += [f"providers: {name} needs {read} (it reads {read}'s data)"
+                     for name in providers for read in registry[name] if read not in providers]
     for key, secret in (("settings", False), ("secrets", True)):
         values = entry.get(key) or {}
         if not isinstance(values, dict):
@@ -85,8 +85,10 @@ def _problems(entry: object, index: int) -> tuple[str, list[str]]:
     return where, problems
 
 
-def parse(text: str, source: str = "ORGANISATIONS_FILE") -> tuple[Organisation, ...]:
-    """The organisations of a file's text; one ConfigError naming every bad entry and key."""
+def parse(text: str, registry: Mapping[str, tuple[str, ...]], source: str = "ORGANISATIONS_FILE") -> tuple[Organisation, ...]:
+    """The organisations of a file's text; one ConfigError naming every bad entry and key.
+    `registry`: each registered provider with those it reads (providers.READS; passed in, as the
+    registry's modules import this one)."""
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
@@ -96,13 +98,13 @@ def parse(text: str, source: str = "ORGANISATIONS_FILE") -> tuple[Organisation, 
         raise ConfigError(f"{source} must hold a non-empty list `organisations:`")
     problems, names = [], []
     for index, entry in enumerate(entries):
-        where, found = _problems(entry, index)
+        where, found = _problems(entry, index, registry)
         problems += [f"{where}: {p}" for p in found]
         names.append(entry.get("name") if isinstance(entry, dict) else None)
     problems += [f"organisation {n!r}: declared twice" for n in sorted({n for n in names if n and names.count(n) > 1})]
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
-    return tuple(Organisation(name=e["name"], providers=tuple(e.get("providers", PROVIDER_NAMES)), paused=bool(e.get("paused", False)),
+    return tuple(Organisation(name=e["name"], providers=tuple(e.get("providers", ())), paused=bool(e.get("paused", False)),
                               settings={k: str(v) for k, v in (e.get("settings") or {}).items()},
                               secrets={k: str(v) for k, v in (e.get("secrets") or {}).items()}) for e in entries)
 
@@ -112,18 +114,18 @@ def organisations_file(environ: Mapping[str, str] | None = None) -> Path | None:
     return None if not value else (PROJECT_ROOT / value if not Path(value).is_absolute() else Path(value))
 
 
-def load(environ: Mapping[str, str] | None = None) -> tuple[Organisation, ...]:
+def load(registry: Mapping[str, tuple[str, ...]], environ: Mapping[str, str] | None = None) -> tuple[Organisation, ...]:
     """The declared organisations; () for a one-organisation installation (no ORGANISATIONS_FILE)."""
     path = organisations_file(environ)
     if path is None:
         return ()
     if not path.is_file():
         raise ConfigError(f"ORGANISATIONS_FILE names {path}, which is not a file")
-    return parse(path.read_text(), source=str(path))
+    return parse(path.read_text(), registry, source=str(path))
 
 
-def find(name: str, environ: Mapping[str, str] | None = None) -> Organisation:
-    by_name = {o.name: o for o in load(environ)}
+def find(name: str, registry: Mapping[str, tuple[str, ...]], environ: Mapping[str, str] | None = None) -> Organisation:
+    by_name = {o.name: o for o in load(registry, environ)}
     if name not in by_name:
         raise ConfigError(f"no organisation {name!r} in ORGANISATIONS_FILE (declared: {', '.join(by_name) or 'none'})")
     return by_name[name]
@@ -176,10 +178,10 @@ def environment(org: Organisation, environ: Mapping[str, str], all_orgs: tuple[O
     return env
 
 
-def enabled_providers(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """The providers this code location builds: the organisation's, or all four."""
+def enabled_providers(environ: Mapping[str, str] | None = None) -> tuple[str, ...] | None:
+    """The providers this code location builds: the organisation's, or None for all registered."""
     value = (os.environ if environ is None else environ).get("ORGANISATION_PROVIDERS", "").strip()
-    return tuple(value.split(",")) if value else PROVIDER_NAMES
+    return tuple(value.split(",")) if value else None
 
 
 def socket_path(name: str, home: Path) -> Path:

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from providers import READS
 from resources import helm, organisations
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "organisations.example.yaml"
-ORGS = organisations.parse(EXAMPLE.read_text())
+ORGS = organisations.parse(EXAMPLE.read_text(), READS)
 needs_chart_schema = pytest.mark.skipif(helm.chart_schemas() is None,
                                         reason="the chart's schemas are not in deploy/helm/schema/ (deploy/helm/fetch-schema)")
 

@@ -20,6 +20,7 @@ import pytest
 from helpers import assert_warehouse_matches_provider, halo_day, halo_entries, stop_group, stored_entries, xero_by_halo_id
 
 from emulator import Emulator
+from providers import READS
 from resources import organisations
 from resources.halo import timesheet_row
 from resources.settings import PROJECT_ROOT, ConfigError, ensure_dagster_home
@@ -41,7 +42,7 @@ organisations:
 def test_every_problem_of_the_file_is_named_at_once():
     with pytest.raises(ConfigError) as refused:
         organisations.parse("organisations:\n - name: North\n   providers: [xero]\n   settings: {GHL_TOKEN: x, COLOUR: red}\n"
-                            " - name: ok\n - name: ok\n   secrets: {GHL_TOKEN: 'not a variable'}\n")
+                            " - name: ok\n - name: ok\n   secrets: {GHL_TOKEN: 'not a variable'}\n", READS)
     message = str(refused.value)
     for problem in ("name must be lower-case", "xero needs halopsa", "GHL_TOKEN is a secret: name its variable under secrets",
                     "COLOUR is not a setting", "'ok': declared twice", "GHL_TOKEN must name an environment variable"):
@@ -49,7 +50,7 @@ def test_every_problem_of_the_file_is_named_at_once():
 
 
 def test_a_code_server_gets_its_own_secrets_under_their_settings_names_and_no_other_organisations():
-    north, south = orgs = organisations.parse(TWO)
+    north, south = orgs = organisations.parse(TWO, READS)
     environ = {"PATH": "/usr/bin", "NORTH_GHL_TOKEN": "n-token", "NORTH_WAREHOUSE_URL": "sqlite:///n.db", "SOUTH_GHL_TOKEN": "s-token",
                "GHL_TOKEN": "an installation-wide token"}
     env = organisations.environment(north, environ, orgs)
@@ -62,7 +63,7 @@ def test_a_code_server_gets_its_own_secrets_under_their_settings_names_and_no_ot
 
 
 def test_a_paused_organisation_has_no_code_location():
-    workspace = organisations.workspace(organisations.parse(TWO), Path("/srv/home"))
+    workspace = organisations.workspace(organisations.parse(TWO, READS), Path("/srv/home"))
     assert "location_name: north" in workspace and "/srv/home/orgs/north.sock" in workspace and "south" not in workspace
 
 
