@@ -65,6 +65,7 @@ BACKFILL_A_DAY = {"backfillParams": {"assetSelection": [{"path": ["xero_time_ent
                                      "partitionNames": [(date.today() - timedelta(days=1)).isoformat()]}}
 ASSETS = "{ assetsOrError { ... on AssetConnection { nodes { key { path } } } } }"
 RUNS = "{ runsOrError { ... on Runs { results { runId status } } } }"
+RUNS_WITH_TAGS = "{ runsOrError { ... on Runs { results { runId tags { key value } } } } }"
 LOCATION = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
 
 
@@ -353,12 +354,16 @@ def test_scripts_start_in_production_refuses_cross_site_requests_without_a_login
                                start_new_session=True)
 
     def runs():
+        """The runs launched by hand (the schedules' and sensors' own runs come and go meanwhile)."""
         assert process.poll() is None, Path(log.name).read_text()[-3000:]
         try:
-            response = httpx.post(ui + "/graphql", json={"query": RUNS}, timeout=30)
+            response = httpx.post(ui + "/graphql", json={"query": RUNS_WITH_TAGS}, timeout=30)
         except httpx.HTTPError:
             return None
-        return response.status_code == 200 and response.json()["data"]["runsOrError"]["results"]
+        if response.status_code != 200:
+            return False
+        return [r for r in response.json()["data"]["runsOrError"]["results"]
+                if not {t["key"] for t in r["tags"]} & {"dagster/schedule_name", "dagster/sensor_name", "dagster/backfill"}]
 
     try:
         wait_for("scripts/start's UI", lambda: runs() is not None and runs() is not False, 240)
