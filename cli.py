@@ -321,36 +321,50 @@ def manage_organisations(args: argparse.Namespace) -> str:
         dagster = str(Path(sys.executable).parent / "dagster")
         os.execve(dagster, [dagster, "code-server", "start", "-m", "definitions", "--socket", str(socket),
                             "--location-name", args.name], env)
+    if args.orgs_command == "api":
+        # The organisation's host-application API, in the same environment: its keys are in its
+        # own warehouse, so a key reaches this organisation and no other.
+        env = organisation_environment(args.name)
+        socket = organisations.api_socket_path(args.name, ensure_dagster_home())
+        socket.parent.mkdir(parents=True, exist_ok=True)
+        socket.unlink(missing_ok=True)
+        os.execve(sys.executable, [sys.executable, "-m", "api", "--uds", str(socket)], env)
     if args.orgs_command == "serve-all":
-        return serve_all(orgs, args.workspace)
+        return serve_all(orgs, args.workspace, api=args.api)
     return "\n".join(f"{o.name}\t{','.join(o.providers) or 'all'}\t{'paused' if o.paused else 'active'}" for o in orgs)
 
 
-def serve_all(orgs: tuple, workspace: Path) -> str:
-    """Every active organisation's code server, as children stopped together; `workspace` is
-    written once all answer, so the webserver and daemon that wait for it find every location."""
+def serve_all(orgs: tuple, workspace: Path, api: bool = False) -> str:
+    """Every active organisation's code server (and with `api` its API), as children stopped
+    together; `workspace` is written once all answer, so the webserver and daemon that wait for
+    it find every location."""
     import signal
     import subprocess
 
     home = ensure_dagster_home()
-    active = [o for o in orgs if not o.paused]
-    for org in active:
-        organisations.socket_path(org.name, home).unlink(missing_ok=True)
-    command = [sys.executable, "-m", "cli", "orgs", "serve"]
-    servers = {o.name: subprocess.Popen([*command, o.name], start_new_session=True) for o in active}
+    kinds = {"serve": ("code server", organisations.socket_path)} | ({"api": ("API", organisations.api_socket_path)} if api else {})
+    sockets = {(kind, o.name): path(o.name, home) for o in orgs if not o.paused for kind, (_, path) in kinds.items()}
+    for socket in sockets.values():
+        socket.unlink(missing_ok=True)
+    servers = {(kind, name): subprocess.Popen([sys.executable, "-m", "cli", "orgs", kind, name], start_new_session=True)
+               for kind, name in sockets}
+
+    def check_running() -> None:
+        exited = [f"the {kinds[kind][0]} of {name}" for (kind, name), p in servers.items() if p.poll() is not None]
+        if exited:
+            raise ConfigError(", ".join(exited) + " exited (its output says why)")
+
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        while not all(organisations.socket_path(name, home).exists() for name in servers):
-            exited = [name for name, p in servers.items() if p.poll() is not None]
-            if exited:
-                raise ConfigError("the code server of " + ", ".join(exited) + " exited (its output says why)")
+        while not all(socket.exists() for socket in sockets.values()):
+            check_running()
             time.sleep(0.5)
         workspace.write_text(organisations.workspace(orgs, home))
-        print(f"workforce-sync: {len(servers)} code servers answer; workspace {workspace}", flush=True)
-        while all(p.poll() is None for p in servers.values()):
+        print(f"workforce-sync: {len(servers)} servers answer ({', '.join(k for _, k in kinds.values())} per organisation); "
+              f"workspace {workspace}", flush=True)
+        while True:
+            check_running()
             time.sleep(1)
-        exited = [name for name, p in servers.items() if p.poll() is not None]
-        raise ConfigError("the code server of " + ", ".join(exited) + " exited (its output says why)")
     finally:
         for process in servers.values():
             with contextlib.suppress(ProcessLookupError):
@@ -369,6 +383,9 @@ def argument_parser() -> argparse.ArgumentParser:
     orgs_serve.add_argument("name")
     orgs_all = orgs_commands.add_parser("serve-all", help="run every active organisation's code server; write the workspace once they answer")
     orgs_all.add_argument("--workspace", type=Path, required=True, help="where to write the workspace.yaml for the webserver and daemon")
+    orgs_all.add_argument("--api", action="store_true", help="and every organisation's API (a Unix socket in DAGSTER_HOME/orgs)")
+    orgs_api = orgs_commands.add_parser("api", help="run an organisation's host-application API (a Unix socket in DAGSTER_HOME/orgs)")
+    orgs_api.add_argument("name")
     commands.add_parser("run-once", help="materialize every sync once and print a per-asset summary")
     add = commands.add_parser("add-fiscal-years", help="add fiscal-year partitions from FIRST through the current year")
     add.add_argument("first", help="the earliest fiscal year, e.g. FY2023")

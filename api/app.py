@@ -17,6 +17,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 
 import providers  # noqa: F401  (the registry's tables join the warehouse's before it is opened)
 from api import problems
+from resources.organisations import current
 from resources.settings import ensure_dagster_home, local_warehouse_url, setting
 from resources.warehouse import engine_for
 
@@ -74,11 +75,14 @@ class BodyLimit(BaseHTTPMiddleware):
 def create_app(service: Service | None = None) -> FastAPI:
     from api import events, runs, status
 
+    # An organisation's API (one of several, on its socket) answers under /api/v1/orgs/<name>,
+    # the path the proxy routes by, so the links it gives (a run's Location) work as they are.
+    prefix = PREFIX + (f"/orgs/{current()}" if current() else "")
     app = FastAPI(title="workforce-sync", version="1", summary="Status, sync now, and events in, for host applications",
-                  openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs", redoc_url=None)
+                  openapi_url=f"{prefix}/openapi.json", docs_url=f"{prefix}/docs", redoc_url=None)
     app.state.service = service or service_from_environment()
     problems.install(app)
     app.add_middleware(BodyLimit)
     for module in (status, runs, events):
-        app.include_router(module.router, prefix=PREFIX)
+        app.include_router(module.router, prefix=prefix)
     return app

@@ -27,11 +27,12 @@ from pydantic import BaseModel, Field
 
 from api.keys import Caller, require
 from api.problems import PROBLEM_SCHEMA, Problem
+from resources.organisations import current, location_name
 from sync_assets.runs import TRIGGER_TAG
 
 router = APIRouter(tags=["runs"])
 SOURCE_TAG = "sync/source"
-LOCATION, REPOSITORY = "workforce_sync", "__repository__"
+REPOSITORY = "__repository__"
 IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
@@ -142,14 +143,15 @@ def launch(sync: str, body: RunRequest, request: Request, response: Response, ca
     job = service.defs.get_repository_def().get_job(known[sync]["job"])
     partition = _partition(job, body.partition, service.instance)
     tags = {"dagster/partition": partition} if partition else {}
-    running = service.instance.get_runs(filters=dg.RunsFilter(job_name=job.name, statuses=IN_PROGRESS, tags=tags), limit=1)
+    running = [r for r in service.instance.get_runs(filters=dg.RunsFilter(job_name=job.name, statuses=IN_PROGRESS, tags=tags), limit=50)
+               if ours(r)]
     if running:
         raise Problem(409, "already running", f"run {running[0].run_id} of {sync}"
                       + (f" for {partition}" if partition else "") + " is queued or running", run_id=running[0].run_id)
     tags |= {SOURCE_TAG: "api", TRIGGER_TAG: f"api: {body.triggered_by} (key {caller.name})"}
     try:
         run_id = _client(service.webserver_url).submit_job_execution(
-            job.name, repository_location_name=LOCATION, repository_name=REPOSITORY, tags=tags)
+            job.name, repository_location_name=location_name(), repository_name=REPOSITORY, tags=tags)
     except DagsterGraphQLClientError as error:
         # The client says "Exception occured during execution of query" (and the whole query) when
         # no answer came; otherwise the webserver answered and refused, and says why.
@@ -159,6 +161,14 @@ def launch(sync: str, body: RunRequest, request: Request, response: Response, ca
         raise Problem(503, "launch failed", f"the Dagster webserver did not launch {sync}: {reason[:300]}") from None
     response.headers["Location"] = f"{request.url.path.rsplit('/syncs/', 1)[0]}/runs/{run_id}"
     return {"run_id": run_id, "sync": sync, "partition": partition}
+
+
+def ours(run: dg.DagsterRun) -> bool:
+    """Whether a run is this organisation's: with several the instance holds every one's runs,
+    under the same job names (a one-organisation installation's are all its own)."""
+    if current() is None:
+        return True
+    return run.remote_job_origin is not None and run.remote_job_origin.location_name == current()
 
 
 def _failure(instance: dg.DagsterInstance, run_id: str) -> str | None:
@@ -177,7 +187,7 @@ def _failure(instance: dg.DagsterInstance, run_id: str) -> str | None:
 def get_run(run_id: str, request: Request) -> dict:
     instance = request.app.state.service.instance
     record = instance.get_run_record_by_id(run_id) if len(run_id) <= 64 else None
-    if record is None:
+    if record is None or not ours(record.dagster_run):
         raise Problem(404, "not found", f"no run {run_id!r}")
     run = record.dagster_run
     stats = instance.get_run_step_stats(run_id)

@@ -190,6 +190,17 @@ def socket_path(name: str, home: Path) -> Path:
     return home / "orgs" / f"{name}.sock"
 
 
+def api_socket_path(name: str, home: Path) -> Path:
+    """Where `name`'s host-application API listens (`orgs serve-all --api`); the proxy sends
+    /api/v1/orgs/<name>/... there (deploy/nginx/api.conf)."""
+    return home / "orgs" / f"{name}.api.sock"
+
+
+def location_name() -> str:
+    """This code location's name in the workspace: the organisation's, else `workforce_sync`."""
+    return current() or "workforce_sync"
+
+
 def workspace(orgs: tuple[Organisation, ...], home: Path) -> str:
     """workspace.yaml for the webserver and daemon: one gRPC code server per organisation that is
     not paused (a paused one's schedules, sensors and runs stop; its state stays in the instance)."""
