@@ -3,8 +3,9 @@ credentials; one organisation's broken configuration, mapping file or provider l
 alone.
 
 The declaration and the code servers' environments in-process, then the real thing: one code
-server per organisation (`workforce-sync orgs serve`), `dagster-daemon run` over their generated
-workspace, and an emulator per organisation whose ids overlap with the other's."""
+server and one API per organisation (`workforce-sync orgs serve`, `orgs api`), `dagster-daemon run`
+and the webserver over their generated workspace, the proxy in front of the APIs, and an emulator
+per organisation whose ids overlap with the other's."""
 
 import json
 import os
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import assert_warehouse_matches_provider, halo_day, halo_entries, stop_group, stored_entries, xero_by_halo_id
+import httpx
+from helpers import assert_warehouse_matches_provider, free_port, halo_day, halo_entries, stop_group, stored_entries, xero_by_halo_id
 
 from emulator import Emulator
 from providers import READS
@@ -111,16 +113,33 @@ def unapproved_day(emulator) -> tuple[int, date]:
 
 NORTH_ASSETS = ("ghl_contacts", "ghl_contacts_reconciliation", "halo_agents", "agent_mappings", "halo_timesheets",
                 "employes_employee_snapshots", "employes_employment_history", "employes_employee_changes", "xero_time_entries")
-SOUTH_ASSETS = ("ghl_contacts", "ghl_contacts_reconciliation", "halo_agents", "agent_mappings", "halo_timesheets")
+SOUTH_ASSETS = ("ghl_contacts", "ghl_contacts_reconciliation", "halo_agents", "agent_mappings", "halo_timesheets", "xero_time_entries")
+
+
+def api_key(org: str, env: dict, *scopes: str) -> str:
+    """A key made in `org`'s warehouse (`workforce-sync --org ORG apikey create`)."""
+    made = subprocess.run([str(BIN / "workforce-sync"), "--org", org, "apikey", "create", f"{org}-app", *(f"--scope={s}" for s in scopes)],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
+
+
+def step_failures(instance, org: str) -> list[str]:
+    """The failed steps' messages of `org`'s runs."""
+    runs = [r for r in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+            if r.remote_job_origin.location_name == org]
+    return [str(e.dagster_event.step_failure_data.error.message) for r in runs
+            for e in instance.all_logs(r.run_id, of_type=dg.DagsterEventType.STEP_FAILURE) if e.dagster_event.step_failure_data.error]
 
 
 @pytest.mark.slow
 def test_two_organisations_sync_side_by_side_each_into_its_own_warehouse_and_a_broken_third_and_fourth_change_nothing(tmp_path):
-    """north (all four providers, pushing to its Xero) and south (GoHighLevel and HaloPSA) against
-    emulators whose Halo ids overlap; east's mapping file is broken and west's configuration does
-    not load. North's and south's warehouses each match their own emulator exactly, north's Xero
-    holds north's entries and keeps taking them while south's providers are down, and no process
-    or run of one holds another's secrets."""
+    """north (all four providers) and south (all but Employes), each pushing to its own Xero,
+    against emulators whose Halo ids overlap; east's mapping file is broken and west's
+    configuration does not load. North's and south's warehouses each match their own emulator
+    exactly; each one's API key reaches its own organisation only; north's Xero keeps taking
+    north's entries while south's Xero token is revoked and then south's providers are down;
+    and no process or run of one holds another's secrets."""
     home = tmp_path / "dagster_home"
     emulators = {name: Emulator(seed=seed, anchor=datetime.now(UTC), contacts=60, agents=3, employees=6)
                  for name, seed in (("north", 7), ("south", 8), ("east", 9))}
@@ -133,8 +152,8 @@ organisations:
     settings: {{EMULATOR_URL: "{emulators['north'].url}", XERO_PUSH_ENABLED: "true", XERO_OPEN_PERIOD_DAYS: "5"}}
     secrets: {{WAREHOUSE_URL: NORTH_WAREHOUSE_URL, GHL_WEBHOOK_SECRET: NORTH_HOOK_SECRET}}
   - name: south
-    providers: [gohighlevel, halopsa]
-    settings: {{EMULATOR_URL: "{emulators['south'].url}"}}
+    providers: [gohighlevel, halopsa, xero]
+    settings: {{EMULATOR_URL: "{emulators['south'].url}", XERO_PUSH_ENABLED: "true", XERO_OPEN_PERIOD_DAYS: "5"}}
     secrets: {{WAREHOUSE_URL: SOUTH_WAREHOUSE_URL, GHL_WEBHOOK_SECRET: SOUTH_HOOK_SECRET}}
   - name: east
     providers: [halopsa]
@@ -147,7 +166,9 @@ organisations:
     warehouses = {name: f"sqlite:///{tmp_path / name}.db" for name in ("north", "south", "east")}
     secrets = {"NORTH_HOOK_SECRET": "north-hook-5c1e7a", "SOUTH_HOOK_SECRET": "south-hook-93b2d0"}
     env = {k: v for k, v in os.environ.items() if k not in ("XERO_PUSH_ENABLED", "WAREHOUSE_URL", "EMULATOR_URL")}
+    web_port, proxy_port = free_port(), free_port()
     env.update({"DAGSTER_HOME": str(home), "SYNC_ENV": "local", "ORGANISATIONS_FILE": str(tmp_path / "organisations.yaml"),
+                "API_LAUNCH_URL": f"http://127.0.0.1:{web_port}",
                 **{f"{name.upper()}_WAREHOUSE_URL": url for name, url in warehouses.items()}, **secrets})
     os.environ["DAGSTER_HOME"] = str(home)
     ensure_dagster_home()
@@ -155,10 +176,15 @@ organisations:
                                                         capture_output=True, text=True).stdout)
     log = tmp_path / "processes.log"
     servers = {name: start([str(BIN / "workforce-sync"), "orgs", "serve", name], env, log) for name in ("north", "south", "east", "west")}
+    apis = {name: start([str(BIN / "workforce-sync"), "orgs", "api", name], env, log) for name in ("north", "south")}
     daemon = None
     try:
         wait_for("every code server's socket", lambda: all(organisations.socket_path(n, home).exists() for n in servers), 300, log.read_text)
         daemon = start([str(BIN / "dagster-daemon"), "run", "-w", str(home / "workspace.yaml")], env, log)
+        apis["webserver"] = start([str(BIN / "dagster-webserver"), "-w", str(home / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(web_port)],
+                                  env, log)
+        apis["proxy"] = start([str(PROJECT_ROOT / "deploy/proxy"), "local"], env | {"PROXY_PORT": str(proxy_port),
+                                                                                     "DAGSTER_WEBSERVER_PORT": str(web_port)}, log)
         with dg.DagsterInstance.from_config(str(home)) as instance:
             def seen() -> str:
                 runs = [(r.tags.get("dagster/sensor_name"), r.asset_selection and sorted(k.to_user_string() for k in r.asset_selection),
@@ -189,17 +215,58 @@ organisations:
                 assert all(lights[f"{name}/{a}"] == "green" for a in assets if a != "xero_time_entries"), lights  # the push has no light
                 assert set(lights.values()) <= {"green", None}, lights
 
-            # South's providers go down; an approval in each: north's reaches north's Xero with
-            # north's times, south's (it has no Xero) reaches nobody's.
-            agent, day = unapproved_day(emulators["north"])
+            # Each organisation's API, behind the proxy, answers its own key only, shows its own
+            # assets, and launches "sync now" in its own code location.
+            keys = {name: api_key(name, env, "read", "trigger") for name in ("north", "south")}
+            proxy = f"http://127.0.0.1:{proxy_port}/api/v1/orgs"
+
+            def api(org: str, key: str, method: str = "GET", path: str = "/status", **kwargs) -> httpx.Response:
+                return httpx.request(method, f"{proxy}/{org}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=60, **kwargs)
+
+            wait_for("the proxy and the organisations' APIs", lambda: api("north", keys["north"]).status_code == 200, 300, seen)
+            assert {row["asset"].split("/")[0] for row in api("south", keys["south"]).json()} == {"south"}
+            assert (api("south", keys["north"]).status_code, api("north", keys["south"]).status_code) == (401, 401)
+            launched = api("north", keys["north"], "POST", "/syncs/halo_agents_hourly/runs", json={"triggered_by": "ana@example.com"})
+            assert launched.status_code == 202, launched.text
+            assert launched.headers["location"] == f"/api/v1/orgs/north/runs/{launched.json()['run_id']}"
+            north_run = launched.headers["location"].removeprefix("/api/v1/orgs/north")
+            finished = wait_for("north's sync-now run", lambda: (s := api("north", keys["north"], path=north_run).json())["status"]
+                                in ("SUCCESS", "FAILURE") and s, 300, seen)
+            assert finished["status"] == "SUCCESS", finished
+            assert instance.get_run_by_id(finished["run_id"]).remote_job_origin.location_name == "north"
+            assert api("south", keys["south"], path=north_run).status_code == 404  # south's key sees no run of north's
+
+            # South's Xero token is revoked; an approval in each: north's reaches north's Xero
+            # with north's times, south's push fails saying how to reconnect.
+            south_xero = emulators["south"].xero.entries()
+            emulators["south"].xero.revoke_refresh_tokens()
+            emulators["south"].xero.expire_access_tokens()
+            north_days = []
+
+            def approve_in_north() -> None:
+                agent, day = unapproved_day(emulators["north"])
+                emulators["north"].halo.approve(agent, day)
+                north_days.append(halo_day(emulators["north"], agent, day))
+
+            def north_pushed() -> bool:
+                pushed = xero_by_halo_id(emulators["north"])
+                return all(set(work) <= set(pushed) for work in north_days)
+
+            agent, day = unapproved_day(emulators["south"])
             emulators["south"].halo.approve(agent, day)
+            approve_in_north()
+            wait_for("south's push to fail on its revoked token", lambda: any("xero-connect" in m for m in step_failures(instance, "south")),
+                     300, seen)
+            wait_for("north's approved day in north's Xero", north_pushed, 300, seen)
+            assert emulators["south"].xero.entries() == south_xero
+
+            # South's providers go down; north's next approval still reaches north's Xero.
             emulators["south"].stop()
-            emulators["north"].halo.approve(agent, day)
-            work = halo_day(emulators["north"], agent, day)
-            wait_for("north's approved day in north's Xero", lambda: set(work) <= set(xero_by_halo_id(emulators["north"])), 300, seen)
+            approve_in_north()
+            wait_for("north's second approved day in north's Xero", north_pushed, 300, seen)
             pushed = xero_by_halo_id(emulators["north"])
-            assert all(sum(e["duration"] for e in pushed[i]) == emulators["north"].halo.minutes(i) for i in work)
-            assert not emulators["south"].xero.entries() and not emulators["east"].xero.entries()
+            assert all(sum(e["duration"] for e in pushed[i]) == emulators["north"].halo.minutes(i) for work in north_days for i in work)
+            assert not emulators["east"].xero.entries()
             assert not [r for r in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
                         if r.remote_job_origin.location_name == "north"], seen()
             assert set(status("north", env).values()) <= {"green", None}
@@ -215,7 +282,7 @@ organisations:
                 own = run.remote_job_origin.location_name.upper()
                 assert not any(value in text for key, value in secrets.items() if not key.startswith(own)), run.run_id
     finally:
-        for process in [*servers.values(), daemon]:
+        for process in [*servers.values(), *apis.values(), daemon]:
             if process is not None:
                 stop_group(process)
         for emulator in emulators.values():
