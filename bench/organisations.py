@@ -246,6 +246,11 @@ def drop_database(name: str) -> None:
     conn.close()
 
 
+def daemon_threads(workers: int) -> str:
+    """The daemon's sensors and schedules evaluated in a thread pool, as deploy/dagster.yaml sets it."""
+    return "".join(f"{kind}:\n  use_threads: true\n  num_workers: {workers}\n" for kind in ("sensors", "schedules"))
+
+
 def postgres_storage(db: str) -> str:
     # psycopg2 named in the URL: dagster-postgres' default driver is psycopg 3, not installed here.
     return f"storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://postgres@127.0.0.1:5432/{db}\n"
@@ -370,6 +375,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     parser.add_argument("--no-lights", action="store_true", help="skip the lights at the end (a status command per organisation)")
     parser.add_argument("--keep", action="store_true", help="keep the instance database (bench_orgs_*) for a look")
+    parser.add_argument("--daemon-threads", type=int, default=0,
+                        help="evaluate sensors and schedules in this many threads (dagster.yaml use_threads/num_workers; 0: the daemon's one thread)")
     args = parser.parse_args()
     n = args.orgs
     figures: dict = {"organisations": n, "window_s": args.window, "instance": "sqlite" if args.sqlite else "postgresql",
@@ -405,6 +412,9 @@ def main() -> None:
         create_database(db)
         figures["database"] = db
         (home / "dagster.yaml").write_text(postgres_storage(db) + (home / "dagster.yaml").read_text())
+    if args.daemon_threads:
+        with (home / "dagster.yaml").open("a") as file:
+            file.write(daemon_threads(args.daemon_threads))
     figures["dagster_yaml"] = (home / "dagster.yaml").read_text()
     workspace = home / "workspace.yaml"
     workspace.write_text(organisations.workspace(organisations.load(READS), home))
