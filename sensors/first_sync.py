@@ -15,12 +15,15 @@ after `agent_mappings`' first sync.
 Nothing is kept on the side: the state is the instance's own (materializations, planned runs,
 and this sensor's runs, whose run keys also stop a second request), so a restart, or a second
 daemon, never repeats a first sync; an asset added in a later release gets its first sync on
-the next start. The Xero push stays a dry run unless XERO_PUSH_ENABLED is true.
+the next start. The cursor only names the assets seen done, so they are not asked about again. The Xero push stays a dry run unless XERO_PUSH_ENABLED is true.
 """
+
+import json
 
 import dagster as dg
 
 from resources.executor import first_sync_run_config
+from sync_assets.runs import BACKGROUND
 
 SENSOR_NAME = "first_sync"
 # A first sync is one asset and its checks: run its steps in the run's own process rather than a
@@ -60,20 +63,24 @@ def first_sync_done(instance: dg.DagsterInstance, key: dg.AssetKey) -> bool:
     return _state(instance, key, _own_runs(instance)) == "done"
 
 
-def due_requests(instance: dg.DagsterInstance, graph) -> list[dg.RunRequest]:
-    """One request per never-synced asset whose upstream assets are all done."""
-    own = _own_runs(instance)
+def due_requests(instance: dg.DagsterInstance, graph, known_done: frozenset[str] = frozenset()
+                 ) -> tuple[list[dg.RunRequest], frozenset[str]]:
+    """One request per never-synced asset whose upstream assets are all done, and the assets now
+    done. Those in `known_done` (by key) are not asked about again: done stays done."""
     keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable]
-    states = {key: _state(instance, key, own) for key in keys}
+    open_keys = [k for k in keys if k.to_user_string() not in known_done]
+    own = _own_runs(instance) if open_keys else {}
+    states = {key: "done" for key in keys} | {key: _state(instance, key, own) for key in open_keys}
     requests = []
-    for key in keys:
+    for key in open_keys:
         node = graph.get(key)
         if states[key] != "due" or isinstance(node.partitions_def, dg.DynamicPartitionsDefinition):
             continue
         if all(states.get(parent, "done") == "done" for parent in node.parent_keys):
             requests.append(dg.RunRequest(run_key=f"first-sync-{key.to_user_string()}", asset_selection=[key],
-                                          partition_key=partition_to_sync(node.partitions_def), run_config=first_sync_run_config()))
-    return requests
+                                          partition_key=partition_to_sync(node.partitions_def), run_config=first_sync_run_config(),
+                                          tags=BACKGROUND))
+    return requests, frozenset(key.to_user_string() for key, state in states.items() if state == "done")
 
 
 @dg.sensor(
@@ -85,11 +92,16 @@ def due_requests(instance: dg.DagsterInstance, graph) -> list[dg.RunRequest]:
 )
 def first_sync(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
     """Requests the first sync of every asset that is due and whose upstream assets are done."""
-    requests = due_requests(context.instance, context.repository_def.asset_graph)
+    # The cursor: the assets seen done. Once all are, a tick asks the instance nothing (with many
+    # organisations on one daemon, every tick's queries add up: bench/README.md).
+    known_done = frozenset(json.loads(context.cursor)["done"]) if context.cursor else frozenset()
+    requests, done = due_requests(context.instance, context.repository_def.asset_graph, known_done)
+    cursor = json.dumps({"done": sorted(done)})
     if not requests:
-        return dg.SkipReason("every asset has been synced, or is waiting for an upstream asset's first sync")
+        skip = "every asset has been synced, or is waiting for an upstream asset's first sync"
+        return dg.SensorResult(skip_reason=skip, cursor=cursor) if cursor != context.cursor else dg.SkipReason(skip)
     context.log.info("first sync of " + ", ".join(r.asset_selection[0].to_user_string() for r in requests))
-    return dg.SensorResult(run_requests=requests)
+    return dg.SensorResult(run_requests=requests, cursor=cursor)
 
 
 sensors = [first_sync]

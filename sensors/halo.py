@@ -9,7 +9,7 @@ import dagster as dg
 
 from sensors.first_sync import first_sync_done
 from sync_assets.fiscal_years import FISCAL_YEARS, FiscalCalendar, MalformedKey, year_of
-from sync_assets.runs import today
+from sync_assets.runs import BACKGROUND, today
 from sync_assets.halo import agent_mappings, halo_timesheets_job
 
 
@@ -50,7 +50,7 @@ def halo_new_fiscal_year(context: dg.SensorEvaluationContext) -> dg.SensorResult
         return dg.SkipReason("; ".join(malformed) if malformed else "no new fiscal year")
     return dg.SensorResult(
         run_requests=[
-            dg.RunRequest(run_key=f"new-fiscal-year-{key}", partition_key=key)
+            dg.RunRequest(run_key=f"new-fiscal-year-{key}", partition_key=key, tags=BACKGROUND)  # a year: behind the hourly syncs
             for key in new
         ],
         dynamic_partitions_requests=[FISCAL_YEARS.build_add_request(to_add)] if to_add else [],

@@ -46,6 +46,7 @@ from resources.mappings import MappingFilesResource
 from resources.settings import setting
 from resources.warehouse import WarehouseResource
 from resources.xero_tables import xero_ledger as ledger_table
+from sync_assets.runs import BACKGROUND
 from sync_assets.xero import open_period
 
 NEVER = datetime(1, 1, 1)
@@ -75,9 +76,9 @@ def approvals_after(sheets: list[dict], after: tuple[datetime, int], unreadable:
 
 def _cursor(text: str | None) -> tuple[tuple[datetime, int], frozenset[int] | None]:
     """(the newest approval acted on, the agents asked about: None in a cursor from before they were kept)."""
-    if not text:
+    data = json.loads(text) if text else {}
+    if "approved_at" not in data:  # never read (a first read that failed keeps only its time)
         return (NEVER, 0), None
-    data = json.loads(text)
     agents = frozenset(data["agents"]) if "agents" in data else None
     return (datetime.fromisoformat(data["approved_at"]), int(data["timesheet_id"])), agents
 
@@ -156,7 +157,10 @@ def xero_approvals(context: dg.SensorEvaluationContext, halopsa: HaloPSAResource
         newest[work_date] = max(newest.get(work_date, (NEVER, 0)), (approved_at, sheet_id))
     # The key names the newest approval of that date: a repeated read asks nothing new, a later
     # approval on the same date asks again.
-    requests = [dg.RunRequest(run_key=f"approved-{day}-{at:%Y%m%dT%H%M%S}-{sid}", partition_key=day.isoformat())
+    # The first read takes the whole open period as new: that is a first sync, and it queues as one
+    # (sync_assets/runs.py); later pushes keep the job's priority, ahead of the syncs.
+    tags = BACKGROUND if "approved_at" not in kept else {}
+    requests = [dg.RunRequest(run_key=f"approved-{day}-{at:%Y%m%dT%H%M%S}-{sid}", partition_key=day.isoformat(), tags=tags)
                 for day, (at, sid) in sorted(newest.items())]
     # The events seen before the read are answered by it (an approval made before its event was
     # stored is in Halo's answer); one stored during the read waits for the next read.

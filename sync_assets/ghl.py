@@ -24,6 +24,7 @@ from resources.tables import inbound_events
 from resources.records import WRITES, Books, classify
 from resources.settings import history_start, setting
 from resources.warehouse import WarehouseResource, bulk_upsert, utcnow
+from sync_assets.runs import WAITED_ON
 from sync_assets.step import SyncStep, listed, nothing_lost, sync_step, table_metadata
 
 GROUP = "gohighlevel"
@@ -381,7 +382,7 @@ ghl_contacts_hourly_job = dg.define_asset_job("ghl_contacts_hourly_job", selecti
 # Started by the sensor `ghl_contact_events` (sensors/ghl.py), named: the code location resolves it.
 # Its steps run in the run's own process, as the Xero push's: a process per step (the asset and
 # its checks) would load the code location again each, seconds an event should not wait.
-ghl_contact_events_job = dg.define_asset_job("ghl_contact_events_job", selection=[asset_key("ghl_contacts_from_events")],
+ghl_contact_events_job = dg.define_asset_job("ghl_contact_events_job", selection=[asset_key("ghl_contacts_from_events")], tags=WAITED_ON,
                                              executor_def=dg.in_process_executor)
 
 

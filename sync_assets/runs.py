@@ -9,6 +9,15 @@ from resources.settings import setting
 
 TRIGGER_TAG = "sync/trigger"
 
+# The run queue's order (Dagster's `dagster/priority` tag: higher starts first; untagged runs are
+# 0): what a person waits on goes first, a new organisation's first sync last. With many
+# organisations on one machine, the runs started per minute are the bound (bench/README.md), and
+# without an order an approval's push waits behind every first sync of every organisation queued
+# before it, and a new organisation's first sync delays the others' hourly syncs.
+PRIORITY_TAG = "dagster/priority"
+WAITED_ON = {PRIORITY_TAG: "10"}  # a push after an approval, a contact event
+BACKGROUND = {PRIORITY_TAG: "-10"}  # a first sync
+
 
 def trigger_of(context: dg.AssetExecutionContext) -> str:
     """Who or what started the run: a schedule, a sensor, a backfill, the CLI, or a person in the UI."""

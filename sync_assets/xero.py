@@ -53,7 +53,7 @@ from resources.settings import setting, sync_env
 from resources.warehouse import WarehouseResource, replace_rows, utcnow
 from resources.xero import XeroResource
 from resources.xero_tables import xero_findings as findings_table, xero_ledger as ledger_table
-from sync_assets.runs import today
+from sync_assets.runs import WAITED_ON, today
 from sync_assets.step import SyncStep, listed, nothing_lost, sync_step, table_metadata
 from sync_assets.xero_ledger import Ledger, adopt_listing, apply, read_held
 from sync_assets.xero_plan import (
@@ -419,7 +419,8 @@ def xero_no_locked_conflicts(warehouse: WarehouseResource) -> dg.AssetCheckResul
 # a process each, a few seconds of every approval's wait (bench/approval_latency.py); the `xero`
 # pool holds the same.
 # By key: the job takes the asset's partitions when the code location resolves it.
-xero_push_job = dg.define_asset_job("xero_push_job", selection=[asset_key("xero_time_entries")], tags={"dagster/max_retries": "3"},
+xero_push_job = dg.define_asset_job("xero_push_job", selection=[asset_key("xero_time_entries")],
+                                    tags={"dagster/max_retries": "3", **WAITED_ON},
                                     executor_def=dg.in_process_executor)
 
 
