@@ -246,9 +246,12 @@ def drop_database(name: str) -> None:
     conn.close()
 
 
-def daemon_threads(workers: int) -> str:
-    """The daemon's sensors and schedules evaluated in a thread pool, as deploy/dagster.yaml sets it."""
-    return "".join(f"{kind}:\n  use_threads: true\n  num_workers: {workers}\n" for kind in ("sensors", "schedules"))
+def daemon_threads(config: str, workers: int) -> str:
+    """The instance's dagster.yaml with its sensors and schedules in `workers` threads instead of
+    its default (resources/settings.py DAEMON_THREADS); 0: on the daemon's one thread."""
+    from resources.settings import DAEMON_THREADS
+
+    return config.replace(DAEMON_THREADS, DAEMON_THREADS.replace("num_workers: 4", f"num_workers: {workers}") if workers else "")
 
 
 def postgres_storage(db: str) -> str:
@@ -375,8 +378,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     parser.add_argument("--no-lights", action="store_true", help="skip the lights at the end (a status command per organisation)")
     parser.add_argument("--keep", action="store_true", help="keep the instance database (bench_orgs_*) for a look")
-    parser.add_argument("--daemon-threads", type=int, default=0,
-                        help="evaluate sensors and schedules in this many threads (dagster.yaml use_threads/num_workers; 0: the daemon's one thread)")
+    parser.add_argument("--daemon-threads", type=int, default=None,
+                        help="evaluate sensors and schedules in this many threads instead of the instance's default 4 (0: the daemon's one thread)")
     args = parser.parse_args()
     n = args.orgs
     figures: dict = {"organisations": n, "window_s": args.window, "instance": "sqlite" if args.sqlite else "postgresql",
@@ -412,9 +415,8 @@ def main() -> None:
         create_database(db)
         figures["database"] = db
         (home / "dagster.yaml").write_text(postgres_storage(db) + (home / "dagster.yaml").read_text())
-    if args.daemon_threads:
-        with (home / "dagster.yaml").open("a") as file:
-            file.write(daemon_threads(args.daemon_threads))
+    if args.daemon_threads is not None:
+        (home / "dagster.yaml").write_text(daemon_threads((home / "dagster.yaml").read_text(), args.daemon_threads))
     figures["dagster_yaml"] = (home / "dagster.yaml").read_text()
     workspace = home / "workspace.yaml"
     workspace.write_text(organisations.workspace(organisations.load(READS), home))

@@ -319,6 +319,9 @@ def local_warehouse_url() -> str:
 # The queued run coordinator takes queued runs every 5 s by default; every second instead, so a
 # push asked by an approval event starts without most of that wait (one indexed query a second).
 RUN_QUEUE = "run_queue:\n  dequeue_interval_seconds: 1\n"
+# Sensors and schedules in threads, as in deploy/dagster.yaml: each organisation's code location
+# brings its own, and one thread falls behind at about ten organisations (bench/README.md).
+DAEMON_THREADS = "".join(f"{kind}:\n  use_threads: true\n  num_workers: 4\n" for kind in ("sensors", "schedules"))
 TICK_RETENTION = ("retention:\n  schedule:\n    purge_after_days: 90\n  sensor:\n    purge_after_days:\n"
                   "      skipped: 7\n      failure: 30\n      success: 90\n")
 
@@ -327,17 +330,17 @@ def ensure_dagster_home() -> Path:
     """Create the instance folder `DAGSTER_HOME` (default `.local/dagster_home`) with telemetry off
     and one step at a time per provider pool (`xero`, `halopsa`, ...), so two runs never add up
     past a provider's limits; run retries on for the jobs that ask for them (the Xero push); queued runs
-    taken every second; tick retention (these two added to an instance made before it had them); the
+    taken every second; sensors and schedules in threads; tick retention (these three added to an instance made before it had them); the
     installation's first start (`installed_at`, where the partitions' history starts)."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(LOCAL_DIR / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text("telemetry:\n  enabled: false\nrun_retries:\n  enabled: true\n  max_retries: 0\n"
-                          "concurrency:\n  pools:\n    default_limit: 1\n" + RUN_QUEUE + TICK_RETENTION)
+                          "concurrency:\n  pools:\n    default_limit: 1\n" + RUN_QUEUE + DAEMON_THREADS + TICK_RETENTION)
     else:  # an instance made before a setting was added gets it (one the operator set stays)
         text = config.read_text()
-        for key, block in (("run_queue", RUN_QUEUE), ("retention", TICK_RETENTION)):
+        for key, block in (("run_queue", RUN_QUEUE), ("sensors", DAEMON_THREADS), ("retention", TICK_RETENTION)):
             if not re.search(rf"^{key}:", text, re.MULTILINE):
                 with config.open("a") as file:
                     file.write(block)
