@@ -33,9 +33,9 @@ FIRST_RUNS = (SENSOR_NAME, "halo_new_fiscal_year")  # the sensors that make the 
 PUSH = "xero_time_entries"
 
 
-def tick(sensor, instance) -> dg.SensorResult:
+def tick(sensor, instance, cursor: str | None = None) -> dg.SensorResult:
     with freeze_time(NOW):
-        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
 
 
 def requested(result) -> dict[str, str | None]:
@@ -63,6 +63,35 @@ def test_the_first_wave_is_the_assets_without_upstreams_at_their_schedules_parti
         instance.report_runless_asset_event(dg.AssetMaterialization("agent_mappings"))
         assert requested(tick(first_sync, instance)) == {
             "employes_employment_history": "2026-11-20", "xero_reconciliation": None, "xero_time_entries": "2026-11-20"}
+
+
+def test_first_syncs_queue_behind_other_runs_and_an_asset_seen_done_is_not_asked_about_again():
+    graph = defs.resolve_asset_graph()
+    every = [k.to_user_string() for k in graph.toposorted_asset_keys if graph.get(k).is_materializable]
+    with dg.instance_for_test() as instance:
+        first = tick(first_sync, instance)
+        for name in every:
+            instance.report_runless_asset_event(dg.AssetMaterialization(name, partition="FY2026" if name == "halo_timesheets" else None))
+        done = tick(first_sync, instance)
+        instance.wipe_assets([dg.AssetKey("sync_report")])  # seen done: not synced a second time
+        later = tick(first_sync, instance, done.cursor)
+
+    assert {r.tags["dagster/priority"] for r in first.run_requests} == {"-10"}
+    assert not done.run_requests and json.loads(done.cursor)["done"] == sorted(every)
+    assert not later.run_requests and later.cursor in (None, done.cursor)
+
+
+def test_an_asset_missing_from_the_cursor_gets_its_first_sync():
+    with dg.instance_for_test() as instance:
+        graph = defs.resolve_asset_graph()
+        every = [k.to_user_string() for k in graph.toposorted_asset_keys if graph.get(k).is_materializable]
+        # Every asset but sync_report was synced by an older release, whose cursor did not know it.
+        for name in every:
+            if name != "sync_report":
+                instance.report_runless_asset_event(dg.AssetMaterialization(name, partition="FY2026" if name == "halo_timesheets" else None))
+        result = tick(first_sync, instance, json.dumps({"done": [n for n in every if n != "sync_report"]}))
+
+    assert requested(result) == {"sync_report": "2026-11-19"}
 
 
 # -- under the real daemon ----------------------------------------------------------------------

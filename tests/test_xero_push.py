@@ -112,6 +112,21 @@ def test_an_approval_reaches_xero_once_through_the_sensor(emulator, resources, i
     assert meta(result)["created"] == len(halo_day(emulator))
 
 
+def test_the_first_catch_up_queues_behind_other_runs_and_a_later_approval_ahead_of_them(emulator, resources, instance):
+    # dagster/priority: a new installation's pushes of the whole open period wait like a first
+    # sync; an approval after that overtakes the queued syncs (the job's own tag).
+    emulator.inject("halopsa", "500", path="/api/Timesheet", times=6)  # every attempt
+    failed = tick(instance, resources, None)  # the first read fails: still a first read next time
+    first = tick(instance, resources, failed.cursor)
+    emulator.halo.approve(AGENT, DAY)
+    second = tick(instance, resources, first.cursor)
+
+    assert not failed.run_requests and "could not read approvals" in failed.skip_message
+    assert first.run_requests and {r.tags["dagster/priority"] for r in first.run_requests} == {"-10"}
+    assert [r.partition_key for r in second.run_requests] == [DAY.isoformat()] and "dagster/priority" not in second.run_requests[0].tags
+    assert defs.resolve_job_def("xero_push_job").tags["dagster/priority"] == "10"
+
+
 def test_a_tick_costs_one_halo_request_and_an_agent_new_to_the_sensor_has_its_approvals_pushed(emulator, resources, instance):
     first = tick(instance, resources, None)
     emulator.reset_requests()
