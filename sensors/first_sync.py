@@ -15,7 +15,8 @@ after `agent_mappings`' first sync.
 Nothing is kept on the side: the state is the instance's own (materializations, planned runs,
 and this sensor's runs, whose run keys also stop a second request), so a restart, or a second
 daemon, never repeats a first sync; an asset added in a later release gets its first sync on
-the next start. The cursor only names the assets seen done, so they are not asked about again. The Xero push stays a dry run unless XERO_PUSH_ENABLED is true.
+the next start. The cursor only names the assets seen done, so they are not asked about again.
+The Xero push stays a dry run unless XERO_PUSH_ENABLED is true.
 """
 
 import json
